@@ -1,0 +1,28 @@
+"""TopK sparse autoencoder: model, sizing rule, metrics and framework-free training pieces."""
+from saerec.sae.model import SAEOutput, TopKSAE, geometric_median
+from saerec.sae.sizing import num_latents
+from saerec.sae.training import (
+    TrainState,
+    build_optimizer,
+    checkpoint_state,
+    default_aux_k,
+    default_lr,
+    evaluate,
+    load_checkpoint_state,
+    train_epoch,
+)
+
+__all__ = [
+    "SAEOutput",
+    "TopKSAE",
+    "TrainState",
+    "build_optimizer",
+    "checkpoint_state",
+    "default_aux_k",
+    "default_lr",
+    "evaluate",
+    "geometric_median",
+    "load_checkpoint_state",
+    "num_latents",
+    "train_epoch",
+]
