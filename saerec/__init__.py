@@ -1,0 +1,1 @@
+"""SAERec on Ray: sparse-autoencoder intent priors from text for sequential recommendation."""

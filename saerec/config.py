@@ -1,0 +1,312 @@
+"""One typed run config: YAML file + ``--set a.b=c`` overrides, validated before any work.
+
+Every key is a dataclass field; bounds and allowed values live in the field's metadata so that
+a bad value fails at start-up with one message naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or out of range."""
+
+
+def _bounded(default: Any, *, lo: float | None = None, hi: float | None = None,
+             lo_open: bool = False, hi_open: bool = False) -> Any:
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _listof(*items: Any) -> Any:
+    return field(default_factory=lambda: list(items))
+
+
+@dataclass
+class RunSection:
+    name: str = "demo"
+
+
+@dataclass
+class StorageSection:
+    uri: str = "saerec-output"
+    endpoint_url: str | None = None
+
+
+@dataclass
+class RaySection:
+    address: str | None = None
+    num_cpus: int | None = _bounded(None, lo=1)
+
+
+@dataclass
+class DemoSection:
+    users: int = _bounded(1200, lo=20)
+    items: int = _bounded(400, lo=20)
+    intents: int = _bounded(16, lo=2, hi=24)
+    min_length: int = _bounded(5, lo=5)
+    max_length: int = _bounded(20, lo=5)
+
+
+@dataclass
+class DataSection:
+    source: Literal["demo", "amazon", "sequences"] = "demo"
+    path: str | None = None
+    meta_path: str | None = None
+    text: Literal["reviews", "items", "both"] = "both"
+    k_core: int = _bounded(5, lo=1)
+    review_drop: float = _bounded(0.0, lo=0.0, hi=1.0, hi_open=True)
+    on_bad_record: Literal["error", "skip"] = "error"
+    demo: DemoSection = field(default_factory=DemoSection)
+
+
+@dataclass
+class EmbedSection:
+    model: str = "minilm"
+    kind: Literal["auto", "t5", "bert"] = "auto"
+    layer: int = -1
+    max_length: int = _bounded(128, lo=8)
+    batch_size: int = _bounded(128, lo=1)
+    num_actors: int = _bounded(1, lo=1)
+    num_gpus_per_actor: float = _bounded(0.0, lo=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    vocab_size: int = _bounded(20000, lo=10)
+    vocab_min_count: int = _bounded(3, lo=1)
+
+
+@dataclass
+class SaeSection:
+    variant: Literal["tied", "untied"] = "untied"
+    n_latents: int | None = _bounded(None, lo=2)
+    k: int = _bounded(32, lo=1)
+    aux_k: int = _bounded(256, lo=0)
+    aux_coef: float = _bounded(1 / 32, lo=0.0)
+    lr: float | None = _bounded(None, lo=0.0, lo_open=True)
+    batch_size: int = _bounded(1024, lo=1)
+    epochs: int = _bounded(20, lo=1)
+    num_workers: int = _bounded(1, lo=1)
+    use_gpu: bool = False
+
+
+@dataclass
+class ExplainSection:
+    top_words: int = _bounded(15, lo=1)
+    alpha: float = _bounded(1.0, lo=0.0, lo_open=True)
+    beta: float = _bounded(1.0, lo=0.0, lo_open=True)
+    top_texts: int = _bounded(5, lo=0)
+    chunk_size: int = _bounded(4096, lo=1)
+
+
+@dataclass
+class JudgeSection:
+    backend: Literal["local", "vllm", "http"] = "local"
+    model: str | None = None
+    domain: str = "beauty products"
+    keep: list[str] = _listof("Yes")
+    batch_size: int = _bounded(16, lo=1)
+    concurrency: int = _bounded(1, lo=1)
+    num_gpus_per_actor: float = _bounded(1.0, lo=0.0)
+    max_model_len: int = _bounded(2048, lo=128)
+    max_latents: int | None = _bounded(None, lo=1)
+    base_url: str | None = None
+
+
+@dataclass
+class RecSection:
+    models: list[str] = _listof("sasrec", "saerec", "kmeans")
+    d: int = _bounded(64, lo=1)
+    blocks: int = _bounded(2, lo=1)
+    heads: int = _bounded(2, lo=1)
+    max_len: int = _bounded(50, lo=2)
+    dropout: float = _bounded(0.5, lo=0.0, hi=1.0, hi_open=True)
+    k: int = _bounded(5, lo=1)
+    ema_beta: float = _bounded(0.9, lo=0.0, hi=1.0, hi_open=True)
+    lr: float = _bounded(1e-3, lo=0.0, lo_open=True)
+    weight_decay: float = _bounded(0.0, lo=0.0)
+    batch_size: int = _bounded(256, lo=1)
+    max_epochs: int = _bounded(200, lo=1)
+    patience: int = _bounded(20, lo=1)
+    seeds: list[int] = _listof(0)
+    num_workers: int = _bounded(1, lo=1)
+    use_gpu: bool = False
+    kmeans_clusters: int | None = _bounded(None, lo=2)
+
+
+@dataclass
+class EvaluateSection:
+    ks: list[int] = _listof(5, 10, 20)
+    mask_history: bool = True
+    top_n: int = _bounded(20, lo=1)
+    steering_query: str | None = None
+    steering_boost: float = _bounded(2.0, lo=0.0)
+
+
+@dataclass
+class SweepSection:
+    ablations: list[str] = _listof("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "sasrec")
+    ks: list[int] = _listof(3, 4, 5, 6, 7)
+    review_drops: list[float] = _listof(0.0, 0.1, 0.2, 0.3)
+    judges: list[str] = _listof()
+    seeds: list[int] = _listof(0)
+    concurrency: int = _bounded(1, lo=1)
+
+
+@dataclass
+class ReportSection:
+    example_intents: int = _bounded(10, lo=0)
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    seed: int = _bounded(0, lo=0)
+    storage: StorageSection = field(default_factory=StorageSection)
+    ray: RaySection = field(default_factory=RaySection)
+    data: DataSection = field(default_factory=DataSection)
+    embed: EmbedSection = field(default_factory=EmbedSection)
+    sae: SaeSection = field(default_factory=SaeSection)
+    explain: ExplainSection = field(default_factory=ExplainSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+    rec: RecSection = field(default_factory=RecSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    sweep: SweepSection = field(default_factory=SweepSection)
+    report: ReportSection = field(default_factory=ReportSection)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: got {value!r}; allowed: {_type_name(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: got {value!r}; expected {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}; expected {_type_name(tp)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}); expected {_type_name(tp)}")
+
+
+def _check_bounds(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None or not meta:
+        return
+    values = value if isinstance(value, list) else [value]
+    lo, hi = meta.get("lo"), meta.get("hi")
+    for v in values:
+        too_low = lo is not None and (v <= lo if meta.get("lo_open") else v < lo)
+        too_high = hi is not None and (v >= hi if meta.get("hi_open") else v > hi)
+        if too_low or too_high:
+            left = "(" if meta.get("lo_open") else "["
+            right = ")" if meta.get("hi_open") else "]"
+            allowed = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            raise ConfigError(f"{key}: got {v!r}; allowed range {allowed}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; allowed keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in raw.items():
+        key = prefix + name
+        coerced = _coerce(value, hints[name], key)
+        _check_bounds(coerced, fields[name].metadata, key)
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def _apply(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults), apply ``key.sub=value`` overrides, validate all."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for item in overrides:
+        keys, value = _parse_override(item)
+        _apply(raw, keys, value)
+    return _build(Config, raw)

@@ -1,0 +1,35 @@
+"""Starting or joining Ray, and the environment a local run needs to stay offline and on loopback."""
+from __future__ import annotations
+
+import os
+
+LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    # Makes a locally started Ray bind its servers to 127.0.0.1 instead of every interface.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def cluster_address(configured: str | None) -> str | None:
+    """The Ray cluster to join: the config's, else ``RAY_ADDRESS`` (set by ``ray job submit``)."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> str:
+    """Join the given cluster, or start a private local Ray on 127.0.0.1; returns which it did."""
+    import ray
+
+    if ray.is_initialized():
+        return "already connected"
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"joined Ray cluster at {address}"
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}})
+    return f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"

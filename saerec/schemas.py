@@ -1,0 +1,34 @@
+"""Arrow schemas of every table stages exchange, declared once so writers and readers agree."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# prepare
+INTERACTIONS = pa.schema([
+    ("user", pa.int32()),
+    ("item", pa.int32()),
+    ("position", pa.int32()),
+    ("timestamp", pa.int64()),
+    ("split", pa.string()),
+])
+USERS = pa.schema([("user", pa.int32()), ("raw_id", pa.string())])
+ITEMS = pa.schema([("item", pa.int32()), ("raw_id", pa.string()), ("text", pa.string())])
+CORPUS = pa.schema([
+    ("text_id", pa.int64()),
+    ("kind", pa.string()),
+    ("user", pa.int32()),
+    ("item", pa.int32()),
+    ("text", pa.string()),
+])
+
+SPLITS = ("train", "valid", "test")
+TEXT_KINDS = ("review", "item")
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """Text embeddings: one fixed-size float32 vector per corpus text."""
+    return pa.schema([("text_id", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
+
+
+def vocabulary_schema(dim: int) -> pa.Schema:
+    return pa.schema([("word", pa.string()), ("count", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real S3 server, a local Ray on 127.0.0.1, the shared data folder, tiny configs."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from saerec.runtime import LOCAL_ENV
+from tests.s3server import SeaweedS3
+
+for _key, _value in LOCAL_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The development data folder: ``SAEREC_DATA_DIR`` or ``../shared/data`` beside the repo."""
+    configured = os.environ.get("SAEREC_DATA_DIR")
+    candidate = Path(configured) if configured else REPO.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip("real data folder not found (set SAEREC_DATA_DIR or place shared/data beside the repo)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_server: SeaweedS3) -> str:
+    """A fresh prefix in the test bucket for one test."""
+    return f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+    from saerec.runtime import init_ray
+    init_ray(None, num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6"]

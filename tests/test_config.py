@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from saerec.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_match_the_demo_config_file():
+    assert load_config() == load_config(REPO / "configs" / "demo.yaml")
+    assert load_config().data.source == "demo"
+
+
+def test_beauty_config_loads_and_overrides_apply():
+    cfg = load_config(REPO / "configs" / "beauty.yaml", ["data.path=/x/beauty", "sae.k=16", "rec.seeds=[0,1,2]"])
+    assert cfg.data.source == "sequences"
+    assert cfg.data.path == "/x/beauty"
+    assert cfg.sae.k == 16
+    assert cfg.rec.seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize("override, named", [
+    ("sae.kk=3", "sae.kk"),
+    ("sea.k=3", "sea"),
+    ("sae.k=abc", "sae.k"),
+    ("data.review_drop=1.5", "data.review_drop"),
+    ("data.source=csv", "data.source"),
+    ("rec.seeds=[0,x]", "rec.seeds[1]"),
+    ("rec.dropout=-0.1", "rec.dropout"),
+])
+def test_bad_values_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_bad_file_is_reported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_int_accepted_where_float_expected():
+    assert load_config(None, ["data.review_drop=0"]).data.review_drop == 0.0
+    assert isinstance(Config().data.review_drop, float)

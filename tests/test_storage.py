@@ -1,0 +1,110 @@
+"""Storage and the stage contract against a real S3 server (SeaweedFS) and the local disk."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pytest
+
+from saerec.config import load_config
+from saerec.pipeline import Runner, StageError
+from saerec.storage import MANIFEST, Store, StorageError
+from tests.conftest import REPO
+from tests.s3server import SECRET_KEY
+from tests.toy_stages import DOUBLE, NUMBERS
+
+
+def make_runner(uri, endpoint=None, *overrides):
+    sets = [f"storage.uri={uri}", "run.name=toy", *overrides]
+    if endpoint:
+        sets.append(f"storage.endpoint_url={endpoint}")
+    cfg = load_config(None, sets)
+    return Runner(cfg, Store(cfg.storage.uri, cfg.storage.endpoint_url), log=lambda _: None)
+
+
+def test_roundtrip_on_s3(s3_server, s3_uri):
+    store = Store(s3_uri, s3_server.endpoint)
+    store.check()
+    table = pa.table({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    store.write_table(store.join("t", "part.parquet"), table)
+    store.write_json(store.join("t", "m.json"), {"k": [1, 2]})
+    assert store.read_table(store.join("t", "part.parquet")).equals(table)
+    assert store.read_json(store.join("t", "m.json")) == {"k": [1, 2]}
+    assert [p.rsplit("/", 1)[1] for p in store.list_files(store.join("t"))] == ["m.json", "part.parquet"]
+    with pytest.raises(StorageError, match="does not exist"):
+        store.read_bytes(store.join("t", "nope.json"))
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_publish_skip_and_rerun_on_change(s3_server, s3_uri, tmp_path, where):
+    uri, endpoint = (s3_uri, s3_server.endpoint) if where == "s3" else (str(tmp_path / "out"), None)
+    runner = make_runner(uri, endpoint, "data.demo.users=30")
+    first = runner.run_stage(NUMBERS)
+    assert first["metrics"] == {"rows": 30} and "skipped" not in first
+    assert sorted(first["outputs"]) == ["numbers.parquet", "summary.json"]
+    second = runner.run_stage(DOUBLE)
+    assert second["inputs"]["numbers"]["fingerprint"] == first["fingerprint"]
+    assert runner.run_stage(NUMBERS).get("skipped") is True
+    assert runner.run_stage(DOUBLE).get("skipped") is True
+    assert runner.run_stage(NUMBERS, force=True).get("skipped") is None
+
+    changed = make_runner(uri, endpoint, "data.demo.users=40")
+    third = changed.run_stage(NUMBERS)
+    assert third["fingerprint"] != first["fingerprint"]
+    assert changed.run_stage(DOUBLE)["metrics"] == {"rows": 40}
+    attempts = [d for d in changed.store.list_dirs(changed.stage_dir("numbers")) if d.startswith("attempt-")]
+    assert len(attempts) == 1, "replaced attempts must be removed"
+
+
+def test_missing_upstream_is_a_clear_error(tmp_path):
+    runner = make_runner(str(tmp_path / "out"))
+    with pytest.raises(StageError, match="needs the published output of stage numbers"):
+        runner.run_stage(DOUBLE)
+
+
+def test_killed_stage_is_never_taken_as_done(s3_server, s3_uri):
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        from tests.test_storage import make_runner
+        from tests.toy_stages import NUMBERS
+        make_runner({s3_uri!r}, {s3_server.endpoint!r}).run_stage(NUMBERS)
+    """)
+    env = {**os.environ, **s3_server.env, "TOY_KILL_AFTER_WRITE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
+    assert proc.returncode == -9
+    runner = make_runner(s3_uri, s3_server.endpoint)
+    assert runner.manifest("numbers") is None
+    leftovers = runner.store.list_files(runner.stage_dir("numbers"))
+    assert any(p.endswith("numbers.parquet") for p in leftovers)
+
+    done = runner.run_stage(NUMBERS)
+    assert "skipped" not in done
+    files = runner.store.list_files(runner.stage_dir("numbers"))
+    assert all(p.startswith(done["output_dir"]) or p.endswith(MANIFEST) for p in files)
+
+
+def test_unreachable_storage_names_the_uri():
+    store = Store("s3://nowhere/prefix", "http://127.0.0.1:9")
+    with pytest.raises(StorageError, match="s3://nowhere/prefix"):
+        store.check()
+
+
+def test_wrong_credentials_and_missing_bucket(s3_server, monkeypatch):
+    store = Store(f"s3://missing-bucket-{os.getpid()}/x", s3_server.endpoint)
+    with pytest.raises(StorageError, match="does not exist"):
+        store.check()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
+    bad = Store(f"s3://{s3_server.bucket}/x", s3_server.endpoint)
+    with pytest.raises(StorageError) as info:
+        bad.check()
+        bad.write_bytes(bad.join("f"), b"1")
+    assert "definitely-wrong-secret" not in str(info.value)
+    assert SECRET_KEY not in str(info.value)
+
+
+def test_bad_uris():
+    with pytest.raises(StorageError, match="unsupported scheme"):
+        Store("gs://bucket/x")
+    with pytest.raises(StorageError, match="no bucket"):
+        Store("s3:///x")
