@@ -105,9 +105,12 @@ def test_edge_case_texts_follow_the_documented_policy(tiny_bert, tokenizer):
     encoder = load_encoder(tiny_bert, kind="bert", max_length=max_length, device="cpu")
     words = [f"w{i}" for i in range(10_000)]
     texts = ["", "  \n\t ", "😀🎉💄", " ".join(words), "ok"]
-    vectors = encoder.encode(texts)
+    encoded = encoder.encode_detailed(texts)
+    vectors = encoded.vectors
     assert vectors.shape == (5, 16)
     assert np.all(vectors[0] == 0) and np.all(vectors[1] == 0)
+    assert encoded.tokens[:2].tolist() == [0, 0] and encoded.tokens[3] == max_length
+    assert encoded.truncated.tolist() == [False, False, False, True, False]
     assert np.all(np.isfinite(vectors)) and np.linalg.norm(vectors[2]) > 0
     assert encoder.stats.as_dict() == {
         "texts": 5,

@@ -58,6 +58,15 @@ class EncodeStats:
         }
 
 
+@dataclass
+class Encoded:
+    """One batch's vectors with what a stage records per text."""
+
+    vectors: np.ndarray
+    tokens: np.ndarray
+    truncated: np.ndarray
+
+
 class TextEncoder(Protocol):
     """What stages rely on: a vector size and a batch call returning float32 rows in input order."""
 
@@ -65,6 +74,8 @@ class TextEncoder(Protocol):
     stats: EncodeStats
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_detailed(self, texts: Sequence[str]) -> Encoded: ...
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -145,24 +156,35 @@ class PooledEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Return a float32 array [len(texts), dim]; see the module docstring for edge cases."""
+        return self.encode_detailed(texts).vectors
+
+    def encode_detailed(self, texts: Sequence[str]) -> Encoded:
+        """``encode`` plus, per text, the tokens the model saw (0 = empty text) and whether it was cut."""
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        result = Encoded(
+            vectors=np.zeros((len(texts), self.dim), dtype=np.float32),
+            tokens=np.zeros(len(texts), dtype=np.int32),
+            truncated=np.zeros(len(texts), dtype=bool),
+        )
         keep = [i for i, text in enumerate(texts) if text.strip()]
         self.stats.texts += len(texts)
         self.stats.empty += len(texts) - len(keep)
         if not keep:
-            return out
-        token_ids = self._tokenize([texts[i] for i in keep])
+            return result
+        token_ids, cut = self._tokenize([texts[i] for i in keep])
+        result.tokens[keep] = [len(ids) for ids in token_ids]
+        result.truncated[keep] = cut
+        self.stats.truncated += sum(cut)
         order = sorted(range(len(keep)), key=lambda j: len(token_ids[j]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            pooled = self._forward([token_ids[j] for j in chunk])
-            out[[keep[j] for j in chunk]] = pooled
-        return out
+            result.vectors[[keep[j] for j in chunk]] = self._forward([token_ids[j] for j in chunk])
+        return result
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+    def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids cut at ``max_length`` and, per text, whether anything was cut off."""
         encoded = self.tokenizer(
             texts,
             truncation=True,
@@ -175,8 +197,7 @@ class PooledEncoder:
         pieces = Counter(encoded["overflow_to_sample_mapping"])
         for ids, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
             first.setdefault(sample, ids)
-        self.stats.truncated += sum(1 for count in pieces.values() if count > 1)
-        return [first[sample] for sample in range(len(texts))]
+        return [first[i] for i in range(len(texts))], [pieces[i] > 1 for i in range(len(texts))]
 
     @torch.inference_mode()
     def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
