@@ -20,7 +20,13 @@ def cluster_address(configured: str | None) -> str | None:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> str:
-    """Join the given cluster, or start a private local Ray on 127.0.0.1; returns which it did."""
+    """Join the given cluster, or start a private local Ray on 127.0.0.1; returns which it did.
+
+    Ray reads its network settings when it is imported, so the local environment is set first.
+    """
+    if not address:
+        for key, value in LOCAL_ENV.items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
@@ -28,8 +34,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"joined Ray cluster at {address}"
-    for key, value in LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}})
     return f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
