@@ -1,0 +1,132 @@
+"""Leave-one-out split and length-bucketed, right-padded batches.
+
+Split (strict protocol): test = last item, valid = second-to-last, training = the rest.
+Training inputs AND targets come only from the training part; valid inputs are the training
+part; test inputs are everything but the last item.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class RankingSet:
+    """Users' history windows (right-padded, newest last) and the one held-out item to rank."""
+
+    users: np.ndarray
+    inputs: np.ndarray
+    lengths: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Training sequences plus the valid and test ranking sets; ``n_items`` bounds the ids."""
+
+    n_items: int
+    train: list[np.ndarray]
+    valid: RankingSet
+    test: RankingSet
+
+
+def _as_items(seq: Sequence[int], user: int, n_items: int) -> np.ndarray:
+    arr = np.asarray(seq, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"user {user}: sequence must be a flat list of item ids")
+    if arr.size and (arr.min() < 1 or arr.max() > n_items):
+        bad = arr[(arr < 1) | (arr > n_items)][0]
+        raise ValueError(f"user {user}: item id {bad} outside 1..{n_items}")
+    return arr
+
+
+def _windows(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded (U, max_len) matrix of each history's last max_len items and their lengths."""
+    out = np.zeros((len(histories), max_len), dtype=np.int64)
+    lengths = np.zeros(len(histories), dtype=np.int64)
+    for row, hist in enumerate(histories):
+        tail = hist[-max_len:]
+        out[row, : len(tail)] = tail
+        lengths[row] = len(tail)
+    return out, lengths
+
+
+def leave_one_out(sequences: Sequence[Sequence[int]], n_items: int, max_len: int) -> LeaveOneOut:
+    """Split chronological per-user sequences; users with under 3 items only contribute training.
+
+    A user needs one training item as history plus the valid and test items to be ranked.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    train, users, valid_hist, valid_tgt, test_hist, test_tgt = [], [], [], [], [], []
+    for user, seq in enumerate(sequences):
+        items = _as_items(seq, user, n_items)
+        if len(items) < 3:
+            train.append(items)
+            continue
+        train.append(items[:-2])
+        users.append(user)
+        valid_hist.append(items[:-2])
+        valid_tgt.append(items[-2])
+        test_hist.append(items[:-1])
+        test_tgt.append(items[-1])
+    user_ids = np.asarray(users, dtype=np.int64)
+    valid = RankingSet(user_ids, *_windows(valid_hist, max_len), np.asarray(valid_tgt, dtype=np.int64))
+    test = RankingSet(user_ids, *_windows(test_hist, max_len), np.asarray(test_tgt, dtype=np.int64))
+    return LeaveOneOut(n_items, train, valid, test)
+
+
+@dataclass(frozen=True)
+class TrainingExamples:
+    """Next-item examples: input = seq[:-1], target = seq[1:], both right-padded to max_len."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def training_examples(train: Sequence[np.ndarray], max_len: int) -> TrainingExamples:
+    """One example per training sequence of >= 2 items, from its last max_len + 1 items."""
+    kept = [np.asarray(s)[-(max_len + 1):] for s in train if len(s) >= 2]
+    inputs, lengths = _windows([s[:-1] for s in kept], max_len)
+    targets, _ = _windows([s[1:] for s in kept], max_len)
+    return TrainingExamples(inputs, targets, lengths)
+
+
+def bucketed_batches(examples: TrainingExamples, batch_size: int,
+                     rng: np.random.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Shuffled batches of similar length, each cut to its own longest sequence.
+
+    Sorting by (length, random key) groups equal lengths in a fresh random order each epoch;
+    the batch order is shuffled too, so the optimiser never sees a length curriculum.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.lexsort((rng.random(len(examples)), examples.lengths))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for pick in rng.permutation(len(chunks)):
+        rows = chunks[pick]
+        width = int(examples.lengths[rows].max())
+        yield (torch.from_numpy(examples.inputs[rows, :width]),
+               torch.from_numpy(examples.lengths[rows]),
+               torch.from_numpy(examples.targets[rows, :width]))
+
+
+def ranking_batches(data: RankingSet, batch_size: int) -> Iterator[tuple[np.ndarray, Tensor, Tensor, Tensor]]:
+    """(row indices, inputs, lengths, targets) in length order, each batch cut to its longest history."""
+    order = np.argsort(data.lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = int(data.lengths[rows].max())
+        yield (rows, torch.from_numpy(data.inputs[rows, :width]), torch.from_numpy(data.lengths[rows]),
+               torch.from_numpy(data.targets[rows]))

@@ -1,0 +1,82 @@
+"""Top-N recommendations, their intent explanations, and counterfactual steering by intent boosts."""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from saerec.rec.saerec_model import SAERec, steering
+
+
+def match_texts(texts: Sequence[str | None], query: str) -> np.ndarray:
+    """Boolean mask of texts containing ``query`` as a whole word (or phrase), case-insensitive."""
+    if not query.strip():
+        raise ValueError("steering query must not be empty")
+    pattern = re.compile(r"\b" + r"\s+".join(map(re.escape, query.split())) + r"\b", re.IGNORECASE)
+    return np.array([bool(t) and pattern.search(t) is not None for t in texts], dtype=bool)
+
+
+def _batches(lengths: np.ndarray, batch_size: int):
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.no_grad()
+def top_items(model: torch.nn.Module, inputs: np.ndarray, lengths: np.ndarray, top_n: int,
+              mask_history: bool = True, batch_size: int = 1024, device: torch.device | str = "cpu") -> np.ndarray:
+    """(U, top_n) item ids ranked best first for the next step after each history."""
+    model.eval()
+    out = np.zeros((len(lengths), top_n), dtype=np.int64)
+    for rows in _batches(lengths, batch_size):
+        width = int(lengths[rows].max())
+        seqs = torch.from_numpy(inputs[rows, :width]).to(device)
+        scores = model.item_scores(model(seqs, torch.from_numpy(lengths[rows]).to(device), last_only=True))
+        scores[:, 0] = float("-inf")
+        if mask_history:
+            scores.scatter_(1, seqs, float("-inf"))
+        out[rows] = scores.topk(top_n, dim=1).indices.cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def explain_users(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, top_n: int,
+                  mask_history: bool = True, batch_size: int = 1024,
+                  device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Top-N items plus each user's personal intent ids, the public ids and the branch weights."""
+    items = top_items(model, inputs, lengths, top_n, mask_history, batch_size, device)
+    personal = np.zeros((len(lengths), model.icfg.k), dtype=np.int64)
+    weights = None
+    public = model.public_ids().cpu().numpy()
+    for rows in _batches(lengths, batch_size):
+        width = int(lengths[rows].max())
+        info = model.explain(torch.from_numpy(inputs[rows, :width]).to(device),
+                             torch.from_numpy(lengths[rows]).to(device))
+        personal[rows] = info["personal"].cpu().numpy()
+        if weights is None:
+            weights = np.zeros((len(lengths), info["weights"].shape[1]), dtype=np.float32)
+        weights[rows] = info["weights"].cpu().numpy()
+    return {"items": items, "personal": personal, "public": public, "weights": weights}
+
+
+def steering_study(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, intent_ids: Sequence[int],
+                   strength: float, item_flags: np.ndarray, top_n: int, mask_history: bool = True,
+                   device: torch.device | str = "cpu") -> dict[str, float]:
+    """How top-N lists shift when ``intent_ids`` are boosted by ``strength``.
+
+    ``item_flags`` (n_items + 1,) marks the items of interest (e.g. a category); the study
+    counts them in all users' top-N lists before and after, and how much the lists moved.
+    """
+    if item_flags.shape != (model.cfg.n_items + 1,):
+        raise ValueError(f"item_flags must have shape ({model.cfg.n_items + 1},), got {item_flags.shape}")
+    before = top_items(model, inputs, lengths, top_n, mask_history, device=device)
+    with steering(model, intent_ids, strength):
+        after = top_items(model, inputs, lengths, top_n, mask_history, device=device)
+    overlap = np.mean([len(np.intersect1d(a, b)) / top_n for a, b in zip(before, after)])
+    return {"boosted_intents": len(intent_ids), "strength": float(strength), "top_n": top_n,
+            "users": len(lengths), "flagged_before": int(item_flags[before].sum()),
+            "flagged_after": int(item_flags[after].sum()),
+            "users_changed": float(np.mean((before != after).any(axis=1))),
+            "mean_overlap": float(overlap)}

@@ -1,0 +1,211 @@
+"""SAERec, METHOD.md eqs. (3)-(8): SASRec states fused with personal and public intent attention.
+
+Retrieval position (a deliberate choice): at training time every position t retrieves its own
+personal intents from its own causal state h_t and predicts item t+1 from them. Retrieving once
+from the sequence's last state and sharing that set with all positions would let position t see
+intents chosen by a state that has already read items t+1.. (its own target among them), a leak
+the model would learn to exploit and could never use at evaluation. Per-position retrieval keeps
+training and evaluation the same computation: at evaluation the last history position retrieves.
+
+Public intents (eq. 4) are scored from each sequence's LAST state in the batch (one vote per
+user, as the paper's "fraction of users"), kept in a buffer, and frozen in eval mode.
+
+Every branch module always exists (same state dict for every ablation); a switch only removes
+the branch from the forward pass, so its parameters receive no gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saerec.rec.sasrec import EncoderConfig, SASRec, init_weights
+
+
+@dataclass(frozen=True)
+class IntentConfig:
+    """Retrieval size, EMA decay and the ablation switches (False = the paper's noX variant)."""
+
+    k: int = 5
+    ema_beta: float = 0.9
+    personal: bool = True
+    public: bool = True
+    fusion: bool = True
+    ema: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 0.0 <= self.ema_beta < 1.0:
+            raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
+
+
+ABLATIONS = {
+    "full": {},
+    "noPer": {"personal": False},
+    "noPub": {"public": False},
+    "noFus": {"fusion": False},
+    "noEMA": {"ema": False},
+}
+
+
+def intent_config_for(ablation: str, k: int, ema_beta: float) -> IntentConfig:
+    """The IntentConfig of a named variant (``full``, ``noPer``, ``noPub``, ``noFus``, ``noEMA``)."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; allowed: {', '.join(ABLATIONS)}")
+    return IntentConfig(k=k, ema_beta=ema_beta, **ABLATIONS[ablation])
+
+
+class IntentAttention(nn.Module):
+    """Eq. (5): each query state attends over a handful of intent projections (multi-head)."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d)
+        self.value = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.attn_drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, queries: Tensor, intents: Tensor, bias: Tensor) -> Tensor:
+        """queries (N, d); intents (N, k, d) per query or (k, d) shared; bias (N, k) or (k,) on logits."""
+        n, d = queries.shape
+        h, dh = self.heads, d // self.heads
+        q = self.query(queries).view(n, h, 1, dh)
+        k = self.key(intents)
+        v = self.value(intents)
+        if intents.dim() == 2:
+            k, v, bias = k.unsqueeze(0), v.unsqueeze(0), bias.unsqueeze(0)
+        k = k.view(k.shape[0], -1, h, dh).transpose(1, 2)
+        v = v.view(v.shape[0], -1, h, dh).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2)) / dh ** 0.5 + bias.unsqueeze(1).unsqueeze(2)
+        att = self.attn_drop(torch.softmax(logits, dim=-1))
+        return self.drop(self.out((att @ v).reshape(n, d)))
+
+
+class AdaptiveFusion(nn.Module):
+    """Eq. (6): alpha_j = softmax_j(w^T tanh(W_f Z_j + b)), h = sum_j alpha_j Z_j."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d, d)
+        self.score = nn.Linear(d, 1, bias=False)
+
+    def forward(self, branches: Tensor) -> tuple[Tensor, Tensor]:
+        """branches (N, J, d) -> fused (N, d) and weights (N, J)."""
+        alpha = torch.softmax(self.score(torch.tanh(self.proj(branches))).squeeze(-1), dim=-1)
+        return (alpha.unsqueeze(-1) * branches).sum(dim=1), alpha
+
+
+class SAERec(SASRec):
+    """SASRec states refined by personal/public intent attention and adaptive fusion."""
+
+    def __init__(self, cfg: EncoderConfig, intents: Tensor, icfg: IntentConfig) -> None:
+        if intents.dim() != 2 or intents.shape[0] < 1:
+            raise ValueError(f"intents must be a non-empty (n_intents, D) matrix, got shape {tuple(intents.shape)}")
+        if icfg.k > intents.shape[0]:
+            raise ValueError(f"k={icfg.k} exceeds the number of intents ({intents.shape[0]})")
+        super().__init__(cfg)
+        self.icfg = icfg
+        self.register_buffer("intent_vectors", intents.detach().float().clone())
+        self.register_buffer("public_score", torch.zeros(intents.shape[0]))
+        self.register_buffer("steer_bias", torch.zeros(intents.shape[0]), persistent=False)
+        self.intent_proj = nn.Linear(intents.shape[1], cfg.d, bias=False)
+        self.personal_attn = IntentAttention(cfg.d, cfg.heads, cfg.dropout)
+        self.public_attn = IntentAttention(cfg.d, cfg.heads, cfg.dropout)
+        self.fusion = AdaptiveFusion(cfg.d)
+        for module in (self.intent_proj, self.personal_attn, self.public_attn, self.fusion):
+            init_weights(module, cfg.init_std)
+        nn.init.normal_(self.intent_proj.weight, 0.0, intents.shape[1] ** -0.5)
+
+    @property
+    def n_intents(self) -> int:
+        return self.intent_vectors.shape[0]
+
+    def projected_intents(self) -> Tensor:
+        """Eq. (3): p_i = W_m v_i for every intent, (n_intents, d)."""
+        return self.intent_proj(self.intent_vectors)
+
+    def personal_ids(self, states: Tensor, projected: Tensor) -> Tensor:
+        """Eq. (3): top-k intents by cosine(h, p_i) (+ any steering bias), (N, k) indices."""
+        with torch.no_grad():
+            cos = F.normalize(states, dim=-1) @ F.normalize(projected, dim=-1).T
+            return (cos + self.steer_bias).topk(self.icfg.k, dim=-1).indices
+
+    def public_ids(self) -> Tensor:
+        """The k intents with the highest public score (EMA or raw counts), (k,) indices."""
+        return self.public_score.topk(self.icfg.k).indices
+
+    def update_public(self, user_states: Tensor, projected: Tensor) -> None:
+        """Eq. (4): f <- beta f + (1 - beta) a, a_i = fraction of users whose personal top-k holds i.
+
+        noEMA keeps raw cumulative retrieval counts instead.
+        """
+        ids = self.personal_ids(user_states, projected)
+        counts = torch.bincount(ids.flatten(), minlength=self.n_intents).to(self.public_score.dtype)
+        if self.icfg.ema:
+            beta = self.icfg.ema_beta
+            self.public_score.mul_(beta).add_(counts / user_states.shape[0], alpha=1.0 - beta)
+        else:
+            self.public_score.add_(counts)
+
+    def branches(self, tokens: Tensor, users: Tensor) -> list[Tensor]:
+        """[O_self, O_per, O_pub] for the enabled branches; updates the public score when training."""
+        projected = self.projected_intents()
+        if self.training:
+            self.update_public(users, projected)
+        out = [tokens]
+        if self.icfg.personal:
+            ids = self.personal_ids(tokens, projected)
+            out.append(self.personal_attn(tokens, projected[ids], self.steer_bias[ids]))
+        if self.icfg.public:
+            ids = self.public_ids()
+            out.append(self.public_attn(tokens, projected[ids], self.steer_bias[ids]))
+        return out
+
+    def fuse(self, branches: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Adaptive fusion (eq. 6), or the plain sum for noFus; also returns the weights (N, J)."""
+        stacked = torch.stack(branches, dim=1)
+        if len(branches) == 1:
+            return branches[0], torch.ones(stacked.shape[:2], device=stacked.device)
+        if not self.icfg.fusion:
+            return stacked.sum(dim=1), torch.ones(stacked.shape[:2], device=stacked.device)
+        return self.fusion(stacked)
+
+    def refine(self, tokens: Tensor, users: Tensor) -> Tensor:
+        return self.fuse(self.branches(tokens, users))[0]
+
+    @torch.no_grad()
+    def explain(self, seqs: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        """Per user: personal intent ids (B, k), the public ids (k,), and the branch weights (B, J)."""
+        if self.training:
+            raise RuntimeError("explain() needs eval mode: in training mode it would move the public score")
+        states = self.encode(seqs, lengths)
+        last = states[torch.arange(seqs.shape[0], device=seqs.device), lengths - 1]
+        projected = self.projected_intents()
+        _, alpha = self.fuse(self.branches(last, last))
+        return {"personal": self.personal_ids(last, projected), "public": self.public_ids(), "weights": alpha}
+
+
+@contextlib.contextmanager
+def steering(model: SAERec, intent_ids: Sequence[int], strength: float) -> Iterator[SAERec]:
+    """Counterfactually up-weight intents: +strength on their retrieval cosine and attention logits.
+
+    Boosted intents are then retrieved as personal intents more often and weigh more inside
+    both intent branches; the model's weights are untouched and the bias is removed on exit.
+    """
+    ids = torch.as_tensor(list(intent_ids), dtype=torch.long, device=model.steer_bias.device)
+    if ids.numel() and (ids.min() < 0 or ids.max() >= model.n_intents):
+        raise ValueError(f"intent ids must be in [0, {model.n_intents}), got {ids.tolist()}")
+    saved = model.steer_bias.clone()
+    model.steer_bias[ids] += strength
+    try:
+        yield model
+    finally:
+        model.steer_bias.copy_(saved)

@@ -1,0 +1,134 @@
+"""SASRec (Kang & McAuley 2018) with pre-LayerNorm blocks: the baseline and SAERec's encoder.
+
+Sequences are RIGHT-padded with item 0. With a causal mask a real position then only ever
+attends to real positions, so no key-padding mask is needed and no row is fully masked.
+Position ids count back from the most recent item, so the same item in the same place
+relative to "now" gets the same position whatever the padded width of its batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of the sequence encoder (the paper's: 2 blocks, 2 heads, d=64, length 50)."""
+
+    n_items: int
+    d: int = 64
+    blocks: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {self.n_items}")
+        if self.d % self.heads:
+            raise ValueError(f"d={self.d} is not divisible by heads={self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class CausalBlock(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + FFN(LN(x)), causal attention."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = dropout
+        self.ln_attn = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.ln_ffn = nn.LayerNorm(d)
+        self.ffn_in = nn.Linear(d, d)
+        self.ffn_out = nn.Linear(d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.ln_attn(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=True)
+        x = x + self.drop(self.attn_out(att.transpose(1, 2).reshape(b, length, d)))
+        return x + self.drop(self.ffn_out(self.drop(F.relu(self.ffn_in(self.ln_ffn(x))))))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """N(0, std) for every weight matrix and embedding, zero biases, unit LayerNorms.
+
+    Small init matters: item embeddings double as the output layer, and N(0, 1) there
+    stalls cross-entropy training near chance.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class SASRec(nn.Module):
+    """Self-attentive next-item model; item embeddings are shared with the output layer."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(CausalBlock(cfg.d, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
+        self.final_ln = nn.LayerNorm(cfg.d)
+        init_weights(self, cfg.init_std)
+
+    def encode(self, seqs: Tensor, lengths: Tensor) -> Tensor:
+        """(B, L) right-padded item ids and (B,) lengths -> (B, L, d) causal states."""
+        b, length = seqs.shape
+        if length > self.cfg.max_len:
+            raise ValueError(f"sequence width {length} exceeds max_len {self.cfg.max_len}")
+        steps = torch.arange(length, device=seqs.device)
+        pos = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(min=0)
+        x = self.item_emb(seqs) * math.sqrt(self.cfg.d) + self.pos_emb(pos)
+        x = self.emb_drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_ln(x)
+
+    def refine(self, tokens: Tensor, users: Tensor) -> Tensor:
+        """Hook for models that post-process per-position states; SASRec uses them as they are."""
+        return tokens
+
+    def forward(self, seqs: Tensor, lengths: Tensor, last_only: bool = False) -> Tensor:
+        """User representations: at every real position (N, d) in row-major order, or at the last (B, d).
+
+        Only real positions are returned, so the caller never pays for logits at padding.
+        """
+        states = self.encode(seqs, lengths)
+        rows = torch.arange(seqs.shape[0], device=seqs.device)
+        last = states[rows, lengths - 1]
+        if last_only:
+            return self.refine(last, last)
+        mask = torch.arange(seqs.shape[1], device=seqs.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return self.refine(states[mask], last)
+
+    def item_scores(self, reps: Tensor) -> Tensor:
+        """(N, d) -> (N, n_items + 1) dot products with every item embedding (column 0 = padding)."""
+        return reps @ self.item_emb.weight.T
+
+    def loss(self, seqs: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy over all real items, only at real positions (eqs. 7-8 without the L2 term)."""
+        reps = self(seqs, lengths)
+        mask = torch.arange(seqs.shape[1], device=seqs.device).unsqueeze(0) < lengths.unsqueeze(1)
+        logits = reps @ self.item_emb.weight[1:].T
+        return F.cross_entropy(logits, targets[mask] - 1)

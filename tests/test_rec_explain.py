@@ -1,0 +1,67 @@
+"""Top-N lists, intent explanations and the steering study."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saerec.rec.batching import leave_one_out
+from saerec.rec.explain import explain_users, match_texts, steering_study, top_items
+from saerec.rec.saerec_model import SAERec, intent_config_for
+from saerec.rec.sasrec import EncoderConfig
+from tests.rec_toy import chain_sequences
+
+N_ITEMS = 24
+
+
+def _setup():
+    torch.manual_seed(0)
+    data = leave_one_out(chain_sequences(n_users=12, n_items=N_ITEMS), N_ITEMS, max_len=10)
+    cfg = EncoderConfig(n_items=N_ITEMS, d=16, heads=2, blocks=1, max_len=10, dropout=0.0)
+    model = SAERec(cfg, torch.randn(6, 8), intent_config_for("full", 2, 0.9)).eval()
+    model.public_score.copy_(torch.arange(6.0))
+    with torch.no_grad():
+        for param in model.personal_attn.parameters():
+            param.mul_(50.0)
+    return data, model
+
+
+def test_top_items_are_ranked_unseen_real_items():
+    data, model = _setup()
+    items = top_items(model, data.test.inputs, data.test.lengths, top_n=5)
+    assert items.shape == (len(data.test), 5)
+    for row, hist, n in zip(items, data.test.inputs, data.test.lengths):
+        assert 0 not in row and not set(row) & set(hist[:n].tolist()) and len(set(row)) == 5
+    unmasked = top_items(model, data.test.inputs, data.test.lengths, top_n=N_ITEMS, mask_history=False)
+    assert all(sorted(r) == list(range(1, N_ITEMS + 1)) for r in unmasked)
+
+
+def test_explanations_hold_personal_and_public_intents_per_user():
+    data, model = _setup()
+    out = explain_users(model, data.test.inputs, data.test.lengths, top_n=3)
+    assert out["items"].shape == (len(data.test), 3)
+    assert out["personal"].shape == (len(data.test), 2) and out["personal"].max() < 6
+    assert sorted(out["public"].tolist()) == [4, 5]
+    assert np.allclose(out["weights"].sum(axis=1), 1.0, atol=1e-5) and out["weights"].shape[1] == 3
+
+
+def test_steering_study_reports_the_shift_towards_flagged_items():
+    data, model = _setup()
+    flags = np.zeros(N_ITEMS + 1, dtype=bool)
+    flags[1:6] = True
+    study = steering_study(model, data.test.inputs, data.test.lengths, [0, 1], strength=0.0,
+                           item_flags=flags, top_n=5)
+    assert study["flagged_before"] == study["flagged_after"] and study["users_changed"] == 0.0
+    study = steering_study(model, data.test.inputs, data.test.lengths, [0, 1], strength=10.0,
+                           item_flags=flags, top_n=5)
+    assert study["users"] == len(data.test) and 0.0 <= study["mean_overlap"] <= 1.0
+    assert study["users_changed"] > 0.0
+    with pytest.raises(ValueError, match="item_flags must have shape"):
+        steering_study(model, data.test.inputs, data.test.lengths, [0], 1.0, flags[:-1], 5)
+
+
+def test_match_texts_finds_whole_words_case_insensitively():
+    texts = ["Skin care routine", "skincare", None, "hair and SKIN  care"]
+    assert match_texts(texts, "skin care").tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="empty"):
+        match_texts(texts, "  ")

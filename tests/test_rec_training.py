@@ -1,0 +1,75 @@
+"""Training: a tiny model overfits a tiny dataset, early stopping, exact resume."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saerec.rec.batching import leave_one_out
+from saerec.rec.saerec_model import SAERec, intent_config_for
+from saerec.rec.sasrec import EncoderConfig, SASRec
+from saerec.rec.training import EarlyStopping, FitConfig, final_test, fit
+from tests.rec_toy import chain_sequences
+
+torch.set_num_threads(1)
+N_ITEMS = 24
+
+
+def _data():
+    return leave_one_out(chain_sequences(n_users=40, n_items=N_ITEMS, length=8), N_ITEMS, max_len=10)
+
+
+def _model(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(n_items=N_ITEMS, d=16, heads=2, blocks=1, max_len=10, dropout=0.0)
+    if kind == "sasrec":
+        return SASRec(cfg)
+    return SAERec(cfg, torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), intent_config_for("full", 2, 0.9))
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "saerec"])
+def test_tiny_model_overfits_tiny_chain_data(kind):
+    data = _data()
+    model = _model(kind)
+    cfg = FitConfig(lr=1e-2, batch_size=16, max_epochs=60, patience=60, ks=(1, 5), select_metric="hr@1")
+    result = fit(model, data, cfg, max_len=10)
+    assert result.history[-1]["loss"] < 0.2 * result.history[0]["loss"]
+    assert result.best_valid["hr@1"] > 0.9
+    test = final_test(model, result, data, ks=(1, 5), mask_history=True)
+    assert test["hr@1"] > 0.9
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    stop = EarlyStopping(patience=2)
+    assert stop.update(1, 0.1) and stop.update(2, 0.2)
+    assert not stop.update(3, 0.2) and not stop.should_stop
+    assert not stop.update(4, 0.15) and stop.should_stop
+    assert (stop.best_epoch, stop.best_score) == (2, 0.2)
+
+
+def test_fit_stops_after_patience_and_selects_the_best_valid_epoch():
+    data = _data()
+    cfg = FitConfig(lr=1e-3, batch_size=16, max_epochs=50, patience=1, ks=(5,), select_metric="ndcg@5")
+    result = fit(_model("sasrec"), data, cfg, max_len=10)
+    scores = [h["valid_ndcg@5"] for h in result.history]
+    assert len(result.history) < 50
+    assert result.best_valid["ndcg@5"] == max(scores)
+    assert result.best_epoch == scores.index(max(scores)) + 1
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "saerec"])
+def test_resume_from_a_snapshot_reproduces_the_uninterrupted_run(kind):
+    data = _data()
+    cfg = FitConfig(lr=5e-3, batch_size=8, max_epochs=4, patience=10, ks=(5,), select_metric="ndcg@5", seed=3)
+    full_run = fit(_model(kind, seed=3), data, cfg, max_len=10)
+    snapshots = []
+    short = FitConfig(**{**cfg.__dict__, "max_epochs": 2})
+    fit(_model(kind, seed=3), data, short, max_len=10, on_epoch=lambda state, snap: snapshots.append(snap))
+    resumed = fit(_model(kind, seed=99), data, cfg, max_len=10, resume=snapshots[-1])
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full_run.history], rel=1e-6)
+    for name, tensor in full_run.best_model.items():
+        assert torch.allclose(tensor, resumed.best_model[name], atol=1e-6), name
+
+
+def test_fit_config_rejects_a_selection_metric_it_does_not_compute():
+    with pytest.raises(ValueError, match="select_metric 'ndcg@50'"):
+        FitConfig(select_metric="ndcg@50")
