@@ -32,3 +32,17 @@ def embedding_schema(dim: int) -> pa.Schema:
 
 def vocabulary_schema(dim: int) -> pa.Schema:
     return pa.schema([("word", pa.string()), ("count", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
+
+
+# evaluate: one row per test user; intents are SAE latent ids (k-means cluster ids for KMeans-Intent)
+RECOMMENDATIONS = pa.schema([
+    ("user", pa.int32()),
+    ("target", pa.int32()),
+    ("items", pa.list_(pa.int32())),
+    ("hit", pa.bool_()),
+    ("personal_intents", pa.list_(pa.int64())),
+    ("personal_summaries", pa.list_(pa.string())),
+    ("public_intents", pa.list_(pa.int64())),
+    ("public_summaries", pa.list_(pa.string())),
+    ("branch_weights", pa.list_(pa.float32())),
+])

@@ -109,10 +109,13 @@ class SASRec(nn.Module):
         """Hook for models that post-process per-position states; SASRec uses them as they are."""
         return tokens
 
-    def forward(self, seqs: Tensor, lengths: Tensor, last_only: bool = False) -> Tensor:
-        """User representations: at every real position (N, d) in row-major order, or at the last (B, d).
+    def forward(self, seqs: Tensor, lengths: Tensor, targets: Tensor | None = None,
+                last_only: bool = False) -> Tensor:
+        """User representations, or the training loss when ``targets`` (B, L) are given.
 
-        Only real positions are returned, so the caller never pays for logits at padding.
+        Representations are taken at every real position (N, d) in row-major order, or at the
+        last one (B, d). Only real positions are kept, so nobody pays for logits at padding.
+        The loss lives in ``forward`` so that a DistributedDataParallel wrapper sees the call.
         """
         states = self.encode(seqs, lengths)
         rows = torch.arange(seqs.shape[0], device=seqs.device)
@@ -120,7 +123,10 @@ class SASRec(nn.Module):
         if last_only:
             return self.refine(last, last)
         mask = torch.arange(seqs.shape[1], device=seqs.device).unsqueeze(0) < lengths.unsqueeze(1)
-        return self.refine(states[mask], last)
+        reps = self.refine(states[mask], last)
+        if targets is None:
+            return reps
+        return F.cross_entropy(reps @ self.item_emb.weight[1:].T, targets[mask] - 1)
 
     def item_scores(self, reps: Tensor) -> Tensor:
         """(N, d) -> (N, n_items + 1) dot products with every item embedding (column 0 = padding)."""
@@ -128,7 +134,4 @@ class SASRec(nn.Module):
 
     def loss(self, seqs: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy over all real items, only at real positions (eqs. 7-8 without the L2 term)."""
-        reps = self(seqs, lengths)
-        mask = torch.arange(seqs.shape[1], device=seqs.device).unsqueeze(0) < lengths.unsqueeze(1)
-        logits = reps @ self.item_emb.weight[1:].T
-        return F.cross_entropy(logits, targets[mask] - 1)
+        return self(seqs, lengths, targets)

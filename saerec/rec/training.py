@@ -101,14 +101,27 @@ def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The recommender inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, examples: TrainingExamples,
-                batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu") -> float:
-    """One pass over the bucketed batches; returns the example-weighted mean loss."""
+                batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu",
+                shard: tuple[int, int] = (0, 1)) -> float:
+    """One pass over the bucketed batches; returns the example-weighted mean loss.
+
+    ``shard = (rank, world)``: every worker draws the same batch order from the same RNG and
+    takes every world-th batch, so data-parallel workers step in lockstep on disjoint data.
+    """
     model.train()
+    rank, world = shard
     total, count = 0.0, 0
-    for seqs, lengths, targets in bucketed_batches(examples, batch_size, rng):
+    batches = list(bucketed_batches(examples, batch_size, rng))
+    usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+    for seqs, lengths, targets in batches[rank:usable:world]:
         seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
-        loss = model.loss(seqs, lengths, targets)
+        loss = model(seqs, lengths, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -135,16 +148,18 @@ class FitResult:
 def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
         device: torch.device | str = "cpu", resume: dict[str, Any] | None = None,
         on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None,
-        optimizer: torch.optim.Optimizer | None = None) -> FitResult:
+        shard: tuple[int, int] = (0, 1)) -> FitResult:
     """Train until valid ``select_metric`` stops improving for ``patience`` epochs.
 
     Test data is never touched here: model selection sees the valid set only. ``on_epoch``
-    receives the state and a resumable snapshot after every epoch (for checkpoints).
+    receives the state and a resumable snapshot after every epoch (for checkpoints). ``model``
+    may be DDP-wrapped; every worker then evaluates the same weights and stops together.
     """
     examples = training_examples(data.train, max_len)
-    optimizer = optimizer or make_optimizer(model, cfg)
+    core = unwrap(model)
+    optimizer = make_optimizer(model, cfg)
     if resume is not None:
-        state = TrainState.from_dict(resume, model, optimizer)
+        state = TrainState.from_dict(resume, core, optimizer)
     else:
         seed_everything(cfg.seed)
         state = TrainState(stopper=EarlyStopping(cfg.patience))
@@ -154,17 +169,17 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
         torch.set_rng_state(state.rng_state["torch"])
     while state.epoch < cfg.max_epochs and not state.stopper.should_stop:
         start = time.perf_counter()
-        loss = train_epoch(model, optimizer, examples, cfg.batch_size, rng, device)
+        loss = train_epoch(model, optimizer, examples, cfg.batch_size, rng, device, shard)
         seconds = time.perf_counter() - start
-        valid = evaluate(model, data.valid, cfg.ks, cfg.mask_history, cfg.eval_batch_size, device)
+        valid = evaluate(core, data.valid, cfg.ks, cfg.mask_history, cfg.eval_batch_size, device)
         state.epoch += 1
         if state.stopper.update(state.epoch, valid[cfg.select_metric]):
-            state.best_model = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            state.best_model = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
         state.history.append({"epoch": state.epoch, "loss": loss, "train_seconds": seconds,
                               **{f"valid_{k}": v for k, v in valid.items()}})
         state.rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
         if on_epoch is not None:
-            on_epoch(state, state.to_dict(model, optimizer))
+            on_epoch(state, state.to_dict(core, optimizer))
     if state.best_model is None:
         raise RuntimeError("fit ran no epoch (max_epochs reached before the first one)")
     best = next(h for h in state.history if h["epoch"] == state.stopper.best_epoch)
@@ -175,5 +190,6 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
 def final_test(model: nn.Module, result: FitResult, data: LeaveOneOut, ks: Sequence[int],
                mask_history: bool, device: torch.device | str = "cpu") -> dict[str, float]:
     """Load the selected weights and read the test set once."""
-    model.load_state_dict(result.best_model)
-    return evaluate(model, data.test, ks, mask_history, device=device)
+    core = unwrap(model)
+    core.load_state_dict(result.best_model)
+    return evaluate(core, data.test, ks, mask_history, device=device)

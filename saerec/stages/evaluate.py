@@ -1,0 +1,168 @@
+"""Stage ``evaluate``: test every selected model once, explain its lists, and run the steering study.
+
+Reads: train_rec (selected weights and specs), prepare (interactions, item texts), judge (intent
+summaries). Writes: ``metrics.json`` (per run and mean ± std per variant over seeds),
+``recommendations.parquet`` (per test user: top-N items, the held-out item, the personal and
+public intents with their summaries, the branch weights) and ``steering.json``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from saerec import schemas
+from saerec.config import EvaluateSection
+from saerec.pipeline import Stage, StageContext, StageError, StageInput
+from saerec.stages.train_rec import JUDGE_FEATURES, build_model, read_sequences
+
+EXPLAINED_PREFERENCE = ("saerec", "noEMA", "noFus", "noPub", "noPer", "kmeans")
+
+
+def load_run(train_rec: StageInput, run: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a run's model from its spec and load its selected weights (intent buffers included)."""
+    weights = train_rec.read_tensors(run["model_file"])
+    intents = weights.get("intent_vectors")
+    model = build_model(run["spec"], intents)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def read_summaries(judge: StageInput) -> dict[int, str]:
+    """SAE latent id -> the judge's summary (missing summaries are simply absent)."""
+    table = judge.read_table(JUDGE_FEATURES, ["latent", "summary"])
+    return {int(k): s for k, s in zip(table.column("latent").to_pylist(), table.column("summary").to_pylist())
+            if s is not None}
+
+
+def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = rows[0].keys()
+    return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
+            for k in keys}
+
+
+def pick_explained(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run whose lists get explained: the full SAERec if trained, else the closest variant."""
+    for variant in EXPLAINED_PREFERENCE:
+        found = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["seed"])
+        if found:
+            return found[0]
+    return None
+
+
+def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, users: np.ndarray,
+                          test: Any, latents: np.ndarray | None, summaries: dict[int, str],
+                          cfg: EvaluateSection) -> pa.Table:
+    """One row per test user: top-N, the held-out item, and (for SAERec) the intents behind the list."""
+    from saerec.rec.explain import explain_users, top_items
+
+    if run is not None and run["spec"]["intent_set"] is not None:
+        out = explain_users(model, test.inputs, test.lengths, cfg.top_n, cfg.mask_history)
+        ids = latents if run["spec"]["intent_set"] == "judged" else np.arange(model.n_intents)
+        personal = ids[out["personal"]].tolist()
+        public = [ids[out["public"]].tolist()] * len(test)
+        weights = out["weights"].tolist()
+        items = out["items"]
+    else:
+        items = top_items(model, test.inputs, test.lengths, cfg.top_n, cfg.mask_history)
+        personal, public, weights = [[]] * len(test), [[]] * len(test), [[]] * len(test)
+
+    def names(rows: list[list[int]]) -> list[list[str | None]]:
+        return [[summaries.get(i) for i in row] for row in rows]
+
+    return pa.table({
+        "user": pa.array(users[test.users], pa.int32()),
+        "target": pa.array(test.targets, pa.int32()),
+        "items": pa.array(items.tolist(), pa.list_(pa.int32())),
+        "hit": pa.array((items == test.targets[:, None]).any(axis=1)),
+        "personal_intents": pa.array(personal, pa.list_(pa.int64())),
+        "personal_summaries": pa.array(names(personal), pa.list_(pa.string())),
+        "public_intents": pa.array(public, pa.list_(pa.int64())),
+        "public_summaries": pa.array(names(public), pa.list_(pa.string())),
+        "branch_weights": pa.array(weights, pa.list_(pa.float32())),
+    }, schema=schemas.RECOMMENDATIONS)
+
+
+def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, latents: np.ndarray | None,
+             summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection) -> dict[str, Any]:
+    """Boost the intents whose summaries match ``evaluate.steering_query``; count matching items in lists."""
+    from saerec.rec.explain import match_texts, steering_study
+
+    query = cfg.steering_query
+    if not query:
+        return {"skipped": "evaluate.steering_query is not set"}
+    if run is None or run["spec"]["intent_set"] != "judged":
+        return {"query": query, "skipped": "no SAERec model over judged intents was trained"}
+    matched = np.flatnonzero(match_texts([summaries.get(int(l)) for l in latents], query))
+    flags = np.concatenate([[False], match_texts(item_texts, query)])
+    base = {"query": query, "model": run["name"], "matched_intents": [int(latents[i]) for i in matched],
+            "matching_items": int(flags.sum())}
+    if len(matched) == 0:
+        return {**base, "skipped": f"no intent summary mentions {query!r}"}
+    study = steering_study(model, test.inputs, test.lengths, matched.tolist(), cfg.steering_boost, flags,
+                           cfg.top_n, cfg.mask_history)
+    return {**base, **study}
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from saerec.rec import evaluate, leave_one_out
+
+    cfg: EvaluateSection = ctx.cfg
+    if not cfg.ks or min(cfg.ks) < 1:
+        raise StageError(f"evaluate.ks must list positive cut-offs, got {cfg.ks}")
+    train_rec = ctx.input("train_rec")
+    info = train_rec.read_json("runs.json")
+    runs = info["runs"]
+    if not runs:
+        raise StageError("train_rec published no runs to evaluate")
+    users, sequences, n_items = read_sequences(ctx.input("prepare"))
+    max_len = runs[0]["spec"]["encoder"]["max_len"]
+    split = leave_one_out(sequences, n_items, max_len)
+
+    per_run = []
+    for r in ctx.progress(runs, total=len(runs), desc="evaluate"):
+        model = load_run(train_rec, r)
+        test = evaluate(model, split.test, cfg.ks, cfg.mask_history)
+        per_run.append({"name": r["name"], "variant": r["variant"], "seed": r["seed"], "best_epoch": r["best_epoch"],
+                        "epochs": r["epochs"], "mean_epoch_seconds": r["mean_epoch_seconds"],
+                        "valid": r["valid"], "test": test})
+    variants = list(dict.fromkeys(r["variant"] for r in per_run))
+    summary = {v: {"seeds": [r["seed"] for r in per_run if r["variant"] == v],
+                   "test": mean_std([r["test"] for r in per_run if r["variant"] == v]),
+                   "epoch_seconds": mean_std([{"s": r["mean_epoch_seconds"]} for r in per_run
+                                              if r["variant"] == v])["s"]}
+               for v in variants}
+    ctx.output.write_json("metrics.json", {"ks": cfg.ks, "mask_history": cfg.mask_history, "runs": per_run,
+                                           "summary": summary})
+
+    explained = pick_explained(runs) or sorted(runs, key=lambda r: (r["variant"], r["seed"]))[0]
+    model = load_run(train_rec, explained)
+    latents, summaries = None, {}
+    if explained["spec"]["intent_set"] == "judged":
+        latents = train_rec.read_tensors("intent_sets.safetensors")["judged_latents"].numpy()
+        summaries = read_summaries(ctx.input("judge"))
+    table = recommendations_table(model, explained, np.asarray(users), split.test, latents, summaries, cfg)
+    ctx.output.write_table("recommendations.parquet", table)
+
+    items = ctx.input("prepare").read_table("items.parquet", ["item", "text"]).to_pandas()
+    texts: list[str | None] = [None] * n_items
+    for item, text in zip(items["item"], items["text"]):
+        texts[int(item) - 1] = text
+    study = steering(model, explained, split.test, latents, summaries, texts, cfg)
+    ctx.output.write_json("steering.json", study)
+
+    metrics: dict[str, Any] = {"explained_model": explained["name"], "users": len(split.test)}
+    for v in variants:
+        for k in cfg.ks:
+            for m in ("hr", "ndcg"):
+                metrics[f"{v}_test_{m}@{k}"] = summary[v]["test"][f"{m}@{k}"]["mean"]
+    if "flagged_before" in study:
+        metrics["steering_flagged_before"] = study["flagged_before"]
+        metrics["steering_flagged_after"] = study["flagged_after"]
+    metrics["hit_rate_top_n"] = float(np.mean(table.column("hit").to_numpy(zero_copy_only=False)))
+    return metrics
+
+
+STAGE = Stage(name="evaluate", run=run, inputs=("prepare", "judge", "train_rec"), sections=("evaluate",))
