@@ -156,9 +156,13 @@ class SweepSection:
     ablations: list[str] = _listof("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "sasrec")
     ks: list[int] = _listof(3, 4, 5, 6, 7)
     review_drops: list[float] = _listof(0.0, 0.1, 0.2, 0.3)
-    judges: list[str] = _listof()
+    judges: list[str] = _listof()  # "model" or "backend:model" per judge; empty = the configured judge only
     seeds: list[int] = _listof(0)
     concurrency: int = _bounded(1, lo=1)
+    max_epochs: int | None = _bounded(None, lo=1)  # per trial; null = rec.max_epochs
+    cpus_per_trial: float = _bounded(1.0, lo=0.0, lo_open=True)
+    gpus_per_trial: float = _bounded(0.0, lo=0.0)
+    max_failures: int = _bounded(2, lo=0)  # retries of a crashed trial, from its last checkpoint
 
 
 @dataclass

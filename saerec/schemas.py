@@ -46,3 +46,16 @@ RECOMMENDATIONS = pa.schema([
     ("public_summaries", pa.list_(pa.string())),
     ("branch_weights", pa.list_(pa.float32())),
 ])
+
+
+def sweep_results_schema(ks: list[int] | tuple[int, ...]) -> pa.Schema:
+    """The sweep stage's per-trial table: the trial's settings, its selection run, and its metrics."""
+    metrics = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]
+    return pa.schema([
+        ("trial_id", pa.string()), ("variant", pa.string()), ("k", pa.int32()), ("review_drop", pa.float64()),
+        ("judge", pa.string()), ("seed", pa.int64()), ("studies", pa.list_(pa.string())),
+        ("n_intents", pa.int64()), ("best_epoch", pa.int32()), ("epochs", pa.int32()),
+        ("train_seconds", pa.float64()),
+        *[(f"valid_{m}", pa.float64()) for m in metrics],
+        *[(f"test_{m}", pa.float64()) for m in metrics],
+    ])
