@@ -1,0 +1,195 @@
+"""The run report as data (headings, text, tables, charts), rendered to self-contained HTML and Markdown.
+
+Nothing here reads storage: the report stage gathers published outputs into a ``Document`` and
+this module lays it out. Charts are matplotlib PNGs (Agg backend, no display needed), embedded as
+base64 ``data:`` URIs in both formats, so either file can be mailed or opened offline alone.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+# The paper's Table 2 (Beauty, full ranking) and Table 3 (KMeans-Intent), as quoted in METHOD.md.
+PAPER_BEAUTY = {
+    "SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, "ndcg@20": 0.0386},
+    "ICSRec": {"hr@10": 0.0953, "hr@20": 0.1297, "ndcg@10": 0.0576, "ndcg@20": 0.0663},
+    "SAERec": {"hr@10": 0.1055, "hr@20": 0.1427, "ndcg@10": 0.0643, "ndcg@20": 0.0737},
+    "KMeans-Intent": {"hr@20": 0.1349, "ndcg@20": 0.0671},
+}
+MAIN_METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
+# Our variant names -> the paper's row names.
+PAPER_NAMES = {"sasrec": "SASRec", "saerec": "SAERec", "full": "SAERec", "kmeans": "KMeans-Intent"}
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[str | Table | Figure] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    sections: list[Section] = field(default_factory=list)
+
+    def section(self, title: str) -> Section:
+        found = Section(title)
+        self.sections.append(found)
+        return found
+
+
+def cell(value: Any) -> str:
+    """Numbers to 4 significant decimals, None/NaN to an em dash, everything else as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_mean_std(mean: float, std: float, seeds: int) -> str:
+    """``0.1234`` for one seed, ``0.1234 ± 0.0056`` for several."""
+    if seeds > 1 and not math.isnan(std):
+        return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f}"
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;
+font-style:italic;padding:4px 0}figure{margin:1em 0}img{max-width:100%}figcaption{font-style:italic}"""
+
+
+def to_html(doc: Document) -> str:
+    """One HTML file with its CSS and images inline."""
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{html.escape(doc.title)}</title>",
+           f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(doc.title)}</h1>"]
+    for section in doc.sections:
+        out.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                out.append("<table>")
+                if block.caption:
+                    out.append(f"<caption>{html.escape(block.caption)}</caption>")
+                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in block.columns) + "</tr>")
+                for row in block.rows:
+                    out.append("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>")
+                out.append("</table>")
+            elif isinstance(block, Figure):
+                out.append(f"<figure><img alt='{html.escape(block.caption, quote=True)}' src='{_data_uri(block.png)}'>"
+                           f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+            else:
+                out.append(f"<p>{html.escape(block)}</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(doc: Document) -> str:
+    """The same content as Markdown; images are inline data URIs too."""
+    out = [f"# {doc.title}", ""]
+    for section in doc.sections:
+        out += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                if block.caption:
+                    out += [f"*{_md_escape(block.caption)}*", ""]
+                out.append("| " + " | ".join(_md_escape(c) for c in block.columns) + " |")
+                out.append("|" + "|".join(["---"] + ["---:"] * (len(block.columns) - 1)) + "|")
+                out += ["| " + " | ".join(_md_escape(cell(v)) for v in row) + " |" for row in block.rows]
+            elif isinstance(block, Figure):
+                out.append(f"![{_md_escape(block.caption)}]({_data_uri(block.png)})")
+            else:
+                out.append(block)
+            out.append("")
+    return "\n".join(out)
+
+
+def _figure(plot: Any) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    try:
+        plot(ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def bar_chart(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], title: str,
+              ylabel: str) -> bytes:
+    """One bar per setting with its seed spread as an error bar."""
+    def plot(ax: Any) -> None:
+        positions = range(len(labels))
+        ax.bar(positions, means, yerr=stds, capsize=3, color="#4c72b0")
+        ax.set_xticks(list(positions), labels, rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    return _figure(plot)
+
+
+def line_chart(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+               xlabel: str, ylabel: str) -> bytes:
+    """Each named series as mean ± std over seeds against ``x``."""
+    def plot(ax: Any) -> None:
+        for name, (means, stds) in series.items():
+            ax.errorbar(list(x), means, yerr=stds, marker="o", capsize=3, label=name)
+        ax.set_xticks(list(x))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _figure(plot)
+
+
+def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str] = MAIN_METRICS) -> Table:
+    """Our test metrics per model with the paper's Beauty numbers beside them (— where it has none)."""
+    columns = ["model", "source", *metrics]
+    rows: list[list[Any]] = []
+    for variant, values in ours.items():
+        rows.append([variant, "this run", *[values.get(m) for m in metrics]])
+        paper = PAPER_BEAUTY.get(PAPER_NAMES.get(variant, ""))
+        if paper is not None:
+            rows.append([PAPER_NAMES[variant], "paper (Beauty)", *[paper.get(m) for m in metrics]])
+    shown = {PAPER_NAMES.get(v) for v in ours}
+    for name, paper in PAPER_BEAUTY.items():
+        if name not in shown:
+            rows.append([name, "paper (Beauty)", *[paper.get(m) for m in metrics]])
+    return Table(columns, rows, "Test set, full ranking over all items. Paper rows: Tables 2 and 3 "
+                                "of the SAERec paper on Amazon Beauty (other datasets are not comparable).")

@@ -1,0 +1,165 @@
+"""The report: rendering to self-contained HTML/Markdown, charts, and the stage on stand-in upstream outputs."""
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from saerec import report as rp
+from saerec import schemas, sweeps
+from saerec.config import load_config
+from saerec.pipeline import Runner, Stage, StageContext
+from saerec.stages import prepare
+from saerec.stages import report as report_stage
+from saerec.stages.train_rec import JUDGE_FEATURES
+from saerec.storage import Store
+from tests.conftest import TINY_DEMO
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _images(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)]
+
+
+def test_document_renders_to_self_contained_html_and_markdown():
+    doc = rp.Document("A <title>")
+    section = doc.section("Numbers & charts")
+    section.blocks.append("Plain text with a | pipe and <b>markup</b>.")
+    section.blocks.append(rp.Table(["name", "value"], [["a|b", 0.123456], ["none", None], ["big", 12345.678]],
+                                   "a caption"))
+    section.blocks.append(rp.Figure(rp.bar_chart(["x", "y"], [0.1, 0.2], [0.01, 0.0], "t", "v"), "bars"))
+    section.blocks.append(rp.Figure(rp.line_chart([1, 2, 3], {"s": ([0.1, 0.2, 0.3], [0, 0, 0])}, "t", "x", "y"),
+                                    "lines"))
+    html = rp.to_html(doc)
+    markdown = rp.to_markdown(doc)
+    assert "&lt;b&gt;markup&lt;/b&gt;" in html and "<b>markup" not in html
+    assert "<td>0.1235</td>" in html and "<td>—</td>" in html and "<td>12,345.7</td>" in html
+    assert "| a\\|b | 0.1235 |" in markdown
+    assert "src='http" not in html and "](http" not in markdown, "nothing is fetched from elsewhere"
+    for text in (html, markdown):
+        images = _images(text)
+        assert len(images) == 2 and all(img.startswith(PNG_MAGIC) for img in images)
+
+
+def test_main_table_puts_the_papers_numbers_beside_ours():
+    table = rp.main_results_table({"sasrec": {"hr@10": 0.09, "ndcg@20": 0.06}, "saerec": {"hr@10": "0.1 ± 0.01"}})
+    rows = {(r[0], r[1]): r[2:] for r in table.rows}
+    assert rows[("sasrec", "this run")] == [0.09, None, None, 0.06]
+    assert rows[("SASRec", "paper (Beauty)")] == [0.0624, 0.0894, 0.0342, 0.0386]
+    assert rows[("SAERec", "paper (Beauty)")][0] == 0.1055
+    assert rows[("ICSRec", "paper (Beauty)")][3] == 0.0663
+    assert rows[("KMeans-Intent", "paper (Beauty)")] == [None, 0.1349, None, 0.0671]
+    assert [r[0] for r in table.rows].count("SASRec") == 1
+
+
+def test_mean_std_format():
+    assert rp.format_mean_std(0.12345, 0.01, 1) == "0.1235"
+    assert rp.format_mean_std(0.12345, 0.01, 3) == "0.1235 ± 0.0100"
+
+
+LATENTS = [2, 5, 7]
+
+
+def _published(name: str, inputs: tuple[str, ...], write) -> Stage:
+    return Stage(name=name, run=write, inputs=inputs, sections=("report",))
+
+
+def _embed(ctx: StageContext) -> dict:
+    return {"texts": 100, "dim": 8}
+
+
+def _train_sae(ctx: StageContext) -> dict:
+    ctx.output.write_table("latent_frequency.parquet", pa.table(
+        {"latent": pa.array(range(10), pa.int32()), "count": pa.array(range(10), pa.int64()),
+         "frequency": pa.array(np.arange(10) / 10.0)}))
+    return {"fvu": 0.2, "l0": 4.0, "dead_pct": 10.0, "density_histogram": [1, 3, 5, 1]}
+
+
+def _judge(ctx: StageContext) -> dict:
+    ctx.output.write_table(JUDGE_FEATURES, pa.table({
+        "latent": list(range(10)), "summary": [f"theme {i}" for i in range(10)],
+        "words": [[f"w{i}a", f"w{i}b"] for i in range(10)], "kept": [i in LATENTS for i in range(10)]}))
+    return {"kept": len(LATENTS), "judged": 10}
+
+
+def _evaluate(ctx: StageContext) -> dict:
+    test = {f"{m}@{k}": {"mean": 0.05 * k / 10, "std": 0.001} for m in ("hr", "ndcg") for k in (5, 10, 20)}
+    ctx.output.write_json("metrics.json", {"summary": {
+        "sasrec": {"seeds": [0, 1], "test": test}, "saerec": {"seeds": [0, 1], "test": test}}})
+    ctx.output.write_json("steering.json", {"query": "acne", "matched_intents": [5], "flagged_before": 10,
+                                            "flagged_after": 14})
+    ctx.output.write_table("recommendations.parquet", pa.table({
+        "user": pa.array([1, 2], pa.int32()), "target": pa.array([3, 4], pa.int32()),
+        "items": pa.array([[1, 2, 3], [4, 5, 6]], pa.list_(pa.int32())), "hit": [True, False],
+        "personal_intents": pa.array([[5], [7]], pa.list_(pa.int64())),
+        "personal_summaries": [["theme 5"], [None]], "public_intents": pa.array([[2], [2]], pa.list_(pa.int64())),
+        "public_summaries": [["theme 2"], ["theme 2"]], "branch_weights": pa.array([[0.5], [0.5]],
+                                                                                    pa.list_(pa.float32()))},
+        schema=schemas.RECOMMENDATIONS))
+    return {"explained_model": "saerec-seed0"}
+
+
+def _sweep(ctx: StageContext) -> dict:
+    specs = sweeps.build_grid(["full", "noPer", "sasrec"], [3, 5], [0.0, 0.2], [], [0, 1], default_k=5,
+                              default_drop=0.0)
+    rows = []
+    for i, s in enumerate(specs):
+        value = 0.01 * (i + 1)
+        rows.append({**vars(s), "studies": list(s.studies), "trial_id": s.trial_id, "n_intents": 3, "best_epoch": 1,
+                     "epochs": 2, "train_seconds": 1.0, **{f"{p}_{m}@{k}": value for p in ("valid", "test")
+                                                           for m in ("hr", "ndcg") for k in (5, 10, 20)}})
+    results = sweeps.results_table(rows, (5, 10, 20))
+    ctx.output.write_table("summary.parquet", sweeps.summary_table(results, (5, 10, 20)))
+    return {"trials": len(specs), "seeds": 2, "tune_seconds": 12.5, "upstream_seconds": 3.0}
+
+
+STAND_INS = {
+    "embed": _published("embed", ("prepare",), _embed),
+    "train_sae": _published("train_sae", ("embed",), _train_sae),
+    "explain": _published("explain", ("train_sae",), lambda ctx: {"latents": 10}),
+    "judge": _published("judge", ("explain",), _judge),
+    "train_rec": _published("train_rec", ("judge",), lambda ctx: {"runs": 4}),
+    "evaluate": _published("evaluate", ("train_rec",), _evaluate),
+    "sweep": _published("sweep", ("evaluate",), _sweep),
+}
+
+
+def test_report_stage_reads_every_published_output(tmp_path):
+    cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "report.example_intents=2"])
+    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner.run_stage(prepare.STAGE)
+    for stage in STAND_INS.values():
+        runner.run_stage(stage)
+    published = runner.run_stage(report_stage.STAGE)
+    assert sorted(published["outputs"]) == ["report.html", "report.md"]
+    assert published["metrics"]["figures"] == 4
+    html = runner.store.read_bytes(f"{published['output_dir']}/report.html").decode()
+    markdown = runner.store.read_bytes(f"{published['output_dir']}/report.md").decode()
+    for text in (html, markdown):
+        assert len(_images(text)) == 4
+        for heading in ("Dataset", "Sparse autoencoder", "Intents", "Main results", "Ablations",
+                        "Sensitivity to k", "Robustness to review removal", "Judge LLM choice", "Steering study",
+                        "Wall time per stage"):
+            assert heading in text
+    assert "| 7 | w7a, w7b | theme 7 | 0.7000 |" in markdown and "| 5 | w5a, w5b | theme 5 |" in markdown
+    assert "| 2 | w2a, w2b |" not in markdown, "only the example_intents most active kept intents"
+    assert "| KMeans-Intent | paper (Beauty) | — | 0.1349 | — | 0.0671 |" in markdown
+    assert "0.1000 ± 0.0010" in markdown, "two seeds give mean ± std"
+    for stage in (*STAND_INS, "prepare"):
+        assert f"| {stage} |" in markdown.split("Wall time per stage")[1]
+
+
+def test_report_names_a_missing_column(tmp_path):
+    cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO])
+    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner.run_stage(prepare.STAGE)
+    broken = {**STAND_INS, "judge": _published("judge", ("explain",), lambda ctx: ctx.output.write_table(
+        JUDGE_FEATURES, pa.table({"latent": [1], "summary": ["x"], "kept": [True]})) or {})}
+    for stage in broken.values():
+        runner.run_stage(stage)
+    with pytest.raises(Exception, match=r"features.parquet has no column 'words'"):
+        runner.run_stage(report_stage.STAGE)
