@@ -73,3 +73,38 @@ def test_resume_from_a_snapshot_reproduces_the_uninterrupted_run(kind):
 def test_fit_config_rejects_a_selection_metric_it_does_not_compute():
     with pytest.raises(ValueError, match="select_metric 'ndcg@50'"):
         FitConfig(select_metric="ndcg@50")
+
+
+class _RecordingSASRec(SASRec):
+    """A real SASRec that remembers which training sequences it was fed."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.seen = []
+
+    def forward(self, seqs, lengths, targets=None, last_only=False):
+        if targets is not None:
+            self.seen += [tuple(r) for r in seqs.tolist()]
+        return super().forward(seqs, lengths, targets, last_only)
+
+
+def test_data_parallel_shards_split_the_same_epoch_into_disjoint_batches():
+    import numpy as np
+
+    from saerec.rec.batching import bucketed_batches, training_examples
+    from saerec.rec.training import make_optimizer, train_epoch
+
+    data = _data()
+    examples = training_examples(data.train, max_len=10)
+    cfg = EncoderConfig(n_items=N_ITEMS, d=16, heads=2, blocks=1, max_len=10, dropout=0.0)
+    seen = []
+    for rank in (0, 1):
+        model = _RecordingSASRec(cfg)
+        train_epoch(model, make_optimizer(model, FitConfig()), examples, 6, np.random.default_rng(5), shard=(rank, 2))
+        seen.append(model.seen)
+    batches = list(bucketed_batches(examples, 6, np.random.default_rng(5)))
+    kept = len(batches) - len(batches) % 2
+    expected = [tuple(r) for b in batches[:kept] for r in b[0].tolist()]
+    assert [tuple(r) for b in batches[0:kept:2] for r in b[0].tolist()] == seen[0]
+    assert sorted(seen[0] + seen[1]) == sorted(expected)
+    assert len(seen[0]) > 0 and len(seen[1]) > 0
