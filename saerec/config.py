@@ -160,9 +160,11 @@ class SweepSection:
     seeds: list[int] = _listof(0)
     concurrency: int = _bounded(1, lo=1)
     max_epochs: int | None = _bounded(None, lo=1)  # per trial; null = rec.max_epochs
+    patience: int | None = _bounded(None, lo=1)  # per trial; null = rec.patience
     cpus_per_trial: float = _bounded(1.0, lo=0.0, lo_open=True)
     gpus_per_trial: float = _bounded(0.0, lo=0.0)
     max_failures: int = _bounded(2, lo=0)  # retries of a crashed trial, from its last checkpoint
+    checkpoint_seconds: float = _bounded(30.0, lo=0.0)  # a trial checkpoints after an epoch once this has passed
 
 
 @dataclass

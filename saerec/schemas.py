@@ -55,7 +55,7 @@ def sweep_results_schema(ks: list[int] | tuple[int, ...]) -> pa.Schema:
         ("trial_id", pa.string()), ("variant", pa.string()), ("k", pa.int32()), ("review_drop", pa.float64()),
         ("judge", pa.string()), ("seed", pa.int64()), ("studies", pa.list_(pa.string())),
         ("n_intents", pa.int64()), ("best_epoch", pa.int32()), ("epochs", pa.int32()),
-        ("train_seconds", pa.float64()),
+        ("resumed_from_epoch", pa.int32()), ("train_seconds", pa.float64()),
         *[(f"valid_{m}", pa.float64()) for m in metrics],
         *[(f"test_{m}", pa.float64()) for m in metrics],
     ])

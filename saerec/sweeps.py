@@ -170,6 +170,7 @@ def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+    resumed_from = resume["epoch"] if resume else 0
 
     last_saved = time.monotonic()
 
@@ -190,6 +191,7 @@ def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings
         "done": True,
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
+        "resumed_from_epoch": resumed_from,
         "train_seconds": float(sum(h["train_seconds"] for h in result.history)),
         "n_intents": int(getattr(model, "n_intents", 0)),
         **{f"valid_{k}": v for k, v in result.best_valid.items()},

@@ -55,3 +55,20 @@ def ray_local():
 
 
 TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6"]
+
+
+@pytest.fixture(scope="session")
+def ray_head(s3_server):
+    """A private ``ray start --head`` on 127.0.0.1 for ``ray job submit`` tests, holding the S3 credentials."""
+    from tests.ray_head import RayHead
+    head = RayHead(s3_server.env)
+    head.start()
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def submitted_demo(ray_head, s3_server):
+    """The tiny demo submitted once to ``ray_head`` with S3 storage; cluster and fault tests share its outputs."""
+    from tests.ray_head import submit_demo
+    return submit_demo(ray_head, s3_server.endpoint, s3_server.bucket, TINY_DEMO)

@@ -73,16 +73,14 @@ def _embed(ctx: StageContext) -> dict:
 
 
 def _train_sae(ctx: StageContext) -> dict:
-    ctx.output.write_table("latent_frequency.parquet", pa.table(
-        {"latent": pa.array(range(10), pa.int32()), "count": pa.array(range(10), pa.int64()),
-         "frequency": pa.array(np.arange(10) / 10.0)}))
     return {"fvu": 0.2, "l0": 4.0, "dead_pct": 10.0, "density_histogram": [1, 3, 5, 1]}
 
 
 def _judge(ctx: StageContext) -> dict:
     ctx.output.write_table(JUDGE_FEATURES, pa.table({
         "latent": list(range(10)), "summary": [f"theme {i}" for i in range(10)],
-        "words": [[f"w{i}a", f"w{i}b"] for i in range(10)], "kept": [i in LATENTS for i in range(10)]}))
+        "words": [[f"w{i}a", f"w{i}b"] for i in range(10)], "kept": [i in LATENTS for i in range(10)],
+        "frequency": np.arange(10) / 10.0, "detection": [0.75] * 10}))
     return {"kept": len(LATENTS), "judged": 10}
 
 
@@ -110,7 +108,7 @@ def _sweep(ctx: StageContext) -> dict:
     for i, s in enumerate(specs):
         value = 0.01 * (i + 1)
         rows.append({**vars(s), "studies": list(s.studies), "trial_id": s.trial_id, "n_intents": 3, "best_epoch": 1,
-                     "epochs": 2, "train_seconds": 1.0, **{f"{p}_{m}@{k}": value for p in ("valid", "test")
+                     "epochs": 2, "resumed_from_epoch": 0, "train_seconds": 1.0, **{f"{p}_{m}@{k}": value for p in ("valid", "test")
                                                            for m in ("hr", "ndcg") for k in (5, 10, 20)}})
     results = sweeps.results_table(rows, (5, 10, 20))
     ctx.output.write_table("summary.parquet", sweeps.summary_table(results, (5, 10, 20)))
@@ -145,7 +143,7 @@ def test_report_stage_reads_every_published_output(tmp_path):
                         "Sensitivity to k", "Robustness to review removal", "Judge LLM choice", "Steering study",
                         "Wall time per stage"):
             assert heading in text
-    assert "| 7 | w7a, w7b | theme 7 | 0.7000 |" in markdown and "| 5 | w5a, w5b | theme 5 |" in markdown
+    assert "| 7 | w7a, w7b | theme 7 | 0.7000 | 0.7500 |" in markdown and "| 5 | w5a, w5b | theme 5 |" in markdown
     assert "| 2 | w2a, w2b |" not in markdown, "only the example_intents most active kept intents"
     assert "| KMeans-Intent | paper (Beauty) | — | 0.1349 | — | 0.0671 |" in markdown
     assert "0.1000 ± 0.0010" in markdown, "two seeds give mean ± std"
@@ -158,7 +156,7 @@ def test_report_names_a_missing_column(tmp_path):
     runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
     runner.run_stage(prepare.STAGE)
     broken = {**STAND_INS, "judge": _published("judge", ("explain",), lambda ctx: ctx.output.write_table(
-        JUDGE_FEATURES, pa.table({"latent": [1], "summary": ["x"], "kept": [True]})) or {})}
+        JUDGE_FEATURES, pa.table({"latent": [1], "summary": ["x"], "kept": [True], "frequency": [0.1]})) or {})}
     for stage in broken.values():
         runner.run_stage(stage)
     with pytest.raises(Exception, match=r"features.parquet has no column 'words'"):

@@ -143,6 +143,7 @@ def test_summary_is_mean_and_std_over_seeds():
     for seed, value in ((0, 0.1), (1, 0.3)):
         rows.append({"trial_id": f"full-{seed}", "variant": "full", "k": 5, "review_drop": 0.0, "judge": "",
                      "seed": seed, "studies": ["ablation", "judge"], "n_intents": 4, "best_epoch": 1, "epochs": 1,
+                     "resumed_from_epoch": 0,
                      "train_seconds": 1.0, **{f"{s}_{m}@{k}": value for s in ("valid", "test")
                                                for m in ("hr", "ndcg") for k in (5, 10, 20)}})
     summary = sweeps.summary_table(sweeps.results_table(rows, (5, 10, 20)), (5, 10, 20)).to_pylist()

@@ -59,19 +59,18 @@ def _sae(doc: rp.Document, ctx: StageContext) -> None:
 def _intents(doc: rp.Document, ctx: StageContext, cfg: ReportSection) -> None:
     judge = ctx.input("judge")
     features = judge.read_table(JUDGE_FEATURES).to_pandas()
-    for column in ("latent", "summary", "words", "kept"):
+    for column in ("latent", "words", "summary", "kept", "frequency", "detection"):
         if column not in features:
             raise StageError(f"report: {judge.uri(JUDGE_FEATURES)} has no column {column!r}")
-    frequency = ctx.input("train_sae").read_table("latent_frequency.parquet").to_pandas()
-    kept = features[features["kept"]].merge(frequency[["latent", "frequency"]], on="latent", how="left")
-    kept = kept.sort_values(["frequency", "latent"], ascending=[False, True]).head(cfg.example_intents)
+    kept = features[features["kept"]].sort_values(["frequency", "latent"], ascending=[False, True])
     section = doc.section("Intents")
     section.blocks.append(rp.Table(["metric", "value"], _scalars(judge.metrics),
                                    "The LLM judge: latents summarised and kept as intents"))
-    rows = [[int(r.latent), ", ".join(list(r.words)[:WORDS_SHOWN]), r.summary, r.frequency]
-            for r in kept.itertuples()]
-    section.blocks.append(rp.Table(["latent", "top words", "summary", "activation frequency"], rows,
-                                   f"The {len(rows)} most frequently active kept intents"))
+    rows = [[int(r.latent), ", ".join(list(r.words)[:WORDS_SHOWN]), r.summary, r.frequency, r.detection]
+            for r in kept.head(cfg.example_intents).itertuples()]
+    section.blocks.append(rp.Table(["latent", "top words", "summary", "activation frequency", "detection"], rows,
+                                   f"The {len(rows)} most frequently active kept intents; detection = the judge's "
+                                   "held-out balanced accuracy at telling the latent's top texts from random ones"))
 
 
 def _main_results(doc: rp.Document, ctx: StageContext) -> None:

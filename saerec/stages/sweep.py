@@ -138,10 +138,10 @@ def _settings(ctx: StageContext) -> sweeps.TrialSettings:
     return sweeps.TrialSettings(
         d=rec.d, blocks=rec.blocks, heads=rec.heads, max_len=rec.max_len, dropout=rec.dropout,
         ema_beta=rec.ema_beta, lr=rec.lr, weight_decay=rec.weight_decay, batch_size=rec.batch_size,
-        max_epochs=cfg.max_epochs or rec.max_epochs, patience=rec.patience,
+        max_epochs=cfg.max_epochs or rec.max_epochs, patience=cfg.patience or rec.patience,
         ks=tuple(sorted(set(evaluate.ks) | set(SELECTION_KS))), select_metric=SELECT_METRIC,
         mask_history=evaluate.mask_history, threads=max(1, int(cfg.cpus_per_trial)),
-        use_gpu=cfg.gpus_per_trial > 0)
+        use_gpu=cfg.gpus_per_trial > 0, checkpoint_seconds=cfg.checkpoint_seconds)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -185,6 +185,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return {"trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
             "upstream_seconds": round(upstream_seconds, 3), "tune_seconds": round(time.time() - tune_start, 3),
             "trial_train_seconds": float(np.sum(results.column("train_seconds").to_numpy())),
+            "trials_resumed_mid_training": int(np.sum(results.column("resumed_from_epoch").to_numpy() > 0)),
             "best_study_point": f"{best['study']}:{best['variant']}:k{best['k']}:drop{best['review_drop']}",
             f"best_test_{SELECT_METRIC}": best[f"test_{SELECT_METRIC}_mean"]}
 
