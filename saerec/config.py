@@ -75,8 +75,10 @@ class EmbedSection:
     kind: Literal["auto", "t5", "bert"] = "auto"
     layer: int = -1
     max_length: int = _bounded(128, lo=8)
-    batch_size: int = _bounded(128, lo=1)
+    batch_size: int = _bounded(512, lo=1)
+    micro_batch_size: int = _bounded(64, lo=1)
     num_actors: int = _bounded(1, lo=1)
+    cpus_per_actor: float = _bounded(1.0, lo=0.0)
     num_gpus_per_actor: float = _bounded(0.0, lo=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -34,6 +34,12 @@ def vocabulary_schema(dim: int) -> pa.Schema:
     return pa.schema([("word", pa.string()), ("count", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
 
 
+def embedding_table_schema(dim: int) -> pa.Schema:
+    """What the embed stage writes: ``embedding_schema`` plus, per text, the tokens the encoder saw
+    (0 = an empty text, whose vector is all zeros) and whether the text was cut at embed.max_length."""
+    return pa.schema([*embedding_schema(dim), ("tokens", pa.int32()), ("truncated", pa.bool_())])
+
+
 # evaluate: one row per test user; intents are SAE latent ids (k-means cluster ids for KMeans-Intent)
 RECOMMENDATIONS = pa.schema([
     ("user", pa.int32()),

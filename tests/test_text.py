@@ -23,8 +23,8 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, tokenizer) -> str:
+def save_tiny_bert(folder, tokenizer) -> str:
+    """A 2-layer, 16-wide random BERT with the MiniLM tokenizer: real code paths, millisecond forwards."""
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -34,10 +34,14 @@ def tiny_bert(tmp_path_factory, tokenizer) -> str:
         intermediate_size=32,
         max_position_embeddings=64,
     )
-    folder = tmp_path_factory.mktemp("tiny_bert")
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, tokenizer) -> str:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +181,9 @@ def test_bad_settings_name_the_value(tiny_bert, tiny_t5):
     with pytest.raises(ValueError, match="max_length=128"):
         load_encoder(tiny_bert, max_length=128, device="cpu")
     with pytest.raises(ValueError, match="dtype='int8'"):
-        load_encoder(tiny_bert, dtype="int8", device="cpu")
+        load_encoder(tiny_bert, max_length=32, dtype="int8", device="cpu")
     with pytest.raises(ValueError, match="device='tpu'"):
-        load_encoder(tiny_bert, device="tpu")
+        load_encoder(tiny_bert, max_length=32, device="tpu")
 
 
 def test_auto_dtype_is_float32_on_cpu_and_bf16_on_cuda():
@@ -226,6 +230,10 @@ def test_word_counters_merge_like_one_pass():
     left.merge(right)
     assert left.counts == whole.counts and left.texts == whole.texts == 20
     assert left.top(5, 1) == whole.top(5, 1)
+    rows = WordCounter()
+    rows.add_counts(*zip(*left.counts.items()))
+    rows.add_counts(["soap"], [1])
+    assert rows.counts["soap"] == whole.counts["soap"] + 1 and rows.counts["lather"] == whole.counts["lather"]
 
 
 def test_vocabulary_rejects_bad_arguments():

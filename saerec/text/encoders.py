@@ -139,8 +139,6 @@ class PooledEncoder:
         batch_size: int,
         device: torch.device,
     ) -> None:
-        if max_length < 2:
-            raise ValueError(f"max_length={max_length} must be at least 2 (room for special tokens)")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         self.model = model
@@ -228,23 +226,26 @@ def normalise_layer(layer: int, num_layers: int) -> int:
     return index
 
 
-def load_encoder(
-    model: str = "minilm",
-    kind: str = "auto",
-    layer: int = -1,
-    max_length: int = 256,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int = 64,
-) -> PooledEncoder:
-    """Load a T5 or BERT-family encoder by short name, local folder or hub id (offline-friendly)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a model's config says about it, known before any weights are loaded."""
+
+    path: str
+    kind: str
+    num_layers: int
+    layer: int
+    dim: int
+
+
+def inspect_encoder(model: str = "minilm", kind: str = "auto", layer: int = -1, max_length: int = 256) -> EncoderSpec:
+    """Check settings against the model's config only, so a job fails in seconds, not after loading."""
+    from transformers import AutoConfig
 
     if kind not in ENCODER_KINDS:
         raise ValueError(f"kind={kind!r} is not one of {ENCODER_KINDS}")
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length} must be at least 2 (room for special tokens)")
     path = resolve_model_path(model)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     config = AutoConfig.from_pretrained(path)
     model_type = getattr(config, "model_type", "")
     if kind == "auto":
@@ -255,16 +256,33 @@ def load_encoder(
         raise ValueError(
             f"model {model!r} ({model_type}) is an encoder-decoder; use kind='t5' for T5/P5 checkpoints"
         )
-    if kind == "bert":
-        limit = getattr(config, "max_position_embeddings", None)
-        if limit is not None and max_length > limit:
-            raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}")
-    loader = T5EncoderModel if kind == "t5" else AutoModel
-    network = loader.from_pretrained(path, dtype=torch_dtype).to(torch_device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    limit = getattr(config, "max_position_embeddings", None) if kind == "bert" else None
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}")
     num_layers = int(getattr(config, "num_layers", None) or config.num_hidden_layers)
-    drop_blocks_above(network, normalise_layer(layer, num_layers))
-    return PooledEncoder(network, tokenizer, layer, num_layers, max_length, batch_size, torch_device)
+    return EncoderSpec(path, kind, num_layers, normalise_layer(layer, num_layers), int(config.hidden_size))
+
+
+def load_encoder(
+    model: str = "minilm",
+    kind: str = "auto",
+    layer: int = -1,
+    max_length: int = 256,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 64,
+) -> PooledEncoder:
+    """Load a T5 or BERT-family encoder by short name, local folder or hub id (offline-friendly)."""
+    from transformers import AutoModel, AutoTokenizer, T5EncoderModel
+
+    spec = inspect_encoder(model, kind, layer, max_length)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    loader = T5EncoderModel if spec.kind == "t5" else AutoModel
+    network = loader.from_pretrained(spec.path, dtype=torch_dtype).to(torch_device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec.path)
+    drop_blocks_above(network, spec.layer)
+    return PooledEncoder(network, tokenizer, spec.layer, spec.num_layers, max_length, batch_size, torch_device)
 
 
 def drop_blocks_above(network: nn.Module, layer: int) -> None:

@@ -64,6 +64,11 @@ class WordCounter:
         self.counts.update(other.counts)
         self.texts += other.texts
 
+    def add_counts(self, words: Iterable[str], counts: Iterable[int]) -> None:
+        """Fold in (word, count) rows another worker produced."""
+        for word, count in zip(words, counts, strict=True):
+            self.counts[word] += count
+
     def top(self, size: int, min_count: int) -> list[tuple[str, int]]:
         """The ``size`` most frequent words seen at least ``min_count`` times, ties broken by word."""
         if size < 1:
