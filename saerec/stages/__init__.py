@@ -5,7 +5,7 @@ import importlib
 
 from saerec.pipeline import Stage
 
-STAGE_ORDER: tuple[str, ...] = ("prepare",)
+STAGE_ORDER: tuple[str, ...] = ("prepare", "embed")
 
 
 def load_stage(name: str) -> Stage:
