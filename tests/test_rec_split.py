@@ -66,3 +66,11 @@ def test_ranking_batches_return_every_user_once():
 def test_out_of_range_item_names_the_user():
     with pytest.raises(ValueError, match="user 1: item id 9"):
         leave_one_out([[1, 2, 3], [1, 9, 2]], n_items=5, max_len=5)
+
+
+def test_random_batches_also_cover_every_example_once():
+    _, data = _split([3 + (i % 7) for i in range(30)])
+    examples = training_examples(data.train, max_len=50)
+    rows = [tuple(r) for s, _, _ in bucketed_batches(examples, 8, np.random.default_rng(2), bucket=False)
+            for r in s.tolist()]
+    assert len(rows) == len(examples) == len(set(rows))

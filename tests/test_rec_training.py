@@ -108,3 +108,22 @@ def test_data_parallel_shards_split_the_same_epoch_into_disjoint_batches():
     assert [tuple(r) for b in batches[0:kept:2] for r in b[0].tolist()] == seen[0]
     assert sorted(seen[0] + seen[1]) == sorted(expected)
     assert len(seen[0]) > 0 and len(seen[1]) > 0
+
+
+def test_token_weighting_only_changes_training_when_batches_differ_in_size():
+    import numpy as np
+
+    from saerec.rec.batching import training_examples
+    from saerec.rec.training import make_optimizer, train_epoch
+
+    examples = training_examples(leave_one_out([[1, 2, 3, 4, 5, 6, 7, 8], [3, 4, 5, 6, 7]] * 4, N_ITEMS,
+                                               max_len=10).train, max_len=10)
+
+    def weights_after(batch_size, weighted):
+        model = _model("sasrec", seed=0)
+        train_epoch(model, make_optimizer(model, FitConfig(lr=1e-2)), examples, batch_size,
+                    np.random.default_rng(0), token_weighted=weighted)
+        return model.item_emb.weight.detach().clone()
+
+    assert torch.allclose(weights_after(len(examples), True), weights_after(len(examples), False), atol=1e-6)
+    assert not torch.allclose(weights_after(4, True), weights_after(4, False), atol=1e-6)

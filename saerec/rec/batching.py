@@ -103,16 +103,18 @@ def training_examples(train: Sequence[np.ndarray], max_len: int) -> TrainingExam
     return TrainingExamples(inputs, targets, lengths)
 
 
-def bucketed_batches(examples: TrainingExamples, batch_size: int,
-                     rng: np.random.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Shuffled batches of similar length, each cut to its own longest sequence.
+def bucketed_batches(examples: TrainingExamples, batch_size: int, rng: np.random.Generator,
+                     bucket: bool = True) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Shuffled batches, each cut to its own longest sequence.
 
-    Sorting by (length, random key) groups equal lengths in a fresh random order each epoch;
-    the batch order is shuffled too, so the optimiser never sees a length curriculum.
+    With ``bucket``, sorting by (length, random key) groups equal lengths in a fresh random
+    order each epoch and the batch order is shuffled, so the optimiser never sees a length
+    curriculum; without it, batches are plain random draws (and mostly padded to the maximum).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.lexsort((rng.random(len(examples)), examples.lengths))
+    keys = rng.random(len(examples))
+    order = np.lexsort((keys, examples.lengths)) if bucket else np.argsort(keys)
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for pick in rng.permutation(len(chunks)):
         rows = chunks[pick]

@@ -33,6 +33,8 @@ class FitConfig:
     mask_history: bool = True
     eval_batch_size: int = 1024
     seed: int = 0
+    bucket: bool = True
+    token_weighted: bool = True
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -108,22 +110,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, examples: TrainingExamples,
                 batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu",
-                shard: tuple[int, int] = (0, 1)) -> float:
-    """One pass over the bucketed batches; returns the example-weighted mean loss.
+                shard: tuple[int, int] = (0, 1), bucket: bool = True, token_weighted: bool = True) -> float:
+    """One pass over the (length-bucketed) batches; returns the per-position mean loss.
 
+    ``token_weighted`` scales each batch's mean loss by its share of positions (real tokens /
+    mean tokens per batch), so every training position weighs the same over an epoch. Without
+    it, bucketing would up-weight the positions of short-sequence batches (few tokens, same
+    step) against those of long histories, a different objective from random batching.
     ``shard = (rank, world)``: every worker draws the same batch order from the same RNG and
     takes every world-th batch, so data-parallel workers step in lockstep on disjoint data.
     """
     model.train()
     rank, world = shard
     total, count = 0.0, 0
-    batches = list(bucketed_batches(examples, batch_size, rng))
+    batches = list(bucketed_batches(examples, batch_size, rng, bucket))
+    mean_tokens = float(examples.lengths.sum()) / max(len(batches), 1)
     usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
     for seqs, lengths, targets in batches[rank:usable:world]:
         seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
         loss = model(seqs, lengths, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (float(lengths.sum()) / mean_tokens) if token_weighted else loss).backward()
         optimizer.step()
         n = int(lengths.sum())
         total += loss.item() * n
@@ -169,7 +176,8 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
         torch.set_rng_state(state.rng_state["torch"])
     while state.epoch < cfg.max_epochs and not state.stopper.should_stop:
         start = time.perf_counter()
-        loss = train_epoch(model, optimizer, examples, cfg.batch_size, rng, device, shard)
+        loss = train_epoch(model, optimizer, examples, cfg.batch_size, rng, device, shard, cfg.bucket,
+                           cfg.token_weighted)
         seconds = time.perf_counter() - start
         valid = evaluate(core, data.valid, cfg.ks, cfg.mask_history, cfg.eval_batch_size, device)
         state.epoch += 1
