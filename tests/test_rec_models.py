@@ -151,3 +151,28 @@ def test_explain_refuses_training_mode_and_bad_configs_name_the_problem():
         intent_config_for("noX", 3, 0.9)
     with pytest.raises(ValueError, match="exceeds max_len"):
         SASRec(_cfg()).encode(torch.ones(1, 11, dtype=torch.long), torch.tensor([11]))
+
+
+def test_intent_attention_matches_attending_over_the_gathered_intents():
+    from saerec.rec.saerec_model import IntentAttention
+
+    torch.manual_seed(0)
+    attn = IntentAttention(d=8, heads=2, dropout=0.0).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.5)
+    queries, table = torch.randn(4, 8), torch.randn(10, 8)
+    ids = torch.tensor([[0, 3], [9, 1], [2, 2], [5, 7]])
+    bias = torch.tensor([[0.0, 1.0], [0.5, 0.0], [0.0, 0.0], [2.0, -1.0]])
+    expected = []
+    for q, row, b in zip(queries, ids, bias):
+        k, v = attn.key_value(table[row]).chunk(2, dim=-1)
+        heads = []
+        for h in range(2):
+            sl = slice(4 * h, 4 * h + 4)
+            w = torch.softmax(attn.query(q)[sl] @ k[:, sl].T / 2.0 + b, dim=-1)
+            heads.append(w @ v[:, sl])
+        expected.append(attn.out(torch.cat(heads)))
+    assert torch.allclose(attn(queries, table, ids, bias), torch.stack(expected), atol=1e-5)
+    shared = attn(queries, table, torch.tensor([4, 6]), torch.zeros(2))
+    per_query = attn(queries, table, torch.tensor([[4, 6]] * 4), torch.zeros(4, 2))
+    assert torch.allclose(shared, per_query, atol=1e-6)

@@ -61,29 +61,31 @@ def intent_config_for(ablation: str, k: int, ema_beta: float) -> IntentConfig:
 
 
 class IntentAttention(nn.Module):
-    """Eq. (5): each query state attends over a handful of intent projections (multi-head)."""
+    """Eq. (5): each query state attends over a handful of intent projections (multi-head).
+
+    Keys and values are projected once for the whole intent table and then gathered: the same
+    numbers as projecting each query's k retrieved intents, at a fraction of the work.
+    """
 
     def __init__(self, d: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
         self.query = nn.Linear(d, d)
-        self.key = nn.Linear(d, d)
-        self.value = nn.Linear(d, d)
+        self.key_value = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, d)
         self.attn_drop = nn.Dropout(dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, queries: Tensor, intents: Tensor, bias: Tensor) -> Tensor:
-        """queries (N, d); intents (N, k, d) per query or (k, d) shared; bias (N, k) or (k,) on logits."""
+    def forward(self, queries: Tensor, table: Tensor, ids: Tensor, bias: Tensor) -> Tensor:
+        """queries (N, d); table (n_intents, d); ids (N, k) per query or (k,) shared; bias like ids."""
         n, d = queries.shape
         h, dh = self.heads, d // self.heads
         q = self.query(queries).view(n, h, 1, dh)
-        k = self.key(intents)
-        v = self.value(intents)
-        if intents.dim() == 2:
+        k, v = self.key_value(table)[ids].chunk(2, dim=-1)
+        if ids.dim() == 1:
             k, v, bias = k.unsqueeze(0), v.unsqueeze(0), bias.unsqueeze(0)
-        k = k.view(k.shape[0], -1, h, dh).transpose(1, 2)
-        v = v.view(v.shape[0], -1, h, dh).transpose(1, 2)
+        k = k.reshape(k.shape[0], -1, h, dh).transpose(1, 2)
+        v = v.reshape(v.shape[0], -1, h, dh).transpose(1, 2)
         logits = (q @ k.transpose(-1, -2)) / dh ** 0.5 + bias.unsqueeze(1).unsqueeze(2)
         att = self.attn_drop(torch.softmax(logits, dim=-1))
         return self.drop(self.out((att @ v).reshape(n, d)))
@@ -163,10 +165,10 @@ class SAERec(SASRec):
         out = [tokens]
         if self.icfg.personal:
             ids = self.personal_ids(tokens, projected)
-            out.append(self.personal_attn(tokens, projected[ids], self.steer_bias[ids]))
+            out.append(self.personal_attn(tokens, projected, ids, self.steer_bias[ids]))
         if self.icfg.public:
             ids = self.public_ids()
-            out.append(self.public_attn(tokens, projected[ids], self.steer_bias[ids]))
+            out.append(self.public_attn(tokens, projected, ids, self.steer_bias[ids]))
         return out
 
     def fuse(self, branches: list[Tensor]) -> tuple[Tensor, Tensor]:
