@@ -1,0 +1,72 @@
+"""Turn whatever a judge model printed into a summary or a verdict, and never raise.
+
+Thousands of latents go through a model that may answer with nothing, with chatter, or with
+a label buried in a sentence; one odd answer must not stop the stage. Anything that cannot be
+read is recorded as "Cannot Tell", which is never kept.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+CANNOT_TELL = "Cannot Tell"
+VERDICTS = ("Yes", "Probably", "Maybe", "No")
+ALL_VERDICTS = (*VERDICTS, CANNOT_TELL)
+DETECTION_ANSWERS = ("Yes", "No")
+COHERENCE_LEVELS = ((2.0, "Yes"), (1.0, "Probably"), (0.0, "Maybe"))
+
+_CANNOT_TELL = re.compile(r"\b(cannot|can't|can not|unable to) tell\b|\bno (clear |common )?(theme|pattern)\b")
+_LABEL_PREFIX = re.compile(r"^(the )?(shopping )?(theme|answer|summary|intent|label)( is)?\s*[:\-]?\s*", re.IGNORECASE)
+_VERDICT = re.compile(r"\b(yes|probably|maybe|no)\b", re.IGNORECASE)
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def parse_summary(output: object, max_words: int = 12) -> str:
+    """First line of the answer, without labels or quotes, cut to ``max_words`` words."""
+    if not isinstance(output, str):
+        return CANNOT_TELL
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    if not lines:
+        return CANNOT_TELL
+    text = _LABEL_PREFIX.sub("", lines[0]).strip(" \t\"'`*.,;:!-")
+    if _CANNOT_TELL.search(text.lower()) or not _WORD.search(text):
+        return CANNOT_TELL
+    return " ".join(text.split()[:max_words])
+
+
+def parse_verdict(output: object) -> str:
+    """The first of Yes / Probably / Maybe / No the answer starts with (or says), else Cannot Tell."""
+    if not isinstance(output, str):
+        return CANNOT_TELL
+    text = _LABEL_PREFIX.sub("", output.strip()).strip(" \t\"'`*.,;:!-")
+    if _CANNOT_TELL.search(text.lower()):
+        return CANNOT_TELL
+    found = _VERDICT.search(text[:80])
+    return found.group(1).capitalize() if found else CANNOT_TELL
+
+
+def parse_detection(output: object) -> float | None:
+    """1.0 for a Yes, 0.0 for a No, None when the answer says neither (left out of the score)."""
+    verdict = parse_verdict(output)
+    return {"Yes": 1.0, "No": 0.0}.get(verdict)
+
+
+def verdict_from_coherence(z: float) -> str:
+    """Map a word list's coherence, in standard deviations above random lists, to a level.
+
+    Yes beyond 2 (more coherent than about 98% of random lists, a one-sided 2.3% test),
+    Probably beyond 1, Maybe above the random mean, No below it.
+    """
+    for threshold, verdict in COHERENCE_LEVELS:
+        if z >= threshold:
+            return verdict
+    return "No"
+
+
+def validate_keep(keep: Iterable[str]) -> tuple[str, ...]:
+    """Reject verdict names that cannot occur, so a typo in the config does not keep nothing."""
+    keep = tuple(keep)
+    unknown = [value for value in keep if value not in VERDICTS]
+    if unknown or not keep:
+        raise ValueError(f"judge.keep must be a non-empty subset of {VERDICTS}, got {list(keep)}")
+    return keep
