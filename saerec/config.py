@@ -98,6 +98,10 @@ class SaeSection:
     epochs: int = _bounded(20, lo=1)
     num_workers: int = _bounded(1, lo=1)
     use_gpu: bool = False
+    dead_after: int | None = _bounded(None, lo=1)  # inputs without firing before AuxK calls a latent dead; null = one epoch
+    pre_bias: Literal["geometric_median", "mean", "zero"] = "geometric_median"
+    cache_shard: bool = True  # hold each worker's shard on its device after one pass; false re-streams every epoch
+    checkpoint_every: int = _bounded(1, lo=1)  # epochs between checkpoints; the run always ends with one
 
 
 @dataclass

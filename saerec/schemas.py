@@ -54,6 +54,10 @@ RECOMMENDATIONS = pa.schema([
 ])
 
 
+# train_sae
+LATENT_FREQUENCY = pa.schema([("latent", pa.int32()), ("count", pa.int64()), ("frequency", pa.float64())])
+
+
 def sweep_results_schema(ks: list[int] | tuple[int, ...]) -> pa.Schema:
     """The sweep stage's per-trial table: the trial's settings, its selection run, and its metrics."""
     metrics = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]

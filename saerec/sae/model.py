@@ -143,18 +143,20 @@ class TopKSAE(nn.Module):
             indices, self.decoder_weight(), per_sample_weights=values.to(self.b_pre.dtype), mode="sum"
         )
 
-    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None, n_dead: int | None = None) -> SAEOutput:
         """Reconstruct ``x``; with ``dead_mask`` (bool, F) and ``aux_k`` set, add the AuxK term.
 
-        Losses are FVU-normalised (squared error over the batch's total variance) so the same
-        learning rate works whatever the encoder's embedding scale.
+        ``n_dead`` is the caller's (possibly slightly stale) count of dead latents: it caps the
+        AuxK width at min(aux_k, n_dead), and 0 skips the term, without the device sync that
+        counting the mask here would cost. Losses are FVU-normalised (squared error over the
+        batch's total variance) so one learning rate works whatever the embedding scale.
         """
         pre = self.pre_activations(x)
         top_values, top_indices = pre.topk(self.k, dim=-1, sorted=False)
         reconstruction = self._decode_no_bias(top_values, top_indices) + self.b_pre
         variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
         recon_loss = (reconstruction - x).pow(2).sum() / variance
-        aux_loss = self._aux_loss(x, pre, reconstruction, variance, dead_mask)
+        aux_loss = self._aux_loss(x, pre, reconstruction, variance, dead_mask, n_dead)
         return SAEOutput(
             reconstruction=reconstruction,
             top_values=top_values,
@@ -166,24 +168,34 @@ class TopKSAE(nn.Module):
         )
 
     def _aux_loss(
-        self, x: Tensor, pre: Tensor, reconstruction: Tensor, variance: Tensor, dead_mask: Tensor | None
+        self,
+        x: Tensor,
+        pre: Tensor,
+        reconstruction: Tensor,
+        variance: Tensor,
+        dead_mask: Tensor | None,
+        n_dead: int | None,
     ) -> Tensor:
-        """AuxK: the top ``aux_k`` dead latents try to reconstruct the live latents' residual.
+        """AuxK: the top dead latents try to reconstruct the residual the live latents leave.
 
-        Scaled by min(n_dead / aux_k, 1) so a handful of dead latents does not get the full
-        weight of the term. Written without host synchronisation (no ``.item()``): slots beyond
-        the number of dead latents select -inf, which the clamp turns into zero weights.
+        Scaled by min(n_dead / aux_k, 1) (counted on the device) so a handful of dead latents
+        does not get the full weight of the term. Slots beyond the number of dead latents
+        select -inf, which the clamp turns into zero weights.
         """
+        zero = pre.new_zeros(())
         if self.aux_k is None or dead_mask is None:
-            return pre.new_zeros(())
+            return zero
         if dead_mask.shape != (self.n_latents,) or dead_mask.dtype != torch.bool:
             raise ValueError(
                 f"dead_mask must be a bool tensor of shape ({self.n_latents},), "
                 f"got {dead_mask.dtype} {tuple(dead_mask.shape)}"
             )
         dead_mask = dead_mask.to(pre.device)
+        width = min(self.aux_k, int(dead_mask.sum()) if n_dead is None else n_dead)
+        if width <= 0:
+            return zero
         masked = pre.masked_fill(~dead_mask, float("-inf"))
-        aux_values, aux_indices = masked.topk(self.aux_k, dim=-1, sorted=False)
+        aux_values, aux_indices = masked.topk(width, dim=-1, sorted=False)
         aux_reconstruction = self._decode_no_bias(aux_values.clamp_min(0.0), aux_indices)
         residual = (x - reconstruction).detach()
         scale = (dead_mask.sum() / self.aux_k).clamp(max=1.0)

@@ -20,13 +20,20 @@ from saerec.sae.model import SAEOutput, TopKSAE
 Reduce = Callable[[Tensor], Tensor]
 
 DEFAULT_K = 32
-BASE_LR = 2e-4
+BASE_LR = 1e-3
 BASE_LR_LATENTS = 2**14
 DEFAULT_DEAD_AFTER = 100_000
+DEAD_COUNT_REFRESH_STEPS = 16
 
 
 def default_lr(n_latents: int, base_lr: float = BASE_LR) -> float:
-    """Adam learning rate that shrinks as 1/sqrt(F), the scaling Gao et al. found for TopK SAEs."""
+    """Adam learning rate that shrinks as 1/sqrt(F), the scaling Gao et al. found for TopK SAEs.
+
+    Their 2e-4 at 2^14 latents is tuned for runs of billions of tokens; our corpora give a few
+    thousand steps. On the Beauty item corpus (MiniLM, F=4096, k=32, 20 epochs of batch 1024)
+    that scale left FVU at 0.25, 4x it reached 0.12 and 10x 0.079 (with 0.7% dead latents);
+    BASE_LR = 1e-3 (5x) sits between.
+    """
     if n_latents <= 0:
         raise ValueError(f"n_latents must be positive, got {n_latents}")
     return base_lr / math.sqrt(n_latents / BASE_LR_LATENTS)
@@ -56,6 +63,8 @@ class TrainState:
     A latent is dead once it has not fired on ``dead_after`` consecutive training inputs.
     The counters live on the model's device and are updated without host synchronisation;
     they are checkpointed with the model so a resumed run revives the same latents.
+    ``n_dead`` is a host-side copy of the dead count, refreshed at each epoch start and every
+    ``DEAD_COUNT_REFRESH_STEPS`` steps: one device sync per refresh instead of one per step.
     """
 
     def __init__(self, n_latents: int, dead_after: int = DEFAULT_DEAD_AFTER) -> None:
@@ -66,6 +75,7 @@ class TrainState:
         self.samples_seen = torch.zeros((), dtype=torch.int64)
         self.epoch = 0
         self.step = 0
+        self.n_dead = 0
 
     def to(self, device: torch.device | str) -> "TrainState":
         self.since_fired = self.since_fired.to(device)
@@ -74,6 +84,10 @@ class TrainState:
 
     def dead_mask(self) -> Tensor:
         return self.since_fired >= self.dead_after
+
+    def refresh_n_dead(self) -> int:
+        self.n_dead = int(self.dead_mask().sum())
+        return self.n_dead
 
     def update(self, counts: Tensor, n_samples: Tensor | int) -> None:
         """Record one step: ``counts`` per latent fired over ``n_samples`` inputs."""
@@ -184,8 +198,8 @@ def train_epoch(
 
     ``dead_pct`` is over this epoch's inputs (latents that never fired); ``auxk_dead_pct`` is
     the share AuxK currently treats as dead. With ``reduce`` the per-step activation counts are
-    summed across workers so every worker holds the same dead mask. The loop never waits on the
-    device inside an epoch (no ``.item()``), so the GPU queue stays full.
+    summed across workers so every worker holds the same dead mask. Inside an epoch the loop
+    waits on the device only to refresh the dead count, so the GPU queue stays full.
     """
     core = unwrap(model)
     device = core.b_pre.device
@@ -195,9 +209,12 @@ def train_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     aux_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_steps = 0
+    state.refresh_n_dead()
     for batch in batches:
         x = batch.to(device, torch.float32, non_blocking=True)
-        out = model(x, dead_mask=state.dead_mask())
+        if state.step % DEAD_COUNT_REFRESH_STEPS == 0:
+            state.refresh_n_dead()
+        out = model(x, dead_mask=state.dead_mask(), n_dead=state.n_dead)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         core.project_decoder_grad()
