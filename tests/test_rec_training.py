@@ -30,7 +30,7 @@ def _model(kind: str, seed: int = 0):
 def test_tiny_model_overfits_tiny_chain_data(kind):
     data = _data()
     model = _model(kind)
-    cfg = FitConfig(lr=1e-2, batch_size=16, max_epochs=60, patience=60, ks=(1, 5), select_metric="hr@1")
+    cfg = FitConfig(lr=1e-2, batch_size=16, max_epochs=25, patience=25, ks=(1, 5), select_metric="hr@1")
     result = fit(model, data, cfg, max_len=10)
     assert result.history[-1]["loss"] < 0.2 * result.history[0]["loss"]
     assert result.best_valid["hr@1"] > 0.9
