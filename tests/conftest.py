@@ -54,7 +54,7 @@ def ray_local():
     ray.shutdown()
 
 
-TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6"]
+TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6", "sae.epochs=2"]
 
 
 @pytest.fixture(scope="session")
