@@ -261,7 +261,9 @@ def step_report(args: argparse.Namespace) -> None:
     for label, extra in extras.items():
         print_table(label, extra["summary"])
     for t in timings:
-        print(f"\nepoch time alone on {t['device']}: " + ", ".join(f"{m} {v['median']:.2f}s" for m, v in t["timing"].items()))
+        print(f"\nepoch time alone on {t['device']}: " + ", ".join(
+            f"{m} {v['median']:.2f}s wall" + (f" / {v['median_cpu']:.1f}s CPU" if "median_cpu" in v else "")
+            for m, v in t["timing"].items()))
     print(f"written {args.results}")
 
 
