@@ -20,7 +20,7 @@ def test_local_ray_listens_on_loopback_only():
                   if c.status == psutil.CONN_LISTEN and c.pid in pids}}
         print("ADDRS", sorted(addrs))
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("ADDRS"))
     addrs = ast.literal_eval(line.split(" ", 1)[1])
