@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -309,3 +312,44 @@ def test_default_lr_scales_with_inverse_sqrt_width() -> None:
     assert math.isclose(default_lr(2**14), 1e-3)
     assert math.isclose(default_lr(2**16), 5e-4)
     assert math.isclose(default_lr(2**12), 2e-3)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One of two gloo workers, each training on its half of the data, as Ray Train runs them."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    x, _ = sparse_mixture(1024, 16, 24, 2, seed=12)
+    torch.manual_seed(12)
+    model = TopKSAE(d_in=16, n_latents=48, k=2, tied=False, aux_k=8)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = build_optimizer(ddp, 5e-3)
+    state = TrainState(48, dead_after=64)
+
+    def reduce(tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor)
+        return tensor
+
+    shard = x[rank::world]
+    for _ in range(2):
+        train_epoch(ddp, optimizer, shard.split(64), state, reduce)
+    metrics = evaluate(ddp, shard.split(128), reduce)
+    torch.save({"model": model.state_dict(), "since_fired": state.since_fired, "samples": int(state.samples_seen),
+                "metrics": metrics}, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ddp_workers_stay_in_step_and_report_corpus_metrics(tmp_path: Path) -> None:
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for name, tensor in ranks[0]["model"].items():
+        assert torch.equal(tensor, ranks[1]["model"][name]), name
+    assert torch.equal(ranks[0]["since_fired"], ranks[1]["since_fired"])
+    assert ranks[0]["samples"] == 2 * 1024  # 2 epochs of the whole corpus, counted on every worker
+
+    x, _ = sparse_mixture(1024, 16, 24, 2, seed=12)
+    model = TopKSAE(d_in=16, n_latents=48, k=2, tied=False, aux_k=8)
+    model.load_state_dict(ranks[0]["model"])
+    whole = evaluate(model, x.split(128))
+    for metrics in (ranks[0]["metrics"], ranks[1]["metrics"]):
+        assert metrics["fvu"] == pytest.approx(whole["fvu"], rel=1e-6)
+        assert torch.equal(metrics["activation_counts"], whole["activation_counts"])

@@ -117,8 +117,14 @@ class TopKSAE(nn.Module):
             raise ValueError(f"pre-bias method must be one of {PRE_BIAS_METHODS}, got {method!r}")
         self._check_input(sample)
         sample = sample.to(self.b_pre.device, torch.float32)
-        centre = geometric_median(sample) if method == "geometric_median" else sample.mean(0)
-        self.b_pre.copy_(centre)
+        self.set_pre_bias(geometric_median(sample) if method == "geometric_median" else sample.mean(0))
+
+    @torch.no_grad()
+    def set_pre_bias(self, centre: Tensor) -> None:
+        """Set b_pre to a centre computed elsewhere (e.g. once on a driver for many workers)."""
+        if centre.shape != (self.d_in,):
+            raise ValueError(f"pre-bias must have shape ({self.d_in},), got {tuple(centre.shape)}")
+        self.b_pre.copy_(centre.to(self.b_pre.device, self.b_pre.dtype))
 
     # -- the forward pass --------------------------------------------------------------------
 

@@ -3,12 +3,11 @@
 Ray Data streams the embedding shards from storage into the Train workers
 (``get_dataset_shard``), which keep their shard on the training device after the first pass
 unless ``sae.cache_shard`` is false (see ``ShardFeed``); the driver only ever holds a small
-sample for the pre-bias. Each epoch
-rank 0 reports a checkpoint (model, optimizer, dead-latent counters, metric history) to the
-stage's Train storage, which is keyed by the stage fingerprint: running the stage again after
-a crash finds those checkpoints and resumes from the latest one. A last pass over the corpus
-with the final model gives the corpus-level FVU, L0, dead % and each latent's activation
-frequency.
+sample for the pre-bias. Every ``sae.checkpoint_every`` epochs (default: each) rank 0 reports
+a checkpoint (model, optimizer, dead-latent counters, metric history) to the stage's Train
+storage, which is keyed by the stage fingerprint: running the stage again after a crash finds
+those checkpoints and resumes from the latest one. A last pass over the corpus with the final
+model gives the corpus-level FVU, L0, dead % and each latent's activation frequency.
 
 Outputs: ``sae.safetensors`` (state dict), ``sae_config.json`` (model config, for
 ``TopKSAE.from_config``, plus the training settings), ``latent_frequency.parquet``
@@ -141,8 +140,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     model = TopKSAE.from_config(run.model)
     if run.pre_bias is not None:
-        with torch.no_grad():
-            model.b_pre.copy_(torch.tensor(run.pre_bias))
+        model.set_pre_bias(torch.tensor(run.pre_bias))
     model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(model, run.lr)
     state = TrainState(run.model["n_latents"], dead_after=run.dead_after)
@@ -151,7 +149,7 @@ def train_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            saved = torch.load(os.path.join(folder, TRAINING_FILE), map_location="cpu", weights_only=False)
+            saved = torch.load(os.path.join(folder, TRAINING_FILE), map_location="cpu", weights_only=True)
             with open(os.path.join(folder, PROGRESS_FILE)) as handle:
                 history = json.load(handle)["history"]
         load_checkpoint_state(saved, model, optimizer, state)
@@ -262,8 +260,7 @@ def _report(rank: int, metrics: dict[str, Any], model, optimizer, state, history
             resumed_from: int, with_checkpoint: bool, final: dict[str, Any] | None = None) -> None:
     """Every worker reports; rank 0 attaches the checkpoint (and, with ``final``, the outputs).
 
-    Epoch checkpoints upload in the background while training goes on; the final one uploads
-    before the loop returns, so the driver always finds it.
+    Uploads are synchronous: once an epoch's report returns, a crash can only lose later epochs.
     """
     import ray.train
     import torch
@@ -287,8 +284,7 @@ def _report(rank: int, metrics: dict[str, Any], model, optimizer, state, history
         save_file({"counts": final["counts"]}, os.path.join(folder, COUNTS_FILE))
     with open(os.path.join(folder, PROGRESS_FILE), "w") as handle:
         json.dump(progress, handle)
-    mode = ray.train.CheckpointUploadMode.SYNC if final is not None else ray.train.CheckpointUploadMode.ASYNC
-    ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_upload_mode=mode,
+    ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(folder),
                      delete_local_checkpoint_after_upload=True)
 
 
