@@ -111,6 +111,10 @@ class ExplainSection:
     beta: float = _bounded(1.0, lo=0.0, lo_open=True)
     top_texts: int = _bounded(5, lo=0)
     chunk_size: int = _bounded(4096, lo=1)
+    similarity: Literal["dot", "cosine"] = "cosine"  # s(w, i): the paper's dot product, or centred unit vectors
+    word_vectors: Literal["corpus", "encoder"] = "corpus"  # e_w: mean embedding of its texts, or the word alone
+    random_texts: int = _bounded(5, lo=0)  # per latent, the negatives of the judge's detection score
+    num_gpus: float = _bounded(0.0, lo=0.0)  # >0: align and encode in a Ray task on a GPU
 
 
 @dataclass
@@ -123,8 +127,16 @@ class JudgeSection:
     concurrency: int = _bounded(1, lo=1)
     num_gpus_per_actor: float = _bounded(1.0, lo=0.0)
     max_model_len: int = _bounded(2048, lo=128)
-    max_latents: int | None = _bounded(None, lo=1)
+    max_latents: int | None = _bounded(None, lo=1)  # judge only the most frequently firing latents
     base_url: str | None = None
+    device: Literal["cpu", "cuda"] = "cpu"  # local backend; it asks Ray for GPUs only with "cuda"
+    cpus_per_actor: float = _bounded(1.0, lo=0.0, lo_open=True)
+    max_new_tokens: int = _bounded(12, lo=1)  # summary length (local backend)
+    gpu_memory_utilization: float = _bounded(0.85, lo=0.0, hi=1.0, lo_open=True)  # vllm backend
+    enable_prefix_caching: bool = True  # vllm backend
+    detection: bool = True  # held-out detection score for every kept latent
+    scoring: Literal["likelihood", "prompt"] = "likelihood"  # local backend, see saerec/intents/judges.py
+    null_lists: int = _bounded(128, lo=2)  # likelihood scoring: random word lists behind the coherence z-score
 
 
 @dataclass

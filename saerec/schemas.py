@@ -69,3 +69,30 @@ def sweep_results_schema(ks: list[int] | tuple[int, ...]) -> pa.Schema:
         *[(f"valid_{m}", pa.float64()) for m in metrics],
         *[(f"test_{m}", pa.float64()) for m in metrics],
     ])
+
+
+# explain: one row per SAE latent; the random texts are the detection score's negatives
+EXPLAINED_LATENTS = pa.schema([
+    ("latent", pa.int32()),
+    ("words", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.float32())),
+    ("frequency", pa.float64()),
+    ("top_text_ids", pa.list_(pa.int64())),
+    ("top_texts", pa.list_(pa.string())),
+    ("top_activations", pa.list_(pa.float32())),
+    ("random_text_ids", pa.list_(pa.int64())),
+    ("random_texts", pa.list_(pa.string())),
+])
+
+# judge: one row per SAE latent; summary/verdict are null for latents beyond judge.max_latents,
+# detection (held-out balanced accuracy) is null for latents that were not kept
+JUDGED_FEATURES = pa.schema([
+    ("latent", pa.int32()),
+    ("words", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.float32())),
+    ("frequency", pa.float64()),
+    ("summary", pa.string()),
+    ("verdict", pa.string()),
+    ("kept", pa.bool_()),
+    ("detection", pa.float64()),
+])

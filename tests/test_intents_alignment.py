@@ -18,7 +18,8 @@ def brute_force_scores(latents, words, alpha, beta):
 @pytest.fixture
 def tiny():
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(13, 6, generator=gen, dtype=torch.float64), torch.randn(37, 6, generator=gen, dtype=torch.float64)
+    latents = torch.randn(13, 6, generator=gen, dtype=torch.float64)
+    return latents, torch.randn(37, 6, generator=gen, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("latent_chunk,word_chunk", [(13, 37), (4, 5), (1, 1), (5, 100)])

