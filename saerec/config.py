@@ -182,7 +182,7 @@ class SweepSection:
     cpus_per_trial: float = _bounded(1.0, lo=0.0, lo_open=True)
     gpus_per_trial: float = _bounded(0.0, lo=0.0)
     max_failures: int = _bounded(2, lo=0)  # retries of a crashed trial, from its last checkpoint
-    checkpoint_seconds: float = _bounded(30.0, lo=0.0)  # a trial checkpoints after an epoch once this has passed
+    checkpoint_seconds: float = _bounded(30.0, lo=0.0)  # a trial saves its training state after an epoch once this has passed
 
 
 @dataclass

@@ -3,19 +3,24 @@
 One trial trains and tests one recommender variant in the same harness as every other trial
 (same split, same seeds, model selection on valid, test read once), so rows are comparable.
 The trials' read-only inputs (sequences, intent matrices) go to the object store once
-(``tune.with_parameters``); each trial checkpoints after every epoch, so a sweep restored
-after its driver died continues unfinished trials and keeps the finished ones.
+(``tune.with_parameters``).
 
-Nothing here knows about storage: the caller passes a storage path and pyarrow filesystem.
+Resuming: Tune keeps each finished trial's result in its experiment state, and a sweep
+restored after its driver died reruns only the unfinished trials. A trial keeps its own
+resumable training state in one file (``TrialStates``), rewritten whole after an epoch, so a
+rerun trial (after a killed driver, a killed worker or a lost node) continues from its last
+saved epoch. Tune's own checkpoints are not used: after a killed driver its experiment state
+can name a checkpoint that checkpoint rotation has already deleted, which fails the restore.
+
+Nothing here knows about the run's storage layout: the caller passes paths and a pyarrow filesystem.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import posixpath
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,7 +29,6 @@ import torch
 
 VARIANTS = ("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "sasrec")
 STUDIES = ("ablation", "sensitivity", "robustness", "judge")
-CHECKPOINT_FILE = "trial_state.pt"
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,10 @@ def build_grid(variants: Sequence[str], ks: Sequence[int], review_drops: Sequenc
     """The union of the four studies, each a one-factor sweep around the full model's defaults.
 
     A trial that belongs to several studies (the full model at the default k, drop and judge
-    is in all four) runs once and lists every study it serves. The judge study always holds
-    the configured judge (``""``) beside the listed alternatives.
+    is in all four) runs once and lists every study it serves. A non-empty ``ks`` or
+    ``review_drops`` also gets the default point, so each curve passes through the main model;
+    an empty one turns that study off. The judge study always holds the configured judge
+    (``""``) beside the listed alternatives.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -85,9 +91,9 @@ def build_grid(variants: Sequence[str], ks: Sequence[int], review_drops: Sequenc
 
     for variant in variants:
         add("ablation", variant, default_k, default_drop, "")
-    for k in ks:
+    for k in sorted(set(ks) | {default_k}) if ks else []:
         add("sensitivity", "full", k, default_drop, "")
-    for drop in review_drops:
+    for drop in sorted(set(review_drops) | {default_drop}) if review_drops else []:
         add("robustness", "full", default_k, drop, "")
     for judge in ["", *judges]:
         add("judge", "full", default_k, default_drop, judge)
@@ -107,8 +113,8 @@ class SweepData:
 class TrialSettings:
     """The recommender and optimisation settings shared by all trials.
 
-    A trial checkpoints after an epoch once ``checkpoint_seconds`` have passed since its last
-    checkpoint: a killed trial loses at most that much work, and fast epochs do not flood storage.
+    A trial saves its state after an epoch once ``checkpoint_seconds`` have passed since its last
+    save: a killed trial loses at most that much work, and fast epochs do not flood storage.
     """
 
     d: int = 64
@@ -130,6 +136,36 @@ class TrialSettings:
     checkpoint_seconds: float = 30.0
 
 
+@dataclass(frozen=True)
+class TrialStates:
+    """One resumable training state per trial, as ``{directory}/{trial_id}.pt`` on a pyarrow filesystem."""
+
+    filesystem: Any
+    directory: str
+
+    def path(self, trial_id: str) -> str:
+        return posixpath.join(self.directory, f"{trial_id}.pt")
+
+    def load(self, trial_id: str) -> dict[str, Any] | None:
+        import pyarrow.fs as pafs
+
+        path = self.path(trial_id)
+        if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with self.filesystem.open_input_stream(path) as src:
+            return torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=False)
+
+    def save(self, trial_id: str, state: dict[str, Any]) -> None:
+        """Write beside, then move into place: a reader never sees half a file."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = self.path(trial_id)
+        self.filesystem.create_dir(self.directory, recursive=True)
+        with self.filesystem.open_output_stream(f"{path}.partial") as out:
+            out.write(buf.getvalue())
+        self.filesystem.move(f"{path}.partial", path)
+
+
 def build_model(spec: TrialSpec, data: SweepData, settings: TrialSettings) -> torch.nn.Module:
     """The variant's model: SASRec, or SAERec over its intent set with the ablation switches."""
     from saerec.rec import EncoderConfig, IntentConfig, SAERec, SASRec, intent_config_for
@@ -148,8 +184,8 @@ def build_model(spec: TrialSpec, data: SweepData, settings: TrialSettings) -> to
     return SAERec(enc, data.intents[key], icfg)
 
 
-def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings) -> None:
-    """Tune function trainable: fit one variant (resuming from the trial's checkpoint), then test once."""
+def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings, states: TrialStates) -> None:
+    """Tune function trainable: fit one variant (resuming from its saved state), then test once."""
     from ray import tune
 
     from saerec.rec import FitConfig, final_test, fit, leave_one_out
@@ -165,25 +201,16 @@ def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings
                         max_epochs=settings.max_epochs, patience=settings.patience,
                         select_metric=settings.select_metric, ks=settings.ks,
                         mask_history=settings.mask_history, seed=spec.seed)
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+    resume = states.load(spec.trial_id)
     resumed_from = resume["epoch"] if resume else 0
-
     last_saved = time.monotonic()
 
     def on_epoch(state: Any, snapshot: dict[str, Any]) -> None:
         nonlocal last_saved
-        progress = {"done": False, **state.history[-1]}
-        if time.monotonic() - last_saved < settings.checkpoint_seconds:
-            tune.report(progress)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(snapshot, Path(folder) / CHECKPOINT_FILE)
-            tune.report(progress, checkpoint=tune.Checkpoint.from_directory(folder))
-        last_saved = time.monotonic()
+        if time.monotonic() - last_saved >= settings.checkpoint_seconds:
+            states.save(spec.trial_id, snapshot)
+            last_saved = time.monotonic()
+        tune.report({"done": False, **state.history[-1]})
 
     result = fit(model, split, fit_cfg, settings.max_len, device=device, resume=resume, on_epoch=on_epoch)
     test = final_test(model, result, split, settings.ks, settings.mask_history, device=device)
@@ -213,8 +240,9 @@ def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, sto
               max_failures: int = 2) -> SweepOutcome:
     """Run the grid on Ray Tune, or continue it when an earlier driver left its state in storage.
 
-    Trials that crash (a killed worker, a lost node) are retried from their last checkpoint up to
-    ``max_failures`` times; one that still fails is reported in ``failed``, not silently dropped.
+    Trials that crash (a killed worker, a lost node) are retried up to ``max_failures`` times,
+    each retry resuming from the trial's saved state; one that still fails is reported in
+    ``failed``, not silently dropped.
     """
     from ray import tune
 
@@ -231,8 +259,7 @@ def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, sto
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
+                failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0))
     grid = tuner.fit()
     studies = {s.trial_id: s.studies for s in specs}
     rows, failed = [], []

@@ -58,10 +58,11 @@ TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6",
 
 
 @pytest.fixture(scope="session")
-def ray_head(s3_server):
-    """A private ``ray start --head`` on 127.0.0.1 for ``ray job submit`` tests, holding the S3 credentials."""
-    from tests.ray_head import RayHead
-    head = RayHead(s3_server.env)
+def ray_head(s3_server, tmp_path_factory):
+    """A private ``ray start --head`` on 127.0.0.1 for ``ray job submit`` tests; S3 access from a credentials file."""
+    from tests.ray_head import RayHead, credentials_file_env
+    from tests.s3server import ACCESS_KEY, SECRET_KEY
+    head = RayHead(credentials_file_env(tmp_path_factory.mktemp("aws"), ACCESS_KEY, SECRET_KEY))
     head.start()
     yield head
     head.stop()

@@ -26,14 +26,32 @@ MARKER = "SAEREC_TEST_RAY_HEAD"
 # Ray 2.60 turns token authentication on for a head when ~/.ray/auth_token exists; the job CLI
 # only sends that token when told the mode explicitly.
 CLIENT_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+# ``ray start`` gives its raylet a fixed 30 s to register; a busy machine can miss that once.
+START_ATTEMPTS = 3
 
 
 def ray_cli() -> str:
     return shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 
 
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def credentials_file_env(folder: Path, access_key: str, secret_key: str) -> dict[str, str]:
+    """S3 credentials as a shared credentials file, the way a node without an instance profile gets them.
+
+    Not as variables: Ray Tune copies AWS_* variables of the driver into every trial's runtime
+    env, and Ray's runtime-env agent logs runtime envs in full.
+    """
+    path = folder / "credentials"
+    path.write_text(f"[default]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n")
+    path.chmod(0o600)
+    return {"AWS_SHARED_CREDENTIALS_FILE": str(path), "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 class RayHead:
-    """Start, use and stop one Ray head; ``env`` is what its processes (and so every job) inherit."""
+    """Start, use and stop one Ray head; ``env`` is what its processes (and so every job) inherit,
+    without any AWS credential variable of this process."""
 
     def __init__(self, env: dict[str, str], num_cpus: int = 2):
         self.id = uuid.uuid4().hex[:8]
@@ -42,7 +60,8 @@ class RayHead:
         self.dashboard_port = free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.num_cpus = num_cpus
-        self.env = {**os.environ, **env, **CLIENT_ENV, MARKER: self.id, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARS}
+        self.env = {**inherited, **env, **CLIENT_ENV, MARKER: self.id, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
     def start(self) -> None:
         ports = {"--port": self.gcs_port, "--dashboard-port": self.dashboard_port,
@@ -53,10 +72,13 @@ class RayHead:
         cmd = [ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={self.temp_dir}",
                "--disable-usage-stats", *[f"{flag}={port}" for flag, port in ports.items()]]
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
-        if result.returncode != 0:
+        for _ in range(START_ATTEMPTS):
+            result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
+            if result.returncode == 0:
+                break
             self.stop()
-            raise RuntimeError(f"ray start failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        else:
+            raise RuntimeError(f"ray start failed {START_ATTEMPTS} times, last:\n{result.stderr[-2000:]}")
         deadline = time.time() + 120  # the dashboard answers (401 without Ray's auth token) once it is up
         while time.time() < deadline:
             try:
@@ -86,10 +108,14 @@ class RayHead:
                               timeout=timeout)
 
     def submit(self, *args: str, runtime_env: str = "runtime_env.yaml", cwd: Path | None = None,
-               no_wait: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
+               no_wait: bool = False, timeout: float = 1700) -> subprocess.CompletedProcess:
         """``ray job submit`` of ``args``: waits for the job and prints its output, unless ``no_wait``."""
         flags = ["--no-wait"] if no_wait else []
         return self._cli("submit", "--runtime-env", runtime_env, *flags, "--", *args, cwd=cwd, timeout=timeout)
+
+    def status(self, job_id: str) -> tuple[str, str]:
+        """(``ray job status`` output, logs so far) of a submitted job."""
+        return self._cli("status", job_id).stdout, self._cli("logs", job_id).stdout
 
     def wait(self, job_id: str, timeout: float = 600) -> tuple[str, str]:
         """(final status, logs) of a submitted job once it stops running."""
@@ -97,7 +123,7 @@ class RayHead:
         while time.time() < deadline:
             status = self._cli("status", job_id).stdout
             if any(word in status for word in ("SUCCEEDED", "FAILED", "STOPPED")):
-                return status, self._cli("logs", job_id).stdout
+                return self.status(job_id)
             time.sleep(1)
         raise TimeoutError(f"job {job_id} still running after {timeout} s")
 
@@ -115,6 +141,7 @@ class RayHead:
             except psutil.NoSuchProcess:
                 continue
         psutil.wait_procs(alive, timeout=15)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def log_files(self) -> list[Path]:
         return [p for p in self.temp_dir.rglob("*") if p.is_file() and "logs" in p.parts]

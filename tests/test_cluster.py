@@ -5,6 +5,7 @@ import posixpath
 import tomllib
 
 import psutil
+import pytest
 import yaml
 
 from saerec.stages import STAGE_ORDER
@@ -13,6 +14,11 @@ from tests.conftest import REPO
 from tests.s3server import SECRET_KEY
 
 
+# The first test to use ``submitted_demo`` waits for the whole tiny pipeline to run as a job.
+PIPELINE_TIMEOUT = pytest.mark.timeout(1800)
+
+
+@PIPELINE_TIMEOUT
 def test_submitted_job_publishes_every_stage_in_the_bucket(submitted_demo, s3_server):
     result = submitted_demo.result
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -29,6 +35,7 @@ def test_submitted_job_publishes_every_stage_in_the_bucket(submitted_demo, s3_se
         assert attempts == [posixpath.basename(manifest["output_dir"])], "exactly one published attempt"
 
 
+@PIPELINE_TIMEOUT
 def test_no_credential_in_job_output_or_ray_logs(submitted_demo, ray_head):
     assert SECRET_KEY not in submitted_demo.result.stdout + submitted_demo.result.stderr
     logs = ray_head.log_files()
@@ -37,6 +44,7 @@ def test_no_credential_in_job_output_or_ray_logs(submitted_demo, ray_head):
     assert leaked == []
 
 
+@PIPELINE_TIMEOUT
 def test_head_listens_on_loopback_only(submitted_demo, ray_head):
     addresses = set()
     for proc in ray_head.processes():

@@ -31,6 +31,12 @@ def test_grid_is_the_union_of_one_factor_studies():
         ("full", 5, 0.0, "judge-b"): ("judge",),
     }
     assert len(specs) == 2 * len(by_point)
+    no_studies = sweeps.build_grid(["full"], [], [], [], [0], default_k=5, default_drop=0.0)
+    assert [(s.k, s.studies) for s in no_studies] == [(5, ("ablation", "judge"))]
+    curves = sweeps.build_grid([], [7, 3], [0.3], [], [0], default_k=5, default_drop=0.1)
+    assert [(s.k, s.review_drop, s.studies) for s in curves] == [
+        (3, 0.1, ("sensitivity",)), (5, 0.1, ("sensitivity", "robustness", "judge")), (7, 0.1, ("sensitivity",)),
+        (5, 0.3, ("robustness",))]
     assert {s.intents_key for s in specs} == {"judged@drop0@configured", "judged@drop20@configured",
                                                "judged@drop0@judge-b", None}
 
@@ -98,7 +104,8 @@ def test_trials_report_every_metric_and_a_finished_sweep_is_restored_not_rerun(s
 
     store = Store(s3_uri, s3_server.endpoint)
     specs = sweeps.build_grid(["full", "noIde", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
-    trainable = tune.with_parameters(sweeps.train_trial, data=_tiny_data(), settings=SETTINGS)
+    states = sweeps.TrialStates(store.fs, store.join("states"))
+    trainable = tune.with_parameters(sweeps.train_trial, data=_tiny_data(), settings=SETTINGS, states=states)
     kwargs = dict(storage_path=store.join("tune"), storage_filesystem=store.fs, name="grid", concurrency=2,
                   resources={"cpu": 1}, max_failures=0)
     first = sweeps.run_sweep(trainable, specs, **kwargs)
@@ -111,29 +118,54 @@ def test_trials_report_every_metric_and_a_finished_sweep_is_restored_not_rerun(s
         assert 1 <= row["best_epoch"] <= row["epochs"] == 2
         assert 0.0 <= row["test_ndcg@20"] <= row["test_hr@20"] <= 1.0
         assert row["test_hr@5"] <= row["test_hr@10"] <= row["test_hr@20"]
-    checkpoints = [p for p in store.list_files(store.join("tune", "grid")) if sweeps.CHECKPOINT_FILE in p]
-    assert len(checkpoints) == len(specs), "one kept checkpoint per trial"
+    assert store.list_files(store.join("states")) == sorted(states.path(s.trial_id) for s in specs)
+    assert states.load("full-k3-drop0-judge-seed0")["epoch"] == 2
 
     second = sweeps.run_sweep(trainable, specs, **kwargs)
     assert second.restored
     assert sweeps.results_table(second.rows, SETTINGS.ks).equals(table)
 
 
-def _crash(config: dict) -> None:
-    from ray import tune
+def _faulty_trial(config: dict, data: sweeps.SweepData, settings: sweeps.TrialSettings,
+                  states: sweeps.TrialStates, marker_dir: str) -> None:
+    """The real trial, except that SASRec always raises and the others' worker process dies once,
+    after its third epoch."""
+    import os
+    from pathlib import Path
+
+    import saerec.rec
 
     if config["trial"]["variant"] == "sasrec":
         raise RuntimeError("this trial always crashes")
-    tune.report({"done": True, "epochs": 1, "best_epoch": 1, "train_seconds": 0.0, "n_intents": 0})
+    marker = Path(marker_dir) / config["trial"]["variant"]
+    fit = saerec.rec.fit
+
+    def fit_then_die(*args, on_epoch, **kwargs):
+        def hook(state, snapshot):
+            on_epoch(state, snapshot)
+            if state.epoch == 3 and not marker.exists():
+                marker.touch()
+                os._exit(1)
+        return fit(*args, on_epoch=hook, **kwargs)
+
+    saerec.rec.fit = fit_then_die
+    sweeps.train_trial(config, data, settings, states)
 
 
-def test_a_trial_that_keeps_crashing_is_reported(tmp_path, ray_local):
+def test_a_dead_worker_resumes_from_saved_state_and_a_failing_trial_is_reported(tmp_path, ray_local):
     import pyarrow.fs as pafs
+    from ray import tune
 
+    settings = sweeps.TrialSettings(**{**vars(SETTINGS), "max_epochs": 5, "patience": 5})
+    states = sweeps.TrialStates(pafs.LocalFileSystem(), str(tmp_path / "states"))
     specs = sweeps.build_grid(["full", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
-    outcome = sweeps.run_sweep(_crash, specs, storage_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem(),
-                               name="crash", concurrency=2, resources={"cpu": 1}, max_failures=1)
-    assert [r["variant"] for r in outcome.rows] == ["full"]
+    trainable = tune.with_parameters(_faulty_trial, data=_tiny_data(), settings=settings, states=states,
+                                     marker_dir=str(tmp_path))
+    outcome = sweeps.run_sweep(trainable, specs, storage_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem(),
+                               name="faults", concurrency=2, resources={"cpu": 1}, max_failures=1)
+    assert (tmp_path / "full").exists(), "the worker did die once"
+    [row] = outcome.rows
+    assert (row["variant"], row["resumed_from_epoch"], row["epochs"]) == ("full", 3, 5)
     assert [t for t, _ in outcome.failed] == ["sasrec-k3-drop0-judge-seed0"]
     assert "this trial always crashes" in outcome.failed[0][1]
 
@@ -205,5 +237,5 @@ def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local):
     summary = runner.store.read_table(f"{out}/summary.parquet").to_pylist()
     assert {(r["study"], r["variant"], r["k"]) for r in summary} == {
         ("ablation", "full", 2), ("ablation", "noIde", 2), ("ablation", "kmeans", 2), ("ablation", "sasrec", 2),
-        ("sensitivity", "full", 3), ("judge", "full", 2)}
+        ("sensitivity", "full", 2), ("sensitivity", "full", 3), ("judge", "full", 2)}
     assert runner.run_stage(sweep.STAGE).get("skipped") is True

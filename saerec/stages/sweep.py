@@ -5,8 +5,8 @@ input (another review-removal rate changes the corpus; another judge changes the
 gets its upstream stages through the normal ``Runner`` under a derived run name such as
 ``{run}-drop10`` or ``{run}-judge-<name>``, reusing any stage whose fingerprint equals the base
 run's (so another judge re-runs the judge only) and any derived output an earlier sweep
-published. Trials checkpoint into ``ctx.train_storage()``, so a killed sweep re-run with the same
-inputs continues where it stopped.
+published. Tune's experiment state and each trial's training state live in ``ctx.train_storage()``,
+so a killed sweep re-run with the same inputs keeps its finished trials and continues the others.
 
 Outputs: ``results.parquet`` (one row per trial, ``schemas.sweep_results_schema``),
 ``summary.parquet`` (mean and std over seeds per study point) and ``results.json`` (both, plus
@@ -15,6 +15,7 @@ where each study point's upstream outputs came from).
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 import time
 from typing import Any, get_args, get_type_hints
@@ -167,14 +168,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     data = sweeps.SweepData(sequences=sequences, n_items=n_items, intents=intents)
     resources = {"cpu": cfg.cpus_per_trial, **({"gpu": cfg.gpus_per_trial} if cfg.gpus_per_trial else {})}
     storage_path, filesystem = ctx.train_storage()
-    outcome = sweeps.run_sweep(tune.with_parameters(sweeps.train_trial, data=data, settings=settings), specs,
-                               storage_path=storage_path, storage_filesystem=filesystem, name="sweep",
-                               concurrency=cfg.concurrency, resources=resources, max_failures=cfg.max_failures)
+    states = sweeps.TrialStates(filesystem, posixpath.join(storage_path, "trial_states"))
+    trainable = tune.with_parameters(sweeps.train_trial, data=data, settings=settings, states=states)
+    outcome = sweeps.run_sweep(trainable, specs, storage_path=storage_path, storage_filesystem=filesystem,
+                               name="sweep", concurrency=cfg.concurrency, resources=resources,
+                               max_failures=cfg.max_failures)
     if outcome.failed:
         listed = "; ".join(f"{trial}: {error.splitlines()[0] if error else 'failed'}"
                            for trial, error in outcome.failed[:5])
         raise StageError(f"sweep: {len(outcome.failed)} of {len(specs)} trials failed after "
-                         f"{cfg.max_failures} retries ({listed}); re-run the job to retry them from their checkpoints")
+                         f"{cfg.max_failures} retries ({listed}); re-run the job to retry them from their saved state")
     results = sweeps.results_table(outcome.rows, settings.ks)
     summary = sweeps.summary_table(results, settings.ks)
     ctx.output.write_table("results.parquet", results)
