@@ -54,7 +54,9 @@ def ray_local():
     ray.shutdown()
 
 
-TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6", "sae.epochs=2"]
+TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6", "sae.epochs=2",
+             "explain.top_texts=2", "explain.random_texts=2", "judge.max_latents=4", "judge.max_new_tokens=6",
+             "judge.null_lists=16", 'judge.keep=["Yes", "Probably", "Maybe", "No"]']
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import importlib
 
 from saerec.pipeline import Stage
 
-STAGE_ORDER: tuple[str, ...] = ("prepare", "embed", "train_sae")
+STAGE_ORDER: tuple[str, ...] = ("prepare", "embed", "train_sae", "explain", "judge")
 
 
 def load_stage(name: str) -> Stage:
