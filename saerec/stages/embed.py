@@ -145,8 +145,10 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
     texts_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    words = ray.data.from_arrow(pa.table({"word": pa.array([w for w, _ in vocabulary], pa.string()),
-                                          "count": pa.array([c for _, c in vocabulary], pa.int64())}))
+    table = pa.table({"word": pa.array([w for w, _ in vocabulary], pa.string()),
+                      "count": pa.array([c for _, c in vocabulary], pa.int64())})
+    # One block per batch, so that every actor of the pool gets a share of the words.
+    words = ray.data.from_arrow([table.slice(i, cfg.batch_size) for i in range(0, table.num_rows, cfg.batch_size)])
     word_actors = min(cfg.num_actors, -(-len(vocabulary) // cfg.batch_size))
     _encode_dataset(words, cfg, "word", ["word", "count"], False, word_actors).write_parquet(
         f"{out_dir}/{VOCABULARY_DIR}", filesystem=filesystem, ray_remote_args={"num_cpus": IO_TASK_CPUS})

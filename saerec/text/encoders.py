@@ -48,15 +48,6 @@ class EncodeStats:
     tokens: int = 0
     padded_tokens: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "texts": self.texts,
-            "empty": self.empty,
-            "truncated": self.truncated,
-            "tokens": self.tokens,
-            "padded_tokens": self.padded_tokens,
-        }
-
 
 @dataclass
 class Encoded:
