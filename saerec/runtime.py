@@ -27,6 +27,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str:
     if not address:
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)
+    # Ray Data logs a progress block per operator every 10 s when stdout is not a terminal (job
+    # logs, CI); once a minute keeps long stages visible without burying the stage lines.
+    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     import ray
 
     if ray.is_initialized():

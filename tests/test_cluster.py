@@ -64,7 +64,7 @@ def test_runtime_env_ships_the_repo_and_no_secrets():
 
 
 def test_pip_runtime_env_lists_exactly_the_project_dependencies():
-    pip_env = yaml.safe_load((REPO / "runtime_env.pip.yaml").read_text())
+    pip_env = yaml.safe_load((REPO / "configs" / "runtime_env.pip.yaml").read_text())
     plain = yaml.safe_load((REPO / "runtime_env.yaml").read_text())
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert pip_env["pip"]["packages"] == project["dependencies"]
