@@ -5,7 +5,8 @@ import importlib
 
 from saerec.pipeline import Stage
 
-STAGE_ORDER: tuple[str, ...] = ("prepare", "embed", "train_sae", "explain", "judge")
+STAGE_ORDER: tuple[str, ...] = ("prepare", "embed", "train_sae", "explain", "judge", "train_rec", "evaluate", "sweep",
+                                 "report")
 
 
 def load_stage(name: str) -> Stage:

@@ -161,6 +161,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     intents = _intent_sets(ctx, specs, log)
     for line in log:
         print(line, flush=True)
+    for spec in specs:
+        if spec.intents_key is not None and spec.k > len(intents[spec.intents_key]):
+            raise StageError(f"sweep trial {spec.trial_id}: k={spec.k} exceeds its {len(intents[spec.intents_key])} "
+                             "intents; lower sweep.ks / rec.k or keep more verdicts (judge.keep)")
     upstream_seconds = time.time() - start
     tune_start = time.time()
 

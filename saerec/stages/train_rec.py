@@ -224,6 +224,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tensors: dict[str, torch.Tensor] = {}
     if any(intent_set_of(v) is not None for v in variants):
         judged, latents = read_intent_set(ctx.input("judge"))
+        if cfg.k > len(judged):
+            raise StageError(f"rec.k={cfg.k} exceeds the {len(judged)} intents the judge kept "
+                             f"({ctx.input('judge').uri(JUDGE_INTENTS)}); lower rec.k or keep more verdicts (judge.keep)")
         intents["judged"] = judged
         tensors.update(judged=judged, judged_latents=torch.from_numpy(latents))
     if "kmeans" in variants:
