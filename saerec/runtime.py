@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -17,6 +18,13 @@ LOCAL_ENV = {
 def cluster_address(configured: str | None) -> str | None:
     """The Ray cluster to join: the config's, else ``RAY_ADDRESS`` (set by ``ray job submit``)."""
     return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> str:
@@ -37,6 +45,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"joined Ray cluster at {address}"
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}})
+    # Ray Train's placement-group cleaner asks the state API whether its controller is alive. A
+    # worker of a local Ray has no RAY_ADDRESS, so without an explicit API server the state API
+    # goes looking for a Ray on this machine: with several running it fails or asks another
+    # cluster, and the cleaner removed the placement group of a healthy training run.
+    dashboard_port = free_port()
+    api_server = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
+             log_to_driver=True, runtime_env={"env_vars": {**{k: os.environ[k] for k in LOCAL_ENV}, **api_server}})
     return f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"

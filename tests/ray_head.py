@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.s3server import free_port
+from saerec.runtime import free_port
 
 MARKER = "SAEREC_TEST_RAY_HEAD"
 # Ray 2.60 turns token authentication on for a head when ~/.ray/auth_token exists; the job CLI

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,18 +10,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from saerec.runtime import free_port
+
 ACCESS_KEY = "saerec-test-access"
 SECRET_KEY = "saerec-test-secret-0123456789"
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
               "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
               "debug.port", "s3.debug.port", "volume.port.public", "filer.port.public",
               "webdav.port", "s3.port.https")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def weed_binary() -> str:
