@@ -22,6 +22,7 @@ from saerec.stages import STAGE_ORDER, load_stage  # noqa: E402
 from saerec.storage import Store, StorageError  # noqa: E402
 
 KNOWN_ERRORS = (ConfigError, DataError, StageError, StorageError)
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: python jobs/full_pipeline.py --config configs/beauty.yaml "
                "--set data.path=/data/beauty --until embed")
-    parser.add_argument("--config", help="YAML run config (default: the built-in demo, same as configs/demo.yaml)")
+    parser.add_argument("--config", default=str(DEMO_CONFIG),
+                        help="YAML run config (default: the demo, configs/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set sae.k=16 (repeatable)")
     parser.add_argument("--stages", help=f"comma-separated stages to run (of: {', '.join(STAGE_ORDER)})")

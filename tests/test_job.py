@@ -49,3 +49,4 @@ def test_help_lists_stages():
                             capture_output=True, text=True)
     assert result.returncode == 0
     assert "--config" in result.stdout and "prepare" in result.stdout
+    assert "configs/demo.yaml" in result.stdout, "the demo file is the default config"
