@@ -226,6 +226,29 @@ def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings
     })
 
 
+def trial_progress(total: int) -> Any:
+    """A Tune callback printing one line per finished or failed trial: Tune's own reporter is
+    off (``verbose=0``) because its status tables bury the job's stage lines."""
+    from ray import tune
+
+    class TrialProgress(tune.Callback):
+        def __init__(self) -> None:
+            self.finished = 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.finished += 1
+            result = trial.last_result or {}
+            spec = TrialSpec(**trial.config["trial"])
+            print(f"[sweep] trial {self.finished}/{total} {spec.trial_id}: {result.get('epochs', '?')} epochs, "
+                  f"test ndcg@20 {result.get('test_ndcg@20', float('nan')):.4f}", flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[sweep] trial {TrialSpec(**trial.config['trial']).trial_id} failed; Tune retries it from its "
+                  "saved state up to sweep.max_failures times", flush=True)
+
+    return TrialProgress()
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     """Finished trials' final metrics, trials that failed for good, and whether the sweep was resumed."""
@@ -259,7 +282,8 @@ def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, sto
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0))
+                failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
+                callbacks=[trial_progress(len(specs))]))
     grid = tuner.fit()
     studies = {s.trial_id: s.studies for s in specs}
     rows, failed = [], []

@@ -218,7 +218,7 @@ STAND_INS = (Stage("embed", _stand_in_embed, ("prepare",), ("embed",)),
              Stage("judge", _stand_in_judge, ("train_sae",), ("judge",)))
 
 
-def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local):
+def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capsys):
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
                              "rec.batch_size=64", "sweep.ablations=[full,noIde,kmeans,sasrec]", "sweep.ks=[3]",
                              "sweep.review_drops=[]", "sweep.seeds=[0]", "sweep.max_epochs=2",
@@ -228,6 +228,8 @@ def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local):
         runner.run_stage(stage)
     published = runner.run_stage(sweep.STAGE)
     assert published["metrics"]["trials"] == 5 and published["metrics"]["restored"] is False
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sweep] trial ")]
+    assert [line.split()[2] for line in progress] == [f"{i}/5" for i in range(1, 6)], "a line per finished trial"
     out = published["output_dir"]
     results = runner.store.read_table(f"{out}/results.parquet")
     assert results.num_rows == 5
