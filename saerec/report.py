@@ -178,18 +178,23 @@ def line_chart(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequ
     return _figure(plot)
 
 
-def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str] = MAIN_METRICS) -> Table:
-    """Our test metrics per model with the paper's Beauty numbers beside them (— where it has none)."""
+def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str] = MAIN_METRICS,
+                       with_paper: bool = True) -> Table:
+    """Our test metrics per model, with the paper's Beauty numbers beside them (— where it has
+    none) unless the run's data cannot be compared with them (the demo)."""
     columns = ["model", "source", *metrics]
     rows: list[list[Any]] = []
     for variant, values in ours.items():
         rows.append([variant, "this run", *[values.get(m) for m in metrics]])
-        paper = PAPER_BEAUTY.get(PAPER_NAMES.get(variant, ""))
+        paper = PAPER_BEAUTY.get(PAPER_NAMES.get(variant, "")) if with_paper else None
         if paper is not None:
             rows.append([PAPER_NAMES[variant], "paper (Beauty)", *[paper.get(m) for m in metrics]])
     shown = {PAPER_NAMES.get(v) for v in ours}
     for name, paper in PAPER_BEAUTY.items():
-        if name not in shown:
+        if with_paper and name not in shown:
             rows.append([name, "paper (Beauty)", *[paper.get(m) for m in metrics]])
-    return Table(columns, rows, "Test set, full ranking over all items. Paper rows: Tables 2 and 3 "
-                                "of the SAERec paper on Amazon Beauty (other datasets are not comparable).")
+    caption = ("Test set, full ranking over all items. Paper rows: Tables 2 and 3 of the SAERec paper on Amazon "
+               "Beauty (other datasets are not comparable)." if with_paper else
+               "Test set, full ranking over all items. The paper's numbers are for Amazon Beauty and are not "
+               "shown beside the demo's.")
+    return Table(columns, rows, caption)

@@ -82,7 +82,8 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
                          for m, v in info["test"].items()}
     metrics = [m for m in rp.MAIN_METRICS if any(m in v for v in ours.values())]
     section = doc.section("Main results")
-    section.blocks.append(rp.main_results_table(ours, metrics))
+    demo = ctx.input("prepare").manifest["config"]["data"]["source"] == "demo"
+    section.blocks.append(rp.main_results_table(ours, metrics, with_paper=not demo))
     section.blocks.append("Our rows are this run's test metrics (mean ± std over seeds when several), each model "
                           "selected on the validation item only. The paper's SASRec row is a SASRec trained with "
                           "one sampled negative; ours uses cross-entropy over all items, a much stronger baseline.")
