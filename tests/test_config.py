@@ -12,7 +12,7 @@ def test_demo_file_differs_from_the_paper_defaults_only_in_what_makes_it_quick()
     assert demo["data"]["source"] == "demo"
     changed = {f"{section}.{key}" for section, values in demo.items() if isinstance(values, dict)
                for key, value in values.items() if value != defaults[section][key]}
-    assert changed == {"judge.concurrency", "sweep.review_drops"}
+    assert changed == {"judge.concurrency", "sweep.review_drops", "evaluate.steering_query"}
     assert demo["sweep"]["review_drops"] == [] and demo["judge"]["concurrency"] == 2
 
 
