@@ -14,6 +14,10 @@ from tests.conftest import REPO
 from tests.s3server import SECRET_KEY
 
 
+# Every test here shares one `ray start --head` (and the demo submitted to it): one xdist worker.
+pytestmark = pytest.mark.xdist_group("ray_head")
+
+
 # The first test to use ``submitted_demo`` waits for the whole tiny pipeline to run as a job.
 PIPELINE_TIMEOUT = pytest.mark.timeout(1800)
 
