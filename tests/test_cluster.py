@@ -1,8 +1,12 @@
-"""Cluster submission: the README's recipe on a local ``ray start --head`` with S3 storage, and the launcher files."""
+"""Cluster submission: the README's recipe on a local ``ray start --head`` with S3 storage, the launcher
+files, and faults on the head (a missing bucket, a SIGKILLed driver)."""
 from __future__ import annotations
 
 import posixpath
+import signal
+import time
 import tomllib
+from typing import Callable
 
 import psutil
 import pytest
@@ -11,11 +15,8 @@ import yaml
 from saerec.stages import STAGE_ORDER
 from saerec.storage import MANIFEST, Store
 from tests.conftest import REPO
+from tests.ray_head import job_id, pipeline_args
 from tests.s3server import SECRET_KEY
-
-
-# Every test here shares one `ray start --head` (and the demo submitted to it): one xdist worker.
-pytestmark = pytest.mark.xdist_group("ray_head")
 
 
 # The first test to use ``submitted_demo`` waits for the whole tiny pipeline to run as a job.
@@ -88,3 +89,89 @@ def test_cluster_launcher_config_is_consistent():
     assert "constraints.txt" in setup and "~/saerec" in setup and cfg["file_mounts"]["~/saerec"] == "."
     for command in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
         assert "--dashboard-host=0.0.0.0" not in command
+
+
+# -- faults on the head: the tests share its fixture, so they live in this file (one xdist worker) --
+
+
+def test_missing_bucket_through_ray_job_submit(ray_head, s3_server):
+    result = ray_head.submit(*pipeline_args("s3://no-such-bucket-here/x", s3_server.endpoint, []), cwd=REPO)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "error: bucket 'no-such-bucket-here' of s3://no-such-bucket-here/x does not exist" in output
+    assert SECRET_KEY not in output
+    assert not [p for p in ray_head.log_files() if SECRET_KEY.encode() in p.read_bytes()]
+
+
+# -- process faults on the Ray head ----------------------------------------------------------------------------
+
+
+def _saved_trial_states(store: Store, run: str) -> list[str]:
+    return [p for p in store.list_files(store.join(run, "sweep", "_train")) if "/trial_states/" in p
+            and p.endswith(".pt")]
+
+
+def _wait_for_a_saved_trial(store: Store, run: str, earlier: list[str], ray_head, job: str,
+                            timeout: float = 300) -> None:
+    """Until a trial of this job has saved its training state (the sweep is then mid-trial) and Tune
+    has stored the experiment state it restores from."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        new = set(_saved_trial_states(store, run)) - set(earlier)
+        if new:
+            experiment = posixpath.join(posixpath.dirname(posixpath.dirname(next(iter(new)))), "sweep")
+            if any("experiment_state" in p for p in store.list_files(experiment)):
+                return
+        time.sleep(0.5)
+    status, logs = ray_head.status(job)
+    raise AssertionError(f"no trial state saved within {timeout} s; job {status}:\n{logs[-3000:]}")
+
+
+def _head_process(ray_head, match: Callable[[list[str]], bool]) -> psutil.Process:
+    for proc in ray_head.processes():
+        try:
+            if match(proc.cmdline()):
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError("process not found among the head's processes")
+
+
+# Two trials, one at a time, saving their state every epoch, long enough to be caught in the middle.
+SLOW_SWEEP = ["sweep.ablations=[full,sasrec]", "sweep.ks=[]", "sweep.review_drops=[]", "sweep.seeds=[0]",
+              "sweep.concurrency=1", "sweep.patience=15", "sweep.checkpoint_seconds=0"]
+
+
+def _assert_complete_sweep(store: Store, run: str, trials: int) -> dict:
+    manifest = store.read_json(store.join(run, "sweep", MANIFEST))
+    results = store.read_table(posixpath.join(manifest["output_dir"], "results.parquet"))
+    ids = results.column("trial_id").to_pylist()
+    assert len(ids) == len(set(ids)) == trials == manifest["metrics"]["trials"]
+    attempts = [d for d in store.list_dirs(store.join(run, "sweep")) if d.startswith("attempt-")]
+    assert attempts == [posixpath.basename(manifest["output_dir"])], "no half-published or duplicate attempt"
+    return manifest
+
+
+@pytest.mark.timeout(1800)
+def test_sigkilled_driver_resumes_from_manifests_and_saved_state(submitted_demo, ray_head, s3_server):
+    assert submitted_demo.result.returncode == 0
+    store = Store(submitted_demo.uri, s3_server.endpoint)
+    args = [*pipeline_args(submitted_demo.uri, s3_server.endpoint, [*submitted_demo.overrides, *SLOW_SWEEP,
+                                                                    "sweep.max_epochs=15"]), "--until", "sweep"]
+    earlier = _saved_trial_states(store, "demo")
+    submit = ray_head.submit(*args, cwd=REPO, no_wait=True)
+    assert submit.returncode == 0, submit.stderr[-2000:]
+    _wait_for_a_saved_trial(store, "demo", earlier, ray_head, job_id(submit))
+    driver = _head_process(ray_head, lambda cmd: any(c.endswith("full_pipeline.py") for c in cmd)
+                           and "sweep.max_epochs=15" in cmd and not any(c.endswith("/ray") for c in cmd))
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    assert store.read_json(store.join("demo", "sweep", MANIFEST))["config"]["sweep"]["max_epochs"] != 15
+
+    again = ray_head.submit(*args, cwd=REPO)
+    assert again.returncode == 0, again.stdout[-4000:]
+    for stage in ("prepare", "train_rec", "evaluate"):
+        assert f"[{stage}] skipped" in again.stdout
+    manifest = _assert_complete_sweep(store, "demo", 2)
+    assert manifest["metrics"]["restored"] is True
+    assert manifest["metrics"]["trials_resumed_mid_training"] >= 1

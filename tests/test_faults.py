@@ -1,17 +1,14 @@
-"""Faults: a killed driver, an S3 server that restarts or vanishes mid-stage, and bad credentials or a
-missing bucket. After each: nothing lost, duplicated or half-published, and no credential in any output."""
+"""Storage faults: an S3 server that restarts or vanishes mid-stage, bad credentials, a missing bucket.
+After each: nothing lost, duplicated or half-published, and no credential in any output. (Faults on
+a Ray head, a killed driver among them, are in test_cluster.py, which owns the head.)"""
 from __future__ import annotations
 
 import os
 import posixpath
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Callable
 
-import psutil
 import pyarrow as pa
 import pytest
 
@@ -19,12 +16,7 @@ from saerec.config import load_config
 from saerec.pipeline import MANIFEST, Runner, Stage, StageContext
 from saerec.storage import Store, StorageError
 from tests.conftest import REPO
-from tests.ray_head import job_id, pipeline_args
 from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
-
-
-# Every test here shares one `ray start --head` (and the demo submitted to it): one xdist worker.
-pytestmark = pytest.mark.xdist_group("ray_head")
 
 
 # -- storage faults ------------------------------------------------------------------------------------------
@@ -114,86 +106,3 @@ def test_missing_bucket_fails_clearly(s3_server):
     assert result.returncode == 2
     assert "error: bucket 'no-such-bucket-here' of s3://no-such-bucket-here/x does not exist" in result.stderr
     assert SECRET_KEY not in result.stdout + result.stderr
-
-
-def test_missing_bucket_through_ray_job_submit(ray_head, s3_server):
-    result = ray_head.submit(*pipeline_args("s3://no-such-bucket-here/x", s3_server.endpoint, []), cwd=REPO)
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert "error: bucket 'no-such-bucket-here' of s3://no-such-bucket-here/x does not exist" in output
-    assert SECRET_KEY not in output
-    assert not [p for p in ray_head.log_files() if SECRET_KEY.encode() in p.read_bytes()]
-
-
-# -- process faults on the Ray head ----------------------------------------------------------------------------
-
-
-def _saved_trial_states(store: Store, run: str) -> list[str]:
-    return [p for p in store.list_files(store.join(run, "sweep", "_train")) if "/trial_states/" in p
-            and p.endswith(".pt")]
-
-
-def _wait_for_a_saved_trial(store: Store, run: str, earlier: list[str], ray_head, job: str,
-                            timeout: float = 300) -> None:
-    """Until a trial of this job has saved its training state (the sweep is then mid-trial) and Tune
-    has stored the experiment state it restores from."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        new = set(_saved_trial_states(store, run)) - set(earlier)
-        if new:
-            experiment = posixpath.join(posixpath.dirname(posixpath.dirname(next(iter(new)))), "sweep")
-            if any("experiment_state" in p for p in store.list_files(experiment)):
-                return
-        time.sleep(0.5)
-    status, logs = ray_head.status(job)
-    raise AssertionError(f"no trial state saved within {timeout} s; job {status}:\n{logs[-3000:]}")
-
-
-def _head_process(ray_head, match: Callable[[list[str]], bool]) -> psutil.Process:
-    for proc in ray_head.processes():
-        try:
-            if match(proc.cmdline()):
-                return proc
-        except psutil.NoSuchProcess:
-            continue
-    raise AssertionError("process not found among the head's processes")
-
-
-# Two trials, one at a time, saving their state every epoch, long enough to be caught in the middle.
-SLOW_SWEEP = ["sweep.ablations=[full,sasrec]", "sweep.ks=[]", "sweep.review_drops=[]", "sweep.seeds=[0]",
-              "sweep.concurrency=1", "sweep.patience=15", "sweep.checkpoint_seconds=0"]
-
-
-def _assert_complete_sweep(store: Store, run: str, trials: int) -> dict:
-    manifest = store.read_json(store.join(run, "sweep", MANIFEST))
-    results = store.read_table(posixpath.join(manifest["output_dir"], "results.parquet"))
-    ids = results.column("trial_id").to_pylist()
-    assert len(ids) == len(set(ids)) == trials == manifest["metrics"]["trials"]
-    attempts = [d for d in store.list_dirs(store.join(run, "sweep")) if d.startswith("attempt-")]
-    assert attempts == [posixpath.basename(manifest["output_dir"])], "no half-published or duplicate attempt"
-    return manifest
-
-
-@pytest.mark.timeout(1800)
-def test_sigkilled_driver_resumes_from_manifests_and_saved_state(submitted_demo, ray_head, s3_server):
-    assert submitted_demo.result.returncode == 0
-    store = Store(submitted_demo.uri, s3_server.endpoint)
-    args = [*pipeline_args(submitted_demo.uri, s3_server.endpoint, [*submitted_demo.overrides, *SLOW_SWEEP,
-                                                                    "sweep.max_epochs=15"]), "--until", "sweep"]
-    earlier = _saved_trial_states(store, "demo")
-    submit = ray_head.submit(*args, cwd=REPO, no_wait=True)
-    assert submit.returncode == 0, submit.stderr[-2000:]
-    _wait_for_a_saved_trial(store, "demo", earlier, ray_head, job_id(submit))
-    driver = _head_process(ray_head, lambda cmd: any(c.endswith("full_pipeline.py") for c in cmd)
-                           and "sweep.max_epochs=15" in cmd and not any(c.endswith("/ray") for c in cmd))
-    driver.send_signal(signal.SIGKILL)
-    driver.wait(30)
-    assert store.read_json(store.join("demo", "sweep", MANIFEST))["config"]["sweep"]["max_epochs"] != 15
-
-    again = ray_head.submit(*args, cwd=REPO)
-    assert again.returncode == 0, again.stdout[-4000:]
-    for stage in ("prepare", "train_rec", "evaluate"):
-        assert f"[{stage}] skipped" in again.stdout
-    manifest = _assert_complete_sweep(store, "demo", 2)
-    assert manifest["metrics"]["restored"] is True
-    assert manifest["metrics"]["trials_resumed_mid_training"] >= 1
