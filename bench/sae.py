@@ -40,7 +40,7 @@ from saerec import schemas  # noqa: E402
 from saerec.config import load_config  # noqa: E402
 from saerec.sae import TopKSAE, TrainState, build_optimizer, evaluate, num_latents  # noqa: E402
 from saerec.sae.metrics import activation_counts  # noqa: E402
-from saerec.sae.training import DEAD_COUNT_REFRESH_STEPS  # noqa: E402
+from saerec.sae.training import train_step  # noqa: E402
 from saerec.stages import train_sae  # noqa: E402
 
 VARIANTS = {"tied": ["sae.variant=tied", "sae.aux_k=0"],
@@ -105,14 +105,7 @@ def bare_loop(x: torch.Tensor, spec: train_sae.SaeRun, device: torch.device) -> 
         order = train_sae.epoch_order(len(x), spec.seed, epoch).to(device)
         for i in range(0, len(x), spec.batch_size):
             batch = x[order[i : i + spec.batch_size]]
-            if state.step % DEAD_COUNT_REFRESH_STEPS == 0:
-                state.refresh_n_dead()
-            out = model(batch, dead_mask=state.dead_mask(), n_dead=state.n_dead)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            model.project_decoder_grad()
-            optimizer.step()
-            model.normalize_decoder()
+            out = train_step(model, optimizer, state, batch)
             state.update(activation_counts(out.top_values, out.top_indices, model.n_latents), batch.shape[0])
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -187,6 +187,20 @@ class ReconstructionStats:
         }
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, x: Tensor) -> SAEOutput:
+    """One optimiser step: AuxK sees the dead latents, the decoder stays unit-norm."""
+    core = unwrap(model)
+    if state.step % DEAD_COUNT_REFRESH_STEPS == 0:
+        state.refresh_n_dead()
+    out = model(x, dead_mask=state.dead_mask(), n_dead=state.n_dead)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    core.project_decoder_grad()
+    optimizer.step()
+    core.normalize_decoder()
+    return out
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -212,14 +226,7 @@ def train_epoch(
     state.refresh_n_dead()
     for batch in batches:
         x = batch.to(device, torch.float32, non_blocking=True)
-        if state.step % DEAD_COUNT_REFRESH_STEPS == 0:
-            state.refresh_n_dead()
-        out = model(x, dead_mask=state.dead_mask(), n_dead=state.n_dead)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        core.project_decoder_grad()
-        optimizer.step()
-        core.normalize_decoder()
+        out = train_step(model, optimizer, state, x)
         counts = stats.add(x, out).double()
         n_batch = torch.full((1,), float(x.shape[0]), dtype=torch.float64, device=device)
         if reduce is not None:
