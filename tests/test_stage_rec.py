@@ -6,7 +6,12 @@ stages run end to end on real prepare output, real Ray Train, and real S3.
 """
 from __future__ import annotations
 
+import signal
+import threading
+import time
+
 import numpy as np
+import psutil
 import pyarrow as pa
 import pytest
 import torch
@@ -101,3 +106,44 @@ def test_unknown_model_is_named(tmp_path):
     runner = _runner(str(tmp_path / "out"), "rec.models=[sasrec,gru4rec]")
     with pytest.raises(StageError, match="rec.models: unknown model 'gru4rec'"):
         runner.run_stage(train_rec.STAGE)
+
+
+def _kill_train_workers_after_first_checkpoint(train_dir, killed: list, stop: threading.Event) -> None:
+    """SIGKILL this test's Ray Train worker processes once the controller has registered a checkpoint."""
+    while not stop.is_set():
+        if any(train_dir.glob("**/checkpoint_manager_snapshot.json")):
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    if "RayTrainWorker" in " ".join(proc.cmdline()):
+                        proc.send_signal(signal.SIGKILL)
+                        killed.append(proc.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            if killed:
+                return
+        time.sleep(0.05)
+
+
+def test_a_killed_train_worker_is_replaced_and_the_run_goes_on(tmp_path, ray_local):
+    """Ray Train's failure config restarts the worker group; finished runs are not trained again."""
+    runner = _runner(str(tmp_path / "out"), "rec.models=[sasrec]", "rec.seeds=[0,1]", "rec.max_epochs=15",
+                     "rec.patience=15", "rec.max_failures=1")
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_train_workers_after_first_checkpoint,
+                              args=(tmp_path / "out" / "demo" / "train_rec" / "_train", killed, stop), daemon=True)
+    killer.start()
+    try:
+        trained = runner.run_stage(train_rec.STAGE)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no Ray Train worker was found to kill"
+    runs = runner.store.read_json(f"{trained['output_dir']}/runs.json")["runs"]
+    assert [r["name"] for r in runs] == ["sasrec-seed0", "sasrec-seed1"]
+    assert [r["trainer_restores"] for r in runs] == [1, 1]
+    for run in runs:
+        assert [h["epoch"] for h in run["history"]] == list(range(1, run["epochs"] + 1))
+        assert f"models/{run['name']}.safetensors" in trained["outputs"]
+    attempts = [p.name for p in (tmp_path / "out" / "demo" / "train_rec").iterdir() if p.name.startswith("attempt-")]
+    assert len(attempts) == 1

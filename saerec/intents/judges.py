@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -78,6 +82,47 @@ def resolve_local_model(model: str) -> tuple[str, str | None]:
     return model, None
 
 
+def judge_cache_dir() -> Path:
+    """Where de-quantised copies of GGUF judge models are kept: ``$SAEREC_CACHE_DIR`` or ~/.cache/saerec."""
+    return Path(os.environ.get("SAEREC_CACHE_DIR") or Path.home() / ".cache" / "saerec")
+
+
+def dequantized_copy(folder: str, gguf_file: str, cache: Path | None = None) -> str:
+    """A transformers folder (float32 safetensors + tokenizer) made once from a GGUF file.
+
+    Reading a GGUF through transformers rebuilds the tokenizer and de-quantises every tensor:
+    about 25 s per load on one CPU, paid by every judge actor. The copy loads in under a second.
+    It is keyed by the GGUF's name, size and modification time, written to a temporary folder
+    and renamed into place, so concurrent actors never see half a copy.
+    """
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(folder) / gguf_file
+    stat = source.stat()
+    cache = cache or judge_cache_dir()
+    target = cache / f"{source.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    if (target / "config.json").exists():
+        return str(target)
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"))
+        del model.config.quantization_config
+        model.config.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
 class LocalJudge:
     """A transformers causal LM that answers by greedy decoding and by scoring options."""
 
@@ -109,6 +154,12 @@ class LocalJudge:
         self.seed = seed
         self._nulls: dict[int, tuple[float, float]] = {}
         source, gguf_file = resolve_local_model(model)
+        if gguf_file is not None:
+            try:
+                source, gguf_file = dequantized_copy(source, gguf_file), None
+            except OSError as error:
+                warnings.warn(f"judge: no de-quantised copy of {gguf_file} in {judge_cache_dir()} ({error}); "
+                              "reading the GGUF itself, about 25 s slower per load")
         self.prompts = prompts
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens

@@ -189,7 +189,11 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 def train_all(ctx: StageContext, runs: list[dict[str, Any]], sequences: list[np.ndarray], n_items: int,
               intents: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Launch (or resume) the TorchTrainer run and return the finished runs from its last checkpoint."""
+    """Launch (or resume) the TorchTrainer run and return the finished runs from its last checkpoint.
+
+    A dead worker restarts the worker group (up to ``rec.max_failures`` times) from the last
+    checkpoint: finished runs are kept, the run in progress goes on from its last saved epoch.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -202,7 +206,8 @@ def train_all(ctx: StageContext, runs: list[dict[str, Any]], sequences: list[np.
                            "threads": 1 if cfg.use_gpu else max(1, torch.get_num_threads() // cfg.num_workers)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=ray.train.RunConfig(name="train_rec", storage_path=storage_path, storage_filesystem=filesystem,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)))
     result = trainer.fit()
     if result.checkpoint is None:
         raise StageError("train_rec: Ray Train finished without a checkpoint")

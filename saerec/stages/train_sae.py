@@ -292,8 +292,12 @@ def _report(rank: int, metrics: dict[str, Any], model, optimizer, state, history
 
 
 def fit(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, name: str, num_workers: int,
-        use_gpu: bool):
-    """Train on ``ds`` with Ray Train; resumes from the checkpoints under (storage_path, name)."""
+        use_gpu: bool, max_failures: int = 0):
+    """Train on ``ds`` with Ray Train; resumes from the checkpoints under (storage_path, name).
+
+    A worker that dies mid-run makes Ray Train restart the worker group up to ``max_failures``
+    times, each restart resuming from the last checkpoint.
+    """
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
@@ -307,6 +311,7 @@ def fit(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, name: str, 
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": ds},
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
@@ -347,7 +352,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     storage_path, storage_fs = ctx.train_storage()
     start = time.perf_counter()
-    result = fit(ds, spec, storage_path, storage_fs, ctx.stage, cfg.num_workers, cfg.use_gpu)
+    result = fit(ds, spec, storage_path, storage_fs, ctx.stage, cfg.num_workers, cfg.use_gpu, cfg.max_failures)
     wall = time.perf_counter() - start
     progress, weights, counts = read_final(result.checkpoint)
 
