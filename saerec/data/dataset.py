@@ -113,8 +113,6 @@ def collect(records: Iterable[Interaction], k_core: int, workdir: Path) -> Table
     raw_items = np.array(list(item_ids), dtype=object)
     user_order = _sort_ids(list(raw_users[np.unique(u)]))
     item_order = _sort_ids(list(raw_items[np.unique(it)]))
-    user_new = {r: i + 1 for i, r in enumerate(user_order)}
-    item_new = {r: i + 1 for i, r in enumerate(item_order)}
     u_map = np.zeros(len(user_ids), dtype=np.int32)
     i_map = np.zeros(len(item_ids), dtype=np.int32)
     u_map[[user_ids[r] for r in user_order]] = np.arange(1, len(user_order) + 1)
@@ -174,7 +172,7 @@ def write_corpus(tables: Tables, opts: CorpusOptions, write_part: Callable[[int,
     next_id = 0
 
     def emit(kind: str, user: np.ndarray, item: np.ndarray, text: list[str]) -> None:
-        nonlocal pending_rows, part, next_id
+        nonlocal pending_rows, next_id
         non_empty = np.array([bool(t and t.strip()) for t in text], dtype=bool)
         counts["corpus_empty_skipped"] += int((~non_empty).sum())
         kept = non_empty & (rng.random(len(text)) >= opts.review_drop)
