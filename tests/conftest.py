@@ -46,7 +46,8 @@ def s3_uri(s3_server: SeaweedS3) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_server):
+    """Local Ray for the session; started after the S3 server so its workers inherit the S3 settings."""
     import ray
     from saerec.runtime import init_ray
     init_ray(None, num_cpus=2)

@@ -31,7 +31,8 @@ START_ATTEMPTS = 3
 
 
 def ray_cli() -> str:
-    return shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    beside = Path(sys.executable).with_name("ray")  # this interpreter's Ray, venv activated or not
+    return str(beside) if beside.exists() else shutil.which("ray") or "ray"
 
 
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -61,7 +62,10 @@ class RayHead:
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.num_cpus = num_cpus
         inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARS}
-        self.env = {**inherited, **env, **CLIENT_ENV, MARKER: self.id, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        # Jobs run `python` from the head's PATH: this interpreter's, as on a node where saerec is installed.
+        path = os.pathsep.join([str(Path(sys.executable).parent), inherited.get("PATH", "")])
+        self.env = {**inherited, **env, **CLIENT_ENV, MARKER: self.id, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                    "PATH": path}
 
     def start(self) -> None:
         ports = {"--port": self.gcs_port, "--dashboard-port": self.dashboard_port,
