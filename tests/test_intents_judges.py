@@ -77,7 +77,7 @@ def test_prompt_scoring_gives_levels_and_probabilities_deterministically(prompt_
 
 def test_coherence_is_the_in_context_gain_of_each_word(judge):
     words = ["nail", "polish"]
-    head = judge._piece("Words:")
+    head = judge._piece(f"Reviews of {judge.prompts.domain} mention these words:")
     nail, comma, polish = judge._piece(" nail"), judge._piece(","), judge._piece(" polish")
 
     def logprob(prefix, target):
