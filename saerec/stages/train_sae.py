@@ -105,6 +105,9 @@ def embedding_dataset(path: str, filesystem: Any):
     ds = ray.data.read_parquet(path, filesystem=filesystem, columns=["vector", "tokens"])
     ds = ds.map_batches(vector_matrix, batch_format="pyarrow", batch_size=None)
     ds.context.execution_options.preserve_order = True
+    # Every epoch re-runs the dataset inside Ray Train's split coordinator, whose progress bars
+    # would flood a job's log; the epochs are reported by Ray Train itself.
+    ds.context.enable_progress_bars = False
     return ds
 
 
