@@ -20,8 +20,13 @@ class ConfigError(ValueError):
 
 
 def _bounded(default: Any, *, lo: float | None = None, hi: float | None = None,
-             lo_open: bool = False, hi_open: bool = False) -> Any:
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+             lo_open: bool = False, hi_open: bool = False, resource: bool = False) -> Any:
+    """A field with an allowed range; ``resource`` marks a key that says how to run, not what to compute.
+
+    Resource keys (actors, batch sizes, retries) are left out of stage fingerprints, so changing
+    one never re-runs a published stage and a killed run resumes under new resources.
+    """
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "resource": resource}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -75,11 +80,11 @@ class EmbedSection:
     kind: Literal["auto", "t5", "bert"] = "auto"
     layer: int = -1
     max_length: int = _bounded(128, lo=8)
-    batch_size: int = _bounded(512, lo=1)
-    micro_batch_size: int = _bounded(64, lo=1)
-    num_actors: int = _bounded(1, lo=1)
-    cpus_per_actor: float = _bounded(1.0, lo=0.0)
-    num_gpus_per_actor: float = _bounded(0.0, lo=0.0)
+    batch_size: int = _bounded(512, lo=1, resource=True)
+    micro_batch_size: int = _bounded(64, lo=1, resource=True)
+    num_actors: int = _bounded(1, lo=1, resource=True)
+    cpus_per_actor: float = _bounded(1.0, lo=0.0, resource=True)
+    num_gpus_per_actor: float = _bounded(0.0, lo=0.0, resource=True)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vocab_size: int = _bounded(20000, lo=10)
@@ -100,9 +105,9 @@ class SaeSection:
     use_gpu: bool = False
     dead_after: int | None = _bounded(None, lo=1)  # inputs without firing before AuxK calls a latent dead; null = one epoch
     pre_bias: Literal["geometric_median", "mean", "zero"] = "geometric_median"
-    cache_shard: bool = True  # hold each worker's shard on its device after one pass; false re-streams every epoch
-    checkpoint_every: int = _bounded(1, lo=1)  # epochs between checkpoints; the run always ends with one
-    max_failures: int = _bounded(2, lo=0)  # restarts of the worker group after a worker dies, from its last checkpoint
+    cache_shard: bool = _bounded(True, resource=True)  # hold each worker's shard on its device after one pass; false re-streams every epoch
+    checkpoint_every: int = _bounded(1, lo=1, resource=True)  # epochs between checkpoints; the run always ends with one
+    max_failures: int = _bounded(2, lo=0, resource=True)  # restarts of the worker group after a worker dies, from its last checkpoint
 
 
 @dataclass
@@ -111,11 +116,11 @@ class ExplainSection:
     alpha: float = _bounded(1.0, lo=0.0, lo_open=True)
     beta: float = _bounded(1.0, lo=0.0, lo_open=True)
     top_texts: int = _bounded(5, lo=0)
-    chunk_size: int = _bounded(4096, lo=1)
+    chunk_size: int = _bounded(4096, lo=1, resource=True)
     similarity: Literal["dot", "cosine"] = "cosine"  # s(w, i): the paper's dot product, or centred unit vectors
     word_vectors: Literal["corpus", "encoder"] = "corpus"  # e_w: mean embedding of its texts, or the word alone
     random_texts: int = _bounded(5, lo=0)  # per latent, the negatives of the judge's detection score
-    num_gpus: float = _bounded(0.0, lo=0.0)  # >0: align and encode in a Ray task on a GPU
+    num_gpus: float = _bounded(0.0, lo=0.0, resource=True)  # >0: align and encode in a Ray task on a GPU
 
 
 @dataclass
@@ -124,17 +129,17 @@ class JudgeSection:
     model: str | None = None
     domain: str = "beauty products"
     keep: list[str] = _listof("Yes")
-    batch_size: int = _bounded(16, lo=1)
-    concurrency: int = _bounded(1, lo=1)
-    num_gpus_per_actor: float = _bounded(1.0, lo=0.0)
+    batch_size: int = _bounded(16, lo=1, resource=True)
+    concurrency: int = _bounded(1, lo=1, resource=True)
+    num_gpus_per_actor: float = _bounded(1.0, lo=0.0, resource=True)
     max_model_len: int = _bounded(2048, lo=128)
     max_latents: int | None = _bounded(None, lo=1)  # judge only the most frequently firing latents
     base_url: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"  # local backend; it asks Ray for GPUs only with "cuda"
-    cpus_per_actor: float = _bounded(1.0, lo=0.0, lo_open=True)
+    cpus_per_actor: float = _bounded(1.0, lo=0.0, lo_open=True, resource=True)
     max_new_tokens: int = _bounded(12, lo=1)  # summary length (local backend)
-    gpu_memory_utilization: float = _bounded(0.85, lo=0.0, hi=1.0, lo_open=True)  # vllm backend
-    enable_prefix_caching: bool = True  # vllm backend
+    gpu_memory_utilization: float = _bounded(0.85, lo=0.0, hi=1.0, lo_open=True, resource=True)  # vllm backend
+    enable_prefix_caching: bool = _bounded(True, resource=True)  # vllm backend
     detection: bool = True  # held-out detection score for every kept latent
     scoring: Literal["likelihood", "prompt"] = "likelihood"  # local backend, see saerec/intents/judges.py
     null_lists: int = _bounded(128, lo=2)  # likelihood scoring: random word lists behind the coherence z-score
@@ -159,7 +164,7 @@ class RecSection:
     num_workers: int = _bounded(1, lo=1)
     use_gpu: bool = False
     kmeans_clusters: int | None = _bounded(None, lo=2)
-    max_failures: int = _bounded(2, lo=0)  # restarts of the worker group after a worker dies, from its last checkpoint
+    max_failures: int = _bounded(2, lo=0, resource=True)  # restarts of the worker group after a worker dies, from its last checkpoint
 
 
 @dataclass
@@ -178,13 +183,13 @@ class SweepSection:
     review_drops: list[float] = _listof(0.0, 0.1, 0.2, 0.3)
     judges: list[str] = _listof()  # "model" or "backend:model" per judge; empty = the configured judge only
     seeds: list[int] = _listof(0)
-    concurrency: int = _bounded(1, lo=1)
+    concurrency: int = _bounded(1, lo=1, resource=True)
     max_epochs: int | None = _bounded(None, lo=1)  # per trial; null = rec.max_epochs
     patience: int | None = _bounded(None, lo=1)  # per trial; null = rec.patience
-    cpus_per_trial: float = _bounded(1.0, lo=0.0, lo_open=True)
-    gpus_per_trial: float = _bounded(0.0, lo=0.0)
-    max_failures: int = _bounded(2, lo=0)  # retries of a crashed trial, from its last checkpoint
-    checkpoint_seconds: float = _bounded(30.0, lo=0.0)  # a trial saves its training state after an epoch once this has passed
+    cpus_per_trial: float = _bounded(1.0, lo=0.0, lo_open=True, resource=True)
+    gpus_per_trial: float = _bounded(0.0, lo=0.0, resource=True)
+    max_failures: int = _bounded(2, lo=0, resource=True)  # retries of a crashed trial, from its last checkpoint
+    checkpoint_seconds: float = _bounded(30.0, lo=0.0, resource=True)  # a trial saves its training state after an epoch once this has passed
 
 
 @dataclass
@@ -213,6 +218,17 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def result_settings(section: Any) -> dict[str, Any]:
+    """A section's keys that can change what a stage computes (``resource`` keys left out)."""
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.metadata.get("resource"):
+            continue
+        out[f.name] = result_settings(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def _type_name(tp: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from saerec.config import Config
+from saerec.config import Config, result_settings
 from saerec.storage import MANIFEST, Store, StorageError
 
 T = TypeVar("T")
@@ -142,10 +142,11 @@ def _versions() -> dict[str, str]:
 
 
 def fingerprint(stage: Stage, cfg: Config, upstream: dict[str, dict[str, Any]]) -> str:
+    """Hash of what decides a stage's outputs: seed, its sections' result keys and its inputs."""
     payload = {
         "stage": stage.name,
         "seed": cfg.seed,
-        "sections": {s: dataclasses.asdict(cfg.section(s)) for s in stage.sections},
+        "sections": {s: result_settings(cfg.section(s)) for s in stage.sections},
         "inputs": {name: m["fingerprint"] for name, m in sorted(upstream.items())},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,8 +1,10 @@
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from saerec.config import Config, ConfigError, load_config
+from saerec.config import Config, ConfigError, load_config, result_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +52,25 @@ def test_bad_file_is_reported(tmp_path):
 def test_int_accepted_where_float_expected():
     assert load_config(None, ["data.review_drop=0"]).data.review_drop == 0.0
     assert isinstance(Config().data.review_drop, float)
+
+
+def resource_keys(section: object, prefix: str) -> set[str]:
+    keys = set()
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            keys |= resource_keys(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("resource"):
+            keys.add(prefix + f.name)
+    return keys
+
+
+def test_readme_lists_exactly_the_keys_left_out_of_fingerprints():
+    cfg = Config()
+    marked = set().union(*(resource_keys(getattr(cfg, f.name), f"{f.name}.") for f in dataclasses.fields(cfg)
+                           if dataclasses.is_dataclass(getattr(cfg, f.name))))
+    readme = (REPO / "README.md").read_text()
+    paragraph = readme[readme.index("Nor are the resource keys"):].split("\n\n")[0]
+    assert set(re.findall(r"`([a-z_]+\.[a-z_.]+)`", paragraph)) == marked
+    assert "judge.concurrency" in marked and "judge.model" not in marked
+    assert "model" in result_settings(cfg.judge) and "concurrency" not in result_settings(cfg.judge)

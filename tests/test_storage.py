@@ -57,6 +57,18 @@ def test_publish_skip_and_rerun_on_change(s3_server, s3_uri, tmp_path, where):
     assert len(attempts) == 1, "replaced attempts must be removed"
 
 
+def test_resource_keys_do_not_rerun_a_stage_but_result_keys_do(tmp_path):
+    uri = str(tmp_path / "out")
+    make_runner(uri).run_stage(NUMBERS)
+    first = make_runner(uri).run_stage(DOUBLE)
+    more_actors = make_runner(uri, None, "embed.num_actors=4", "embed.batch_size=7", "embed.cpus_per_actor=2")
+    assert more_actors.run_stage(DOUBLE).get("skipped") is True
+    other_model = make_runner(uri, None, "embed.vocab_size=50")
+    rerun = other_model.run_stage(DOUBLE)
+    assert "skipped" not in rerun and rerun["fingerprint"] != first["fingerprint"]
+    assert rerun["config"]["embed"]["vocab_size"] == 50
+
+
 def test_missing_upstream_is_a_clear_error(tmp_path):
     runner = make_runner(str(tmp_path / "out"))
     with pytest.raises(StageError, match="needs the published output of stage numbers"):
