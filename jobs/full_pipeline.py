@@ -63,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "
               f"{store.uri(store.join(cfg.run.name))}", flush=True)
         print(init_ray(cluster_address(cfg.ray.address), cfg.ray.num_cpus), flush=True)
-        runner = Runner(cfg, store)
+        runner = Runner(cfg, store, log=lambda line: print(line, flush=True))
         for name in names:
             start = time.time()
-            print(f"[{name}] running...", flush=True)
             manifest = runner.run_stage(load_stage(name), force=args.force)
             if manifest.get("skipped"):
                 print(f"[{name}] skipped: published output matches (use --force to re-run)", flush=True)

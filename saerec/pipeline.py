@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import platform
 import posixpath
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -128,7 +129,11 @@ class StageContext:
         return path, self.store.fs
 
     def progress(self, items: Iterable[T], total: int | None = None, desc: str | None = None) -> Iterator[T]:
-        return iter(tqdm(items, total=total, desc=desc or self.stage, leave=False, mininterval=2.0))
+        """A progress bar for long loops; the finished bar stays, so a log file shows how it ended
+        and the next line starts on a line of its own. Logs that are not a terminal get an update
+        every 30 s instead of every 2 s."""
+        interval = 2.0 if sys.stderr.isatty() else 30.0
+        return iter(tqdm(items, total=total, desc=desc or self.stage, mininterval=interval))
 
 
 def _versions() -> dict[str, str]:
@@ -195,6 +200,7 @@ class Runner:
         published = self.manifest(stage.name)
         if published is not None and published.get("fingerprint") == fp and not force:
             return {**published, "skipped": True}
+        self.log(f"[{stage.name}] running...")
         keep = posixpath.basename(published["output_dir"]) if published else None
         if self._clean_leftovers(stage.name, keep):
             self.log(f"[{stage.name}] removed leftovers of an unfinished earlier run")

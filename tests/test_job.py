@@ -25,6 +25,7 @@ def test_job_on_local_storage_then_skips(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     for stage in STAGE_ORDER:
         assert f"[{stage}] skipped" in second.stdout
+    assert "running..." not in second.stdout
 
 
 def test_job_on_s3_then_skips(s3_server, s3_uri):
@@ -32,9 +33,9 @@ def test_job_on_s3_then_skips(s3_server, s3_uri):
             "--until", "prepare"]
     first = run_job(*args, env=s3_server.env)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "[prepare] done" in first.stdout
+    assert "[prepare] running..." in first.stdout and "[prepare] done" in first.stdout
     second = run_job(*args, env=s3_server.env)
-    assert "[prepare] skipped" in second.stdout
+    assert "[prepare] skipped" in second.stdout and "running..." not in second.stdout
 
 
 def test_bad_config_fails_before_work(tmp_path):
