@@ -35,6 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.shared_data import shared_data_dir  # noqa: E402
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TOKENIZERS_PARALLELISM": "false"}
@@ -43,14 +44,9 @@ RESULT_MARKER = "BENCH_RESULT "
 RAY_WORKER_NICENESS = 15
 
 
-def default_data_dir() -> Path:
-    """``SAEREC_DATA_DIR``, else ``shared/data`` beside the repository (as the tests look for it)."""
-    return Path(os.environ.get("SAEREC_DATA_DIR") or REPO.parent / "shared" / "data")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+    parser.add_argument("--data-dir", type=Path, default=shared_data_dir(),
                         help="folder holding beauty/items.tsv and amazon-2018-all-beauty/All_Beauty_5.json.gz")
     parser.add_argument("--model", default="minilm", help="encoder: 'minilm', a local folder or a hub id")
     parser.add_argument("--kind", default="auto", choices=("auto", "t5", "bert"))

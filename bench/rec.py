@@ -1,17 +1,18 @@
 """Benchmark: SASRec vs SAERec vs KMeans-Intent on Amazon Beauty, several seeds each.
 
 Step 1 (``--step chain``, needs Ray and the text encoder): runs the pipeline's own stages
-(prepare -> embed -> train_sae, then judge when it is registered) on ``--data-dir`` with the item
-descriptions as the corpus, and caches the intent sets in ``--work-dir/intents.safetensors``:
-the judged latents when the judge stage exists, else every live SAE latent (the noIde set), plus
-k-means centroids of the text embeddings (as many as intents). Step 2 (``--step train``, plain
-PyTorch, GPU if present) trains and tests every (model, seed) in the same harness (strict
+(prepare -> embed -> train_sae -> explain -> judge) on ``--data-dir`` with the item descriptions
+as the corpus, and caches the intent sets in ``--work-dir/intents.safetensors``: the judged
+latents, plus k-means centroids of the text embeddings (as many as intents). Step 2 (``--step
+train``, plain PyTorch, GPU if present) trains and tests every (model, seed) in the same harness (strict
 leave-one-out, selection on valid NDCG@20, test read once) and writes one JSON part. ``--step
 timing`` trains each model alone for a few epochs to compare epoch times fairly, and ``--step
 report`` merges parts into ``bench/results/rec_beauty.json`` and prints the table.
 
-Commands that produced bench/results/rec_beauty.json (train/timing ran on one H200 through the
-device tool, 9 runs concurrently per configuration; the chain and the CPU timing ran here):
+The stored bench/results/rec_beauty.json predates the judge stage: its intent set is every live
+SAE latent (its ``chain.intent_source``), i.e. the noIde variant. Commands that produced it
+(train/timing ran on one H200 through the device tool, 9 runs concurrently per configuration;
+the chain and the CPU timing ran here):
   python bench/rec.py --step chain
   python bench/rec.py --step timing --timing-epochs 5 --out timing_gpu.json
   python bench/rec.py --step timing --device cpu --timing-epochs 2 --out timing_cpu.json
@@ -38,6 +39,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.shared_data import shared_data_dir  # noqa: E402
 
 from saerec.rec import (EncoderConfig, FitConfig, SAERec, SASRec, final_test, fit,  # noqa: E402
                         intent_config_for, leave_one_out)
@@ -49,11 +51,6 @@ PAPER_BEAUTY = {"SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, 
                 "KMeans-Intent": {"hr@20": 0.1349, "ndcg@20": 0.0671}}
 REFERENCE_SASREC = {"hr@10": 0.0912, "hr@20": 0.1269, "ndcg@10": 0.0537, "ndcg@20": 0.0627}
 NAMES = {"sasrec": "SASRec", "saerec": "SAERec", "kmeans": "KMeans-Intent"}
-
-
-def default_data_dir() -> Path:
-    """The development copy of Beauty beside the repo (``../shared/data/beauty``)."""
-    return REPO / ".." / "shared" / "data" / "beauty"
 
 
 def read_sequences(data_dir: Path) -> tuple[list[list[int]], int]:
@@ -73,8 +70,6 @@ def run_chain(data_dir: Path, work_dir: Path) -> dict[str, object]:
     from saerec.pipeline import Runner, StageInput
     from saerec.rec.kmeans import kmeans
     from saerec.runtime import init_ray
-    from saerec.sae.model import TopKSAE
-    from saerec.stages import STAGE_ORDER
     from saerec.stages.train_rec import read_intent_set, read_text_embeddings
     from saerec.storage import Store
 
@@ -84,7 +79,7 @@ def run_chain(data_dir: Path, work_dir: Path) -> dict[str, object]:
     store = Store(cfg.storage.uri)
     store.check()
     runner = Runner(cfg, store)
-    names = ["prepare", "embed", "train_sae"] + (["explain", "judge"] if "judge" in STAGE_ORDER else [])
+    names = ["prepare", "embed", "train_sae", "explain", "judge"]
     manifests = {}
     for name in names:
         start = time.time()
@@ -92,17 +87,8 @@ def run_chain(data_dir: Path, work_dir: Path) -> dict[str, object]:
         print(f"[{name}] {time.time() - start:.0f}s", flush=True)
 
     texts = read_text_embeddings(StageInput(store, manifests["embed"]))
-    if "judge" in manifests:
-        vectors, latents = read_intent_set(StageInput(store, manifests["judge"]))
-        source = "judged SAE latents (judge stage)"
-    else:
-        sae_out = StageInput(store, manifests["train_sae"])
-        sae = TopKSAE.from_config(sae_out.read_json("sae_config.json")["model"])
-        sae.load_state_dict(sae_out.read_tensors("sae.safetensors"))
-        freq = sae_out.read_table("latent_frequency.parquet").to_pandas()
-        alive = np.sort(freq.loc[freq["count"] > 0, "latent"].to_numpy())
-        vectors, latents = sae.intent_vectors()[alive].float(), alive
-        source = "every live SAE latent (no LLM judge: the judge stage is not registered yet)"
+    vectors, latents = read_intent_set(StageInput(store, manifests["judge"]))
+    source = "judged SAE latents (judge stage)"
     centroids = kmeans(texts, len(vectors), seed=cfg.seed)[0]
     work_dir.mkdir(parents=True, exist_ok=True)
     save_file({"judged": vectors.contiguous(), "latents": torch.as_tensor(latents, dtype=torch.long),
@@ -270,7 +256,7 @@ def step_report(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--step", choices=("chain", "train", "timing", "report"), required=True)
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--data-dir", type=Path, default=shared_data_dir() / "beauty")
     p.add_argument("--work-dir", type=Path, default=REPO / "saerec-output" / "bench-rec")
     p.add_argument("--models", type=lambda s: s.split(","), default=["sasrec", "saerec", "kmeans"])
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])

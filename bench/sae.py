@@ -35,6 +35,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.shared_data import shared_data_dir  # noqa: E402
 
 from saerec import schemas  # noqa: E402
 from saerec.config import load_config  # noqa: E402
@@ -46,11 +47,6 @@ from saerec.stages import train_sae  # noqa: E402
 VARIANTS = {"tied": ["sae.variant=tied", "sae.aux_k=0"],
             "tied+auxk": ["sae.variant=tied"],
             "untied": ["sae.variant=untied"]}
-
-
-def default_data_dir() -> Path:
-    """The development copy of Beauty beside the repo (``../shared/data/beauty``)."""
-    return REPO / ".." / "shared" / "data" / "beauty"
 
 
 def encode_items(data_dir: Path, out_dir: Path, model: str) -> dict[str, float]:
@@ -139,7 +135,7 @@ def stage_fit(ds, spec: train_sae.SaeRun, work_dir: Path, use_gpu: bool) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(), help="folder with items.tsv")
+    parser.add_argument("--data-dir", type=Path, default=shared_data_dir() / "beauty", help="folder with items.tsv")
     parser.add_argument("--embeddings", type=Path, help="an embed-stage embeddings/ Parquet folder instead")
     parser.add_argument("--model", default="minilm", help="text encoder when embedding items.tsv")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/saerec-bench-sae"))
