@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from saerec.rec.losses import full_softmax_cross_entropy
 from saerec.rec.saerec_model import SAERec, intent_config_for, steering
 from saerec.rec.sasrec import EncoderConfig, SASRec
 
@@ -176,3 +177,28 @@ def test_intent_attention_matches_attending_over_the_gathered_intents():
     shared = attn(queries, table, torch.tensor([4, 6]), torch.zeros(2))
     per_query = attn(queries, table, torch.tensor([[4, 6]] * 4), torch.zeros(4, 2))
     assert torch.allclose(shared, per_query, atol=1e-6)
+
+
+def test_full_softmax_cross_entropy_matches_the_reference_in_value_and_gradients():
+    g = torch.Generator().manual_seed(3)
+    reps = torch.randn(40, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(300, 16, generator=g, dtype=torch.float64).mul(3).requires_grad_()
+    targets = torch.randint(0, 300, (40,), generator=g)
+    targets[:5] = 7  # repeated targets
+    upstream = torch.tensor(2.5, dtype=torch.float64)
+    ours = full_softmax_cross_entropy(reps, weight, targets)
+    (ours * upstream).backward()
+    got = reps.grad.clone(), weight.grad.clone()
+    reps.grad = weight.grad = None
+    reference = F.cross_entropy(reps @ weight.T, targets)
+    (reference * upstream).backward()
+    assert torch.allclose(ours, reference, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(got[0], reps.grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got[1], weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_full_softmax_cross_entropy_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="share d"):
+        full_softmax_cross_entropy(torch.zeros(4, 8), torch.zeros(10, 6), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"targets must have shape \(4,\)"):
+        full_softmax_cross_entropy(torch.zeros(4, 8), torch.zeros(10, 8), torch.zeros(3, dtype=torch.long))

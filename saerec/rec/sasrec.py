@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saerec.rec.losses import full_softmax_cross_entropy
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -134,7 +136,7 @@ class SASRec(nn.Module):
         reps = self.refine(states[mask], last)
         if targets is None:
             return reps
-        return F.cross_entropy(reps @ self.item_emb.weight[1:].T, targets[mask] - 1)
+        return full_softmax_cross_entropy(reps, self.item_emb.weight[1:], targets[mask] - 1)
 
     def item_scores(self, reps: Tensor) -> Tensor:
         """(N, d) -> (N, n_items + 1) dot products with every item embedding (column 0 = padding)."""
