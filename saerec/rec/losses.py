@@ -5,8 +5,8 @@ loss around it is most of an epoch's work. ``F.cross_entropy(reps @ W.T, t)`` ke
 their log-softmax, and in backward a zeroed gradient, a scattered one-hot and the softmax
 gradient: several full passes over that matrix. This function keeps only the log-softmax,
 turns it into the probabilities in place in backward, and subtracts the one-hot at the
-targets, so the gradient is the same (softmax minus one-hot) with far less memory traffic
-(~30 % less time for the loss on CPU, bench/rec.py --step timing).
+targets, so the gradient is the same (softmax minus one-hot) with less memory traffic
+(bench/loss.py times both on Beauty's batches).
 """
 from __future__ import annotations
 
