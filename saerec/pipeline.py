@@ -36,11 +36,16 @@ class StageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline step: its name, what it reads, which config sections it sees, and its body."""
+    """A pipeline step: its name, what it reads, which config sections it sees, and its body.
+
+    ``only_keys`` narrows a section's part of the fingerprint to the keys the stage reads from it
+    (the sweep reads two keys of ``evaluate``; the steering settings must not re-run it).
+    """
     name: str
     run: Callable[["StageContext"], dict[str, Any]]
     inputs: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()
+    only_keys: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
 
 class StageFiles:
@@ -146,12 +151,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _fingerprinted(stage: Stage, section: str, settings: dict[str, Any]) -> dict[str, Any]:
+    keys = stage.only_keys.get(section)
+    return settings if keys is None else {k: settings[k] for k in keys}
+
+
 def fingerprint(stage: Stage, cfg: Config, upstream: dict[str, dict[str, Any]]) -> str:
     """Hash of what decides a stage's outputs: seed, its sections' result keys and its inputs."""
     payload = {
         "stage": stage.name,
         "seed": cfg.seed,
-        "sections": {s: result_settings(cfg.section(s)) for s in stage.sections},
+        "sections": {s: _fingerprinted(stage, s, result_settings(cfg.section(s))) for s in stage.sections},
         "inputs": {name: m["fingerprint"] for name, m in sorted(upstream.items())},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,6 +1,8 @@
 """The sweep: its grid, the Tune plumbing (results, restore, failures), derived upstream runs, and the stage."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from saerec import sweeps
 from saerec.config import JudgeSection, load_config
-from saerec.pipeline import Runner, Stage, StageContext, StageError
+from saerec.pipeline import Runner, Stage, StageContext, StageError, fingerprint
 from saerec.stages import prepare, sweep
 from saerec.stages.train_rec import JUDGE_FEATURES, JUDGE_INTENTS
 from saerec.storage import Store
@@ -85,6 +87,33 @@ def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
     again = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base, log=lambda _: None)
     assert again.run_stage(NUMBERS).get("skipped") and "reused_from" not in again.run_stage(NUMBERS)
     assert base.manifest("double")["metrics"] == {"rows": 30}, "the base run is never touched"
+
+
+class _Reads:
+    """A config section that records which keys are read."""
+
+    def __init__(self, section):
+        self._section, self.read = section, set()
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self._section, name)
+
+
+def test_sweep_fingerprint_covers_what_trials_read_and_nothing_else():
+    upstream = {name: {"fingerprint": name} for name in sweep.STAGE.inputs}
+
+    def fp(*overrides: str) -> str:
+        return fingerprint(sweep.STAGE, load_config(None, list(overrides)), upstream)
+
+    base = fp()
+    assert fp("rec.models=[sasrec]", "rec.seeds=[4]", "evaluate.steering_query=lipstick",
+              "evaluate.top_n=5", "sweep.concurrency=3") == base
+    assert fp("rec.lr=0.01") != base and fp("evaluate.ks=[10]") != base and fp("sweep.ks=[2]") != base
+    cfg = load_config(None, [])
+    rec, evaluate = _Reads(cfg.rec), _Reads(cfg.evaluate)
+    sweep._settings(SimpleNamespace(cfg=cfg.sweep, sections={"rec": rec, "evaluate": evaluate}))
+    assert rec.read <= set(sweep.REC_KEYS) and evaluate.read <= set(sweep.EVALUATE_KEYS)
 
 
 def _tiny_data(n_users: int = 40, n_items: int = 25) -> sweeps.SweepData:

@@ -30,6 +30,11 @@ from saerec.stages.train_rec import SELECT_METRIC, SELECTION_KS, read_intent_set
 
 UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge")
 SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge")
+# The keys of rec and evaluate that trials read: rec.models, rec.seeds or the steering settings
+# do not re-run the sweep.
+REC_KEYS = ("d", "blocks", "heads", "max_len", "dropout", "ema_beta", "lr", "weight_decay", "batch_size",
+            "max_epochs", "patience", "k", "kmeans_clusters")
+EVALUATE_KEYS = ("ks", "mask_history")
 SAE_WEIGHTS = "sae.safetensors"
 
 
@@ -197,4 +202,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"best_test_{SELECT_METRIC}": best[f"test_{SELECT_METRIC}_mean"]}
 
 
-STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge"), sections=SECTIONS)
+STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge"), sections=SECTIONS,
+              only_keys={"rec": REC_KEYS, "evaluate": EVALUATE_KEYS})
