@@ -178,7 +178,7 @@ class EvaluateSection:
 
 @dataclass
 class SweepSection:
-    ablations: list[str] = _listof("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "sasrec")
+    ablations: list[str] = _listof("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec")
     ks: list[int] = _listof(3, 4, 5, 6, 7)
     review_drops: list[float] = _listof(0.0, 0.1, 0.2, 0.3)
     judges: list[str] = _listof()  # "model" or "backend:model" per judge; empty = the configured judge only

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-VARIANTS = ("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "sasrec")
+VARIANTS = ("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec")
 STUDIES = ("ablation", "sensitivity", "robustness", "judge")
 
 
@@ -54,7 +54,8 @@ class TrialSpec:
 
 
 def intents_key(variant: str, review_drop: float, judge: str) -> str | None:
-    """The intent set a variant reads: judged SAE latents, all SAE latents (noIde) or k-means centroids."""
+    """The intent set a variant reads: judged SAE latents, all SAE latents (noIde), k-means
+    centroids, or random vectors shaped like the judged set (the control: does the text matter?)."""
     drop = f"drop{round(review_drop * 100)}"
     if variant == "sasrec":
         return None
@@ -62,6 +63,8 @@ def intents_key(variant: str, review_drop: float, judge: str) -> str | None:
         return f"kmeans@{drop}"
     if variant == "noIde":
         return f"all@{drop}"
+    if variant == "random":
+        return f"random@{drop}@{judge or 'configured'}"
     return f"judged@{drop}@{judge or 'configured'}"
 
 
@@ -177,7 +180,7 @@ def build_model(spec: TrialSpec, data: SweepData, settings: TrialSettings) -> to
         return SASRec(enc)
     if key not in data.intents:
         raise KeyError(f"trial {spec.trial_id}: intent set {key!r} was not provided")
-    if spec.variant in ("kmeans", "noIde"):
+    if spec.variant in ("kmeans", "noIde", "random"):
         icfg = IntentConfig(k=spec.k, ema_beta=settings.ema_beta)
     else:
         icfg = intent_config_for(spec.variant, spec.k, settings.ema_beta)

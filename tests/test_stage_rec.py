@@ -91,6 +91,9 @@ def test_train_evaluate_and_resume_on_s3(s3_server, s3_uri, ray_local):
         assert row["personal_summaries"] == [SUMMARIES[LATENTS.index(i)] for i in row["personal_intents"]]
         assert abs(sum(row["branch_weights"]) - 1.0) < 1e-4 and len(row["branch_weights"]) == 3
     assert len({tuple(r["public_intents"]) for r in rows}) == 1
+    weights = [evaluated["metrics"][f"fusion_weight_{b}"] for b in ("self", "personal", "public")]
+    assert abs(sum(weights) - 1.0) < 1e-4
+    assert weights[1] == pytest.approx(sum(r["branch_weights"][1] for r in rows) / len(rows), rel=1e-5)
     study = runner.store.read_json(f"{res}/steering.json")
     assert study["matched_intents"] == [10] and study["model"] == "saerec-seed0"
     assert study["matching_items"] > 0 and study["users"] == 120

@@ -43,6 +43,18 @@ def test_grid_is_the_union_of_one_factor_studies():
                                                "judged@drop0@judge-b", None}
 
 
+def test_random_control_has_the_judged_sets_shape_and_norms_and_no_text():
+    judged = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 7).unsqueeze(1)
+    control = sweep.random_like(judged, seed=3)
+    assert control.shape == judged.shape
+    assert torch.allclose(control.norm(dim=1), judged.norm(dim=1))
+    cos = torch.nn.functional.cosine_similarity(control, judged, dim=1)
+    assert cos.abs().max() < 0.99
+    assert torch.equal(control, sweep.random_like(judged, seed=3))
+    assert not torch.equal(control, sweep.random_like(judged, seed=4))
+    assert sweeps.intents_key("random", 0.1, "") == "random@drop10@configured"
+
+
 def test_grid_rejects_bad_settings():
     with pytest.raises(ValueError, match="sweep.ablations: unknown variant 'noFoo'"):
         sweeps.build_grid(["full", "noFoo"], [5], [0.0], [], [0], default_k=5, default_drop=0.0)
@@ -249,24 +261,25 @@ STAND_INS = (Stage("embed", _stand_in_embed, ("prepare",), ("embed",)),
 
 def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capsys):
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
-                             "rec.batch_size=64", "sweep.ablations=[full,noIde,kmeans,sasrec]", "sweep.ks=[3]",
+                             "rec.batch_size=64", "sweep.ablations=[full,noIde,kmeans,random,sasrec]", "sweep.ks=[3]",
                              "sweep.review_drops=[]", "sweep.seeds=[0]", "sweep.max_epochs=2",
                              "sweep.concurrency=2"])
     runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
     for stage in (prepare.STAGE, *STAND_INS):
         runner.run_stage(stage)
     published = runner.run_stage(sweep.STAGE)
-    assert published["metrics"]["trials"] == 5 and published["metrics"]["restored"] is False
+    assert published["metrics"]["trials"] == 6 and published["metrics"]["restored"] is False
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sweep] trial ")]
-    assert [line.split()[2] for line in progress] == [f"{i}/5" for i in range(1, 6)], "a line per finished trial"
+    assert [line.split()[2] for line in progress] == [f"{i}/6" for i in range(1, 7)], "a line per finished trial"
     out = published["output_dir"]
     results = runner.store.read_table(f"{out}/results.parquet")
-    assert results.num_rows == 5
+    assert results.num_rows == 6
     assert dict(zip(results.column("variant").to_pylist(), results.column("n_intents").to_pylist())) == {
-        "full": 4, "noIde": 12, "kmeans": 4, "sasrec": 0}
+        "full": 4, "noIde": 12, "kmeans": 4, "random": 4, "sasrec": 0}
     assert all(1 <= e <= 2 for e in results.column("epochs").to_pylist())
     summary = runner.store.read_table(f"{out}/summary.parquet").to_pylist()
     assert {(r["study"], r["variant"], r["k"]) for r in summary} == {
-        ("ablation", "full", 2), ("ablation", "noIde", 2), ("ablation", "kmeans", 2), ("ablation", "sasrec", 2),
+        ("ablation", "full", 2), ("ablation", "noIde", 2), ("ablation", "kmeans", 2), ("ablation", "random", 2),
+        ("ablation", "sasrec", 2),
         ("sensitivity", "full", 2), ("sensitivity", "full", 3), ("judge", "full", 2)}
     assert runner.run_stage(sweep.STAGE).get("skipped") is True

@@ -52,6 +52,18 @@ def pick_explained(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def fusion_weights(run: dict[str, Any] | None, weights: list[list[float]]) -> dict[str, float]:
+    """Each branch's adaptive-fusion weight, averaged over test users: how much the model uses its
+    intents (weights near 0 on both intent branches mean it has learned to ignore them)."""
+    intent = (run or {}).get("spec", {}).get("intent") or {}
+    rows = [w for w in weights if w]
+    if not intent.get("fusion") or not rows:
+        return {}
+    names = ["self"] + [branch for branch in ("personal", "public") if intent.get(branch)]
+    mean = np.asarray(rows, dtype=np.float64).mean(axis=0)
+    return {f"fusion_weight_{name}": float(w) for name, w in zip(names, mean)}
+
+
 def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, users: np.ndarray,
                           test: Any, latents: np.ndarray | None, summaries: dict[int, str],
                           cfg: EvaluateSection) -> pa.Table:
@@ -162,6 +174,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics["steering_flagged_before"] = study["flagged_before"]
         metrics["steering_flagged_after"] = study["flagged_after"]
     metrics["hit_rate_top_n"] = float(np.mean(table.column("hit").to_numpy(zero_copy_only=False)))
+    metrics.update(fusion_weights(explained, table.column("branch_weights").to_pylist()))
     return metrics
 
 

@@ -17,7 +17,8 @@ from saerec.stages.train_rec import JUDGE_FEATURES, SELECT_METRIC
 INPUTS = ("prepare", "embed", "train_sae", "explain", "judge", "train_rec", "evaluate", "sweep")
 WORDS_SHOWN = 8
 EXPLAINED_USERS = 5
-VARIANT_NAMES = {"full": "SAERec (full)", "saerec": "SAERec", "sasrec": "SASRec", "kmeans": "KMeans-Intent"}
+VARIANT_NAMES = {"full": "SAERec (full)", "saerec": "SAERec", "sasrec": "SASRec", "kmeans": "KMeans-Intent",
+                 "random": "random intents (control)"}
 
 
 def _scalars(metrics: dict[str, Any]) -> list[list[Any]]:
@@ -87,6 +88,13 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
     section.blocks.append("Our rows are this run's test metrics (mean ± std over seeds when several), each model "
                           "selected on the validation item only. The paper's SASRec row is a SASRec trained with "
                           "one sampled negative; ours uses cross-entropy over all items, a much stronger baseline.")
+    fusion = {k[len("fusion_weight_"):]: v for k, v in ctx.input("evaluate").metrics.items()
+              if k.startswith("fusion_weight_")}
+    if fusion:
+        section.blocks.append(rp.Table(["branch", "mean fusion weight"], [[b, round(w, 4)] for b, w in fusion.items()],
+                                       "How much the explained model uses each branch: its adaptive fusion weights "
+                                       "(eq. 6) averaged over test users; intent branches near 0 mean the intents "
+                                       "are ignored"))
 
 
 def _study(summary: list[dict[str, Any]], study: str) -> list[dict[str, Any]]:

@@ -106,6 +106,12 @@ def read_sae_latents(train_sae: StageInput) -> torch.Tensor:
     return tensors["W_enc"].float()
 
 
+def random_like(intents: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gaussian directions with the same count and row norms as ``intents``: no text in them at all."""
+    noise = torch.randn(intents.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.normalize(noise, dim=1) * intents.norm(dim=1, keepdim=True)
+
+
 def _intent_sets(ctx: StageContext, specs: list[sweeps.TrialSpec], log: list[str]) -> dict[str, torch.Tensor]:
     """Every intent matrix the grid needs, each built from the upstream outputs of its study point."""
     from saerec.rec.kmeans import kmeans
@@ -129,6 +135,8 @@ def _intent_sets(ctx: StageContext, specs: list[sweeps.TrialSpec], log: list[str
         intents[sweeps.intents_key("full", drop, judge)] = judged
         if "noIde" in variants:
             intents[sweeps.intents_key("noIde", drop, judge)] = read_sae_latents(inputs["train_sae"])
+        if "random" in variants:
+            intents[sweeps.intents_key("random", drop, judge)] = random_like(judged, ctx.seed)
         if "kmeans" in variants:
             texts = read_text_embeddings(inputs["embed"])
             clusters = ctx.sections["rec"].kmeans_clusters or len(judged)
