@@ -100,7 +100,8 @@ def _evaluate(ctx: StageContext) -> dict:
         "public_summaries": [["theme 2"], ["theme 2"]], "branch_weights": pa.array([[0.5], [0.5]],
                                                                                     pa.list_(pa.float32()))},
         schema=schemas.RECOMMENDATIONS))
-    return {"explained_model": "saerec-seed0"}
+    return {"explained_model": "saerec-seed0", "fusion_weight_self": 0.9, "fusion_weight_personal": 0.06,
+            "fusion_weight_public": 0.04}
 
 
 def _sweep(ctx: StageContext) -> dict:
@@ -149,6 +150,9 @@ def test_report_stage_reads_every_published_output(tmp_path):
     assert "| 2 | w2a, w2b |" not in markdown, "only the example_intents most active kept intents"
     assert "paper (Beauty)" not in markdown, "a demo run is not compared with the paper's Beauty numbers"
     assert "0.1000 ± 0.0010" in markdown, "two seeds give mean ± std"
+    fusion = markdown.split("| branch | mean fusion weight |")[1].split("\n\n")[0]
+    assert [line.split("|")[1].strip() for line in fusion.strip().splitlines()[1:]] == ["self", "personal", "public"]
+    assert "| personal | 0.0600 |" in fusion
     for stage in (*STAND_INS, "prepare"):
         assert f"| {stage} |" in markdown.split("Wall time per stage")[1]
 

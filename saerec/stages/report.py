@@ -88,10 +88,11 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
     section.blocks.append("Our rows are this run's test metrics (mean ± std over seeds when several), each model "
                           "selected on the validation item only. The paper's SASRec row is a SASRec trained with "
                           "one sampled negative; ours uses cross-entropy over all items, a much stronger baseline.")
-    fusion = {k[len("fusion_weight_"):]: v for k, v in ctx.input("evaluate").metrics.items()
-              if k.startswith("fusion_weight_")}
+    evaluated_metrics = ctx.input("evaluate").metrics
+    fusion = [[b, round(evaluated_metrics[f"fusion_weight_{b}"], 4)] for b in ("self", "personal", "public")
+              if f"fusion_weight_{b}" in evaluated_metrics]
     if fusion:
-        section.blocks.append(rp.Table(["branch", "mean fusion weight"], [[b, round(w, 4)] for b, w in fusion.items()],
+        section.blocks.append(rp.Table(["branch", "mean fusion weight"], fusion,
                                        "How much the explained model uses each branch: its adaptive fusion weights "
                                        "(eq. 6) averaged over test users; intent branches near 0 mean the intents "
                                        "are ignored"))
