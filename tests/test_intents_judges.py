@@ -1,6 +1,8 @@
 """The local judge end to end with the real SmolLM2-135M-Instruct (loaded once for the module)."""
+import copy
 import importlib.util
 import os
+from importlib import resources
 
 import pytest
 import torch
@@ -75,19 +77,42 @@ def test_prompt_scoring_gives_levels_and_probabilities_deterministically(prompt_
     assert judge.detect([], []) == [] and judge.detection_threshold == 0.5
 
 
+def logprob(judge, prefix, target):
+    """log p(target | prefix) by one plain forward pass, the reference for the batched scores."""
+    ids = torch.tensor([prefix + target])
+    with torch.inference_mode():
+        logits = judge.model(ids).logits[0].log_softmax(-1)
+    return sum(logits[len(prefix) - 1 + i, t].item() for i, t in enumerate(target))
+
+
 def test_coherence_is_the_in_context_gain_of_each_word(judge):
     words = ["nail", "polish"]
     head = judge._piece(f"Reviews of {judge.prompts.domain} mention these words:")
     nail, comma, polish = judge._piece(" nail"), judge._piece(","), judge._piece(" polish")
-
-    def logprob(prefix, target):
-        ids = torch.tensor([prefix + target])
-        with torch.inference_mode():
-            logits = judge.model(ids).logits[0].log_softmax(-1)
-        return sum(logits[len(prefix) - 1 + i, t].item() for i, t in enumerate(target))
-
-    expected = logprob(head + nail + comma, polish) - logprob(head, polish)
+    expected = logprob(judge, head + nail + comma, polish) - logprob(judge, head, polish)
     assert judge.coherence([words])[0] == pytest.approx(expected, abs=1e-3)
+
+
+def test_likelihood_scores_read_their_texts_from_the_likelihood_template(judge, tmp_path):
+    for template in resources.files("saerec.intents").joinpath("templates").iterdir():
+        (tmp_path / template.name).write_text(template.read_text())
+    (tmp_path / "likelihood.yaml").write_text(
+        "coherence: 'Shoppers of $domain often write:'\nthemed: \"Summary: $summary\\nReview:\"\nplain: 'Review:'\n")
+    edited = copy.copy(judge)
+    edited.prompts = JudgePrompts.load(judge.prompts.domain, folder=tmp_path)
+    edited._alone, edited._nulls = {}, {}
+
+    head = judge._piece(f"Shoppers of {judge.prompts.domain} often write:")
+    nail, comma, polish = judge._piece(" nail"), judge._piece(","), judge._piece(" polish")
+    expected = logprob(judge, head + nail + comma, polish) - logprob(judge, head, polish)
+    assert edited.coherence([["nail", "polish"]])[0] == pytest.approx(expected, abs=1e-3)
+    assert abs(expected - judge.coherence([["nail", "polish"]])[0]) > 1e-2
+
+    text = judge._piece(" my nails never chip with this topcoat")
+    themed, plain = judge._piece("Summary: nail care\nReview:"), judge._piece("Review:")
+    expected = logprob(judge, themed, text) - logprob(judge, plain, text)
+    assert edited.detect(["nail care"], ["my nails never chip with this topcoat"])[0] == pytest.approx(expected, abs=1e-3)
+    assert abs(expected - judge.detect(["nail care"], ["my nails never chip with this topcoat"])[0]) > 1e-2
 
 
 def test_likelihood_verdicts_follow_coherence_against_random_lists(judge):

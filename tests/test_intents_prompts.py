@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from saerec.intents import engine_requests as er
-from saerec.intents.prompts import JudgePrompts, load_template
+from saerec.intents.prompts import JudgePrompts, load_likelihood_template, load_template
 from saerec.intents.verdicts import CANNOT_TELL, parse_detection, parse_summary, parse_verdict, validate_keep
 
 
@@ -52,6 +52,21 @@ def test_custom_template_folder_and_missing_fields(tmp_path):
     with pytest.raises(ValueError, match="'extra'"):
         template.messages("toys", words=["a"])
     assert template.messages("toys", words=["a"], extra="b")[-1]["content"] == "W: a and b"
+
+
+def test_likelihood_texts_are_the_template_filled_with_the_domain_and_summary(prompts, tmp_path):
+    assert prompts.coherence_context() == "Reviews of Amazon beauty products mention these words:"
+    assert prompts.detection_contexts("nail care") == ("Theme: nail care\nText:", "Text:")
+    (tmp_path / "likelihood.yaml").write_text("coherence: 'On $domain:'\nthemed: 'About $summary ($domain):'\nplain: '-'\n")
+    edited = load_likelihood_template(tmp_path)
+    assert edited.coherence_context("toys") == "On toys:"
+    assert edited.detection_contexts("toys", "$5 puzzles") == ("About $5 puzzles (toys):", "-")
+    (tmp_path / "likelihood.yaml").write_text("coherence: 'On $domain:'\nthemed: 'Text:'\nplain: 'Text:'\n")
+    with pytest.raises(ValueError, match=r"\$summary"):
+        load_likelihood_template(tmp_path)
+    (tmp_path / "likelihood.yaml").write_text("coherence: 'On $domain:'\n")
+    with pytest.raises(ValueError, match="lacks text"):
+        load_likelihood_template(tmp_path)
 
 
 def test_unknown_template_and_empty_domain_are_rejected():

@@ -15,6 +15,8 @@ two ``scoring`` modes:
     then the coherence in standard deviations above random lists drawn from ``null_pool`` (the
     words of all latents), mapped by ``verdict_from_coherence``; detection is the log-likelihood
     gain the summary gives a text, ranked (AUC 0.69 against 0.57 for the detection prompt).
+Every text the model reads is a template in ``saerec/intents/templates``: summarise.yaml in both
+modes, classify.yaml and detect.yaml for ``prompt``, likelihood.yaml for ``likelihood``.
 Every request of one prompt shares the system turn and the examples, so their key/value cache
 is computed once per prompt and reused for every batch (the local analogue of vLLM's prefix
 caching); only each latent's own last turn is run.
@@ -202,7 +204,8 @@ class LocalJudge:
 
     def detect(self, summaries: Sequence[str], texts: Sequence[str]) -> list[float]:
         """Per pair: P(Yes) to the detection prompt, or with likelihood scoring the gain
-        log p(text | "Theme: summary") - log p(text) of reading the summary first."""
+        log p(text | "Theme: summary\nText:") - log p(text | "Text:") of reading the summary first
+        (the ``themed`` and ``plain`` texts of templates/likelihood.yaml)."""
         if len(summaries) != len(texts):
             raise ValueError(f"{len(summaries)} summaries but {len(texts)} texts")
         if not texts:
@@ -233,11 +236,10 @@ class LocalJudge:
         return self._nulls[length]
 
     def _summary_gain(self, summaries: Sequence[str], texts: Sequence[str]) -> list[float]:
-        plain = self._piece("Text:")
         sequences, spans = [], []
         for summary, text in zip(summaries, texts):
             body = self._piece(" " + " ".join(text.split())[:self.prompts.max_text_chars])
-            themed = self._piece(f"Theme: {summary}\nText:")
+            themed, plain = (self._piece(context) for context in self.prompts.detection_contexts(summary))
             sequences += [themed + body, plain + body]
             spans += [[(len(themed), len(themed) + len(body))], [(len(plain), len(plain) + len(body))]]
         scores = [lp[0] for lp in self._span_logprobs(sequences, spans)]
@@ -246,7 +248,8 @@ class LocalJudge:
     def coherence(self, words: Sequence[Sequence[str]]) -> list[float]:
         """How much each word list's words predict one another under the LM, in nats per word.
 
-        With H = "Reviews of <domain> mention these words:" and the list "H w1, w2, ..., wn", it is
+        With H the ``coherence`` text of templates/likelihood.yaml ("Reviews of <domain> mention
+        these words:") and the list "H w1, w2, ..., wn", it is
         the mean over k >= 2 of log p(w_k | "H w1, ..., w_k-1,") - log p(w_k | "H"): the in-context
         pointwise mutual information, given the domain. Words of one theme raise each other's
         probability; an unrelated mixture does not, and words that are merely common in the domain
@@ -256,7 +259,7 @@ class LocalJudge:
         different intents' words also look more coherent given the domain (verdict AUC 0.89 -> 0.80,
         "Yes" for 7 of 24 non-theme lists instead of 4).
         """
-        head = self._piece(f"Reviews of {self.prompts.domain} mention these words:")
+        head = self._piece(self.prompts.coherence_context())
         joint, spans = [], []
         for latent_words in words:
             ids, where = list(head), []
