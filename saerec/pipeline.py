@@ -4,6 +4,11 @@ A stage is ``run(ctx) -> metrics``. It reads only published upstream outputs (``
 writes only into its fresh attempt folder (``ctx.output``), and is published by the runner,
 which writes ``_manifest.json`` last. Same fingerprint (own config sections + seed + upstream
 fingerprints) as the published manifest means the stage is skipped.
+
+A manifest holds no absolute location: it names its attempt folder relative to its own stage
+folder (``"attempt": "attempt-..."``) and its inputs by stage name and fingerprint. Every path is
+resolved against the storage root and run name the job was given, so a run folder or S3 prefix
+that is copied or moved stays valid, and a stage only ever deletes inside its own stage folder.
 """
 from __future__ import annotations
 
@@ -89,10 +94,20 @@ class StageFiles:
 
 
 class StageInput(StageFiles):
-    """A published upstream stage: its manifest and its output folder."""
+    """A published upstream stage: its manifest and its attempt folder.
+
+    ``manifest`` is one the runner has read (``Runner.manifest``, ``Runner.run_stage``): its
+    ``output_dir`` is where the attempt is under the current storage root, added on reading and
+    never stored. A manifest read straight from storage is resolved by its run, stage and attempt.
+    """
 
     def __init__(self, store: Store, manifest: dict[str, Any]):
-        super().__init__(store, manifest["output_dir"])
+        if "attempt" not in manifest:
+            raise StageError(f"the manifest of stage {manifest.get('stage')!r} of run {manifest.get('run')!r} "
+                             "was not read by this version's runner (no 'attempt'); re-run that stage with "
+                             f"--stages {manifest.get('stage')} --force")
+        directory = manifest.get("output_dir") or store.join(manifest["run"], manifest["stage"], manifest["attempt"])
+        super().__init__(store, directory)
         self.manifest = manifest
 
     @property
@@ -111,8 +126,6 @@ class StageContext:
     output: StageFiles
     inputs: dict[str, StageInput]
     fingerprint: str
-    ray_address: str | None = None
-    extra_manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cfg(self) -> Any:
@@ -168,7 +181,11 @@ def fingerprint(stage: Stage, cfg: Config, upstream: dict[str, dict[str, Any]]) 
 
 
 class Runner:
-    """Runs stages in order against one store, skipping those already published with the same fingerprint."""
+    """Runs stages in order against one store, skipping those already published with the same fingerprint.
+
+    Everything is found under ``store`` + ``cfg.run.name``: a manifest is read from its stage
+    folder and its attempt is looked up beside it, whatever root it was written under.
+    """
 
     def __init__(self, cfg: Config, store: Store, log: Callable[[str], None] = print):
         self.cfg = cfg
@@ -178,11 +195,45 @@ class Runner:
     def stage_dir(self, stage: str) -> str:
         return self.store.join(self.cfg.run.name, stage)
 
-    def manifest(self, stage: str) -> dict[str, Any] | None:
+    def _read_manifest(self, stage: str) -> dict[str, Any] | None:
         path = posixpath.join(self.stage_dir(stage), MANIFEST)
         if not self.store.exists(path):
             return None
         return self.store.read_json(path)
+
+    def _attempt(self, stage: str, manifest: dict[str, Any]) -> str | None:
+        """The manifest's attempt folder name if that folder is in this run's stage folder.
+
+        Manifests written before runs were relocatable hold an absolute ``output_dir`` instead;
+        its last part is looked up here, never the absolute location (it may be another run's).
+        """
+        name = manifest.get("attempt")
+        if name is None and isinstance(manifest.get("output_dir"), str):
+            name = posixpath.basename(manifest["output_dir"].rstrip("/"))
+        if not isinstance(name, str) or "/" in name or not name.startswith(ATTEMPT_PREFIX):
+            return None
+        return name if self.store.exists(posixpath.join(self.stage_dir(stage), name)) else None
+
+    def _unresolvable(self, stage: str, manifest: dict[str, Any]) -> StageError:
+        named = manifest.get("attempt") or manifest.get("output_dir")
+        return StageError(
+            f"the published manifest {self.store.uri(posixpath.join(self.stage_dir(stage), MANIFEST))} names "
+            f"the attempt {named!r}, which is not in {self.store.uri(self.stage_dir(stage))} (a manifest from "
+            f"an older saerec, or a partly copied run); re-run the stage with --stages {stage} --force")
+
+    def _resolved(self, stage: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        attempt = self._attempt(stage, manifest)
+        if attempt is None:
+            raise self._unresolvable(stage, manifest)
+        return {**manifest, "attempt": attempt, "output_dir": posixpath.join(self.stage_dir(stage), attempt)}
+
+    def manifest(self, stage: str) -> dict[str, Any] | None:
+        """The stage's published manifest with ``output_dir`` resolved under this store and run, or None.
+
+        Raises StageError when the manifest names an attempt folder that is not beside it.
+        """
+        found = self._read_manifest(stage)
+        return None if found is None else self._resolved(stage, found)
 
     def _upstream(self, stage: Stage) -> dict[str, dict[str, Any]]:
         found = {}
@@ -194,12 +245,22 @@ class Runner:
             found[name] = manifest
         return found
 
+    def is_published(self, stage: Stage) -> bool:
+        """Whether ``run_stage(stage)`` would skip it: published, same fingerprint, attempt in place."""
+        try:
+            upstream = self._upstream(stage)
+        except StageError:
+            return False
+        published = self._read_manifest(stage.name)
+        return (published is not None and published.get("fingerprint") == fingerprint(stage, self.cfg, upstream)
+                and self._attempt(stage.name, published) is not None)
+
     def _clean_leftovers(self, stage: str, keep: str | None) -> int:
         """Remove attempt folders no manifest points at: what killed runs left behind."""
         removed = 0
         for name in self.store.list_dirs(self.stage_dir(stage)):
             if name.startswith(ATTEMPT_PREFIX) and name != keep:
-                self.store.delete_dir(posixpath.join(self.stage_dir(stage), name))
+                self._discard(stage, name)
                 removed += 1
         return removed
 
@@ -207,11 +268,13 @@ class Runner:
         """Run (or skip) one stage; returns its published manifest, with ``skipped`` set when it was."""
         upstream = self._upstream(stage)
         fp = fingerprint(stage, self.cfg, upstream)
-        published = self.manifest(stage.name)
+        published = self._read_manifest(stage.name)
+        keep = self._attempt(stage.name, published) if published is not None else None
         if published is not None and published.get("fingerprint") == fp and not force:
-            return {**published, "skipped": True}
+            if keep is None:
+                raise self._unresolvable(stage.name, published)
+            return {**self._resolved(stage.name, published), "skipped": True}
         self.log(f"[{stage.name}] running...")
-        keep = posixpath.basename(published["output_dir"]) if published else None
         if self._clean_leftovers(stage.name, keep):
             self.log(f"[{stage.name}] removed leftovers of an unfinished earlier run")
         attempt = f"{ATTEMPT_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -221,19 +284,19 @@ class Runner:
             sections={s: self.cfg.section(s) for s in stage.sections}, store=self.store,
             output=StageFiles(self.store, out_dir),
             inputs={n: StageInput(self.store, m) for n, m in upstream.items()},
-            fingerprint=fp, ray_address=self.cfg.ray.address)
+            fingerprint=fp)
         start = time.time()
         try:
             metrics = stage.run(ctx) or {}
         except BaseException:
-            self._discard(out_dir)
+            self._discard(stage.name, attempt)
             raise
         manifest = {
             "stage": stage.name,
             "run": self.cfg.run.name,
             "fingerprint": fp,
-            "output_dir": out_dir,
-            "inputs": {n: {"fingerprint": m["fingerprint"], "output_dir": m["output_dir"]}
+            "attempt": attempt,
+            "inputs": {n: {"fingerprint": m["fingerprint"], "run": m.get("run"), "attempt": m["attempt"]}
                        for n, m in upstream.items()},
             "config": {s: dataclasses.asdict(self.cfg.section(s)) for s in stage.sections},
             "seed": self.cfg.seed,
@@ -242,29 +305,49 @@ class Runner:
             "versions": _versions(),
             "wall_time_s": round(time.time() - start, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **ctx.extra_manifest,
         }
         self.store.write_json(posixpath.join(self.stage_dir(stage.name), MANIFEST), manifest)
-        if published is not None:
-            self._discard(published["output_dir"])
-        return manifest
+        if keep is not None:
+            self._discard(stage.name, keep)
+        return {**manifest, "output_dir": out_dir}
 
-    def _discard(self, directory: str) -> None:
+    def _discard(self, stage: str, attempt: str) -> None:
+        """Delete one attempt folder of this run's stage: the only deletion a stage ever makes."""
+        if "/" in attempt or not attempt.startswith(ATTEMPT_PREFIX):
+            raise StageError(f"refusing to delete {attempt!r}: not an attempt folder of stage {stage}")
+        directory = posixpath.join(self.stage_dir(stage), attempt)
         try:
             self.store.delete_dir(directory)
         except StorageError as exc:
             self.log(f"could not remove {self.store.uri(directory)}: {exc}")
 
 
+# Counts of input left out (bad records, duplicates, empty texts): shown whenever they are not zero,
+# however many other metrics a stage reports, so nothing is dropped without the console saying so.
+LEFT_OUT_SUFFIXES = ("_skipped", "_dropped", "_replaced")
+
+
 def summarise(metrics: dict[str, Any], limit: int = 8) -> str:
-    """A one-line view of a stage's scalar metrics for the console."""
-    parts = []
+    """A one-line view of a stage's scalar metrics for the console.
+
+    The first ``limit`` scalars, then every non-zero count of left-out input, then where the first
+    skipped bad records are (``bad_record_lines``: file -> line numbers, from ``prepare``).
+    """
+    parts, shown = [], 0
     for key, value in metrics.items():
+        left_out = key.endswith(LEFT_OUT_SUFFIXES) and isinstance(value, int) and value > 0
+        if shown >= limit and not left_out:
+            continue
         if isinstance(value, float):
             parts.append(f"{key}={value:.4g}")
         elif isinstance(value, (int, str)) and len(str(value)) < 40:
             parts.append(f"{key}={value}")
-        if len(parts) == limit:
-            break
-    return ", ".join(parts)
-
+        else:
+            continue
+        shown += 1
+    line = ", ".join(parts)
+    where = metrics.get("bad_record_lines")
+    if isinstance(where, dict) and where:
+        line += "; first bad records skipped: " + "; ".join(
+            f"{path} line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}" for path, lines in where.items())
+    return line

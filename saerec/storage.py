@@ -1,8 +1,9 @@
 """Object storage for stage outputs: a local folder, ``file://`` or ``s3://bucket/prefix``.
 
 One pyarrow filesystem serves pyarrow, Ray Data and Ray Train alike. A stage writes into a fresh
-``attempt-*`` folder and publishes by writing ``_manifest.json`` last, a single PUT that points
-at that folder; readers only ever follow a manifest, so a half-written attempt is invisible.
+``attempt-*`` folder and publishes by writing ``_manifest.json`` last, a single PUT that names
+that folder (relative to the manifest, so runs can be copied or moved); readers only ever follow
+a manifest, so a half-written attempt is invisible.
 """
 from __future__ import annotations
 
@@ -134,12 +135,6 @@ class Store:
     def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
         """One Parquet file, or every Parquet file below a folder (sharded outputs)."""
         return self._call(path, lambda: pq.read_table(path, filesystem=self.fs, columns=columns))
-
-    def local_copy(self, path: str, dest: Path) -> Path:
-        """Materialise a stored file on local disk, for libraries that need a real file."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(self.read_bytes(path))
-        return dest
 
     def _call(self, path: str, fn: Any) -> Any:
         try:

@@ -1,18 +1,22 @@
 """Storage and the stage contract against a real S3 server (SeaweedFS) and the local disk."""
 import os
+import posixpath
 import subprocess
 import sys
 import textwrap
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
 from saerec.config import load_config
-from saerec.pipeline import Runner, StageError
+from saerec.pipeline import Runner, StageError, StageInput
 from saerec.storage import MANIFEST, Store, StorageError
 from tests.conftest import REPO
 from tests.s3server import SECRET_KEY
-from tests.toy_stages import DOUBLE, NUMBERS
+from tests.toy_stages import DOUBLE, NUMBERS, TOTAL
+
+TOYS = (NUMBERS, DOUBLE, TOTAL)
 
 
 def make_runner(uri, endpoint=None, *overrides):
@@ -120,3 +124,109 @@ def test_bad_uris():
         Store("gs://bucket/x")
     with pytest.raises(StorageError, match="no bucket"):
         Store("s3:///x")
+
+
+def _roots(where, s3_server, s3_uri, tmp_path, *names):
+    """Storage URIs for ``names`` (each its own root) and the endpoint, on S3 or on the local disk."""
+    if where == "s3":
+        return [f"{s3_uri}/{n}" for n in names], s3_server.endpoint
+    return [str(tmp_path / n) for n in names], None
+
+
+def _snapshot(store):
+    """Every file under the store's root with its bytes."""
+    return {posixpath.relpath(p, store.root): store.read_bytes(p) for p in store.list_files(store.root)}
+
+
+def _copy_root(src, dst):
+    pafs.copy_files(src.root, dst.root, source_filesystem=src.fs, destination_filesystem=dst.fs)
+
+
+def _attempts(runner, stage):
+    return [d for d in runner.store.list_dirs(runner.stage_dir(stage)) if d.startswith("attempt-")]
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_copied_run_never_touches_the_original(s3_server, s3_uri, tmp_path, where):
+    """Issue 16: forcing a stage in a copy of a run deleted the original's attempt, and the copy's
+    stages kept reading the original's files."""
+    (uri_a, uri_b), endpoint = _roots(where, s3_server, s3_uri, tmp_path, "A", "B")
+    original = make_runner(uri_a, endpoint, "data.demo.users=30")
+    for stage in TOYS:
+        original.run_stage(stage)
+    before = _snapshot(original.store)
+    copy = make_runner(uri_b, endpoint, "data.demo.users=30")
+    _copy_root(original.store, copy.store)
+    assert all(copy.run_stage(stage).get("skipped") for stage in TOYS), "a copy is a valid run as it is"
+
+    forced = copy.run_stage(DOUBLE, force=True)
+    total = copy.run_stage(TOTAL, force=True)
+    assert _snapshot(original.store) == before, "the original is byte-for-byte untouched"
+    assert total["inputs"]["double"]["attempt"] == forced["attempt"]
+    assert forced["output_dir"].startswith(copy.store.join("toy", "double") + "/")
+    for stage in TOYS:
+        assert _attempts(copy, stage.name) == [copy.manifest(stage.name)["attempt"]], "one attempt, the published one"
+        stored = copy.store.read_json(posixpath.join(copy.stage_dir(stage.name), MANIFEST))
+        assert "output_dir" not in stored and all("output_dir" not in i for i in stored["inputs"].values())
+
+    original.store.delete_dir(original.store.root)  # from here on, only the copy's own files exist
+    assert copy.run_stage(DOUBLE, force=True)["metrics"] == {"rows": 30}
+    assert copy.run_stage(TOTAL, force=True)["metrics"] == {"sum": 2 * sum(range(30))}
+    assert StageInput(copy.store, copy.manifest("total")).read_json("total.json") == {"sum": 870, "n": 30}
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_moved_run_skips_every_stage(s3_server, s3_uri, tmp_path, where):
+    (uri_a, uri_c), endpoint = _roots(where, s3_server, s3_uri, tmp_path, "A", "moved/C")
+    original = make_runner(uri_a, endpoint)
+    results = {stage.name: original.run_stage(stage) for stage in TOYS}
+    outputs = {name: _snapshot_stage(original, name) for name in results}
+    moved = make_runner(uri_c, endpoint)
+    _copy_root(original.store, moved.store)
+    original.store.delete_dir(original.store.root)
+    for stage in TOYS:
+        again = moved.run_stage(stage)
+        assert again.get("skipped") is True
+        assert again["fingerprint"] == results[stage.name]["fingerprint"]
+        assert again["output_dir"] == posixpath.join(moved.stage_dir(stage.name), results[stage.name]["attempt"])
+        assert _snapshot_stage(moved, stage.name) == outputs[stage.name], "the same outputs, read from the new place"
+
+
+def _snapshot_stage(runner, stage):
+    found = StageInput(runner.store, runner.manifest(stage))
+    return {name: found.read_bytes(name) for name in found.manifest["outputs"]}
+
+
+def _to_old_format(runner, stage):
+    """Rewrite a manifest as saerec wrote them before runs were relocatable: absolute locations."""
+    path = posixpath.join(runner.stage_dir(stage), MANIFEST)
+    manifest = runner.store.read_json(path)
+    manifest["output_dir"] = posixpath.join(runner.stage_dir(stage), manifest.pop("attempt"))
+    for name, entry in manifest["inputs"].items():
+        entry["output_dir"] = posixpath.join(runner.stage_dir(name), entry.pop("attempt"))
+        entry.pop("run")
+    runner.store.write_json(path, manifest)
+
+
+def test_manifests_from_before_still_load_or_say_how_to_rerun(tmp_path):
+    original = make_runner(str(tmp_path / "A"))
+    for stage in TOYS:
+        original.run_stage(stage)
+        _to_old_format(original, stage.name)
+    assert all(original.run_stage(stage).get("skipped") for stage in TOYS), "old manifests load in place"
+    before = _snapshot(original.store)
+
+    copy = make_runner(str(tmp_path / "B"))
+    _copy_root(original.store, copy.store)
+    assert all(copy.run_stage(stage).get("skipped") for stage in TOYS), "found by name in the copy's folders"
+    assert StageInput(copy.store, copy.manifest("double")).dir.startswith(copy.store.root + "/")
+
+    copy.store.delete_dir(posixpath.join(copy.stage_dir("numbers"), copy.manifest("numbers")["attempt"]))
+    with pytest.raises(StageError, match=r"names the attempt .*A/toy/numbers/attempt-.*re-run the stage with "
+                                         r"--stages numbers --force"):
+        copy.run_stage(DOUBLE)
+    with pytest.raises(StageError, match="--stages numbers --force"):
+        copy.run_stage(NUMBERS)
+    assert "skipped" not in copy.run_stage(NUMBERS, force=True)
+    assert _snapshot(original.store) == before, "an old manifest's absolute path is never deleted"
+    assert _attempts(copy, "numbers") == [copy.manifest("numbers")["attempt"]]

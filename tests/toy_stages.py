@@ -26,3 +26,13 @@ def _double(ctx: StageContext) -> dict:
 
 NUMBERS = Stage(name="numbers", run=_numbers, sections=("data",))
 DOUBLE = Stage(name="double", run=_double, inputs=("numbers",), sections=("embed",))
+
+
+def _total(ctx: StageContext) -> dict:
+    doubled = ctx.input("double").read_table("doubled.parquet").column("y").to_pylist()
+    numbers = ctx.input("numbers").read_json("summary.json")
+    ctx.output.write_json("total.json", {"sum": sum(doubled), "n": numbers["n"]})
+    return {"sum": sum(doubled)}
+
+
+TOTAL = Stage(name="total", run=_total, inputs=("numbers", "double"), sections=("sae",))
