@@ -71,6 +71,7 @@ class DataSection:
     k_core: int = _bounded(5, lo=1)
     review_drop: float = _bounded(0.0, lo=0.0, hi=1.0, hi_open=True)
     on_bad_record: Literal["error", "skip"] = "error"
+    duplicates: Literal["drop", "keep"] = "drop"  # drop: repeated (user, item, time) records and repeated corpus texts
     demo: DemoSection = field(default_factory=DemoSection)
 
 

@@ -2,7 +2,10 @@
 
 2014 ``meta_*.json.gz`` files hold Python literals rather than JSON, so metadata lines fall back
 to ``ast.literal_eval``. Reviews without ``reviewText`` fall back to ``summary``, then to no text:
-the interaction is kept, it only contributes nothing to the corpus.
+the interaction is kept, it only contributes nothing to the corpus. A record whose ids are not
+strings, whose time is not an integer or whose texts are not strings is a bad record (named by
+file and line; ``data.on_bad_record`` says whether it stops the stage); a lone UTF-16 surrogate in
+a text is replaced by U+FFFD and counted, and the record is kept.
 """
 from __future__ import annotations
 
@@ -13,13 +16,21 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from saerec.data.records import BadRecords, DataError, Interaction
+from saerec.data.records import BadRecords, DataError, Interaction, id_problem, json_type, text_problem
+
+ID_KEYS = ("reviewerID", "asin")
+TEXT_KEYS = ("reviewText", "summary")
 
 
 def _open(path: Path) -> Any:
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; expected a JSON-lines file (.json or .json.gz)")
+    try:
+        return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -43,33 +54,53 @@ def _parse(line: str, literal_ok: bool) -> Any:
         return ast.literal_eval(line)
 
 
+def _review_problem(record: dict[str, Any]) -> str | None:
+    missing = [k for k in ID_KEYS if record.get(k) in (None, "")]
+    if missing:
+        return f"record is missing {', '.join(missing)}"
+    for problem in (*(id_problem(record, k) for k in ID_KEYS), *(text_problem(record, k) for k in TEXT_KEYS)):
+        if problem:
+            return problem
+    timestamp = record.get("unixReviewTime")
+    if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int)):
+        return f"unixReviewTime {timestamp!r} is a JSON {json_type(timestamp)}, expected an integer"
+    return None
+
+
 def read_reviews(path: str | Path, bad: BadRecords) -> Iterator[Interaction]:
     """Stream interactions from a ``reviews_*.json(.gz)`` file."""
     path = Path(path)
     seen = 0
     for lineno, line in _lines(path):
-        where = f"{path}:{lineno}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            bad.bad(where, f"malformed JSON ({exc.msg})")
+            bad.bad(path, lineno, f"malformed JSON ({exc.msg})")
             continue
         if not isinstance(record, dict):
-            bad.bad(where, "record is not a JSON object")
+            bad.bad(path, lineno, "record is not a JSON object")
             continue
-        missing = [k for k in ("reviewerID", "asin") if not record.get(k)]
-        if missing:
-            bad.bad(where, f"record is missing {', '.join(missing)}")
-            continue
-        timestamp = record.get("unixReviewTime")
-        if timestamp is not None and not isinstance(timestamp, int):
-            bad.bad(where, f"unixReviewTime {timestamp!r} is not an integer")
+        problem = _review_problem(record)
+        if problem:
+            bad.bad(path, lineno, problem)
             continue
         text = record.get("reviewText") or record.get("summary") or None
         seen += 1
-        yield Interaction(str(record["reviewerID"]), str(record["asin"]), timestamp, text)
+        yield Interaction(record["reviewerID"], record["asin"], record.get("unixReviewTime"),
+                          bad.text(text) if text else None)
     if seen == 0:
         raise DataError(f"{path}: no usable review records")
+
+
+def _description(record: dict[str, Any]) -> str | None:
+    """Title and description as one text; None when either has a type no catalogue text has."""
+    title = record.get("title") or ""
+    description = record.get("description") or ""
+    if isinstance(description, list) and all(isinstance(d, str) for d in description):
+        description = " ".join(description)
+    if not isinstance(title, str) or not isinstance(description, str):
+        return None
+    return " ".join(p for p in (title, description) if p.strip()).strip()
 
 
 def read_item_texts(path: str | Path, bad: BadRecords, wanted: set[str]) -> dict[str, str]:
@@ -77,22 +108,24 @@ def read_item_texts(path: str | Path, bad: BadRecords, wanted: set[str]) -> dict
     path = Path(path)
     texts: dict[str, str] = {}
     for lineno, line in _lines(path):
-        where = f"{path}:{lineno}"
         try:
             record = _parse(line, literal_ok=True)
-        except (json.JSONDecodeError, ValueError, SyntaxError):
-            bad.bad(where, "malformed metadata record")
+        except (json.JSONDecodeError, ValueError, SyntaxError, MemoryError, RecursionError):
+            bad.bad(path, lineno, "malformed metadata record")
             continue
-        if not isinstance(record, dict) or not record.get("asin"):
-            bad.bad(where, "metadata record is missing asin")
+        if not isinstance(record, dict):
+            bad.bad(path, lineno, "metadata record is not an object")
             continue
-        asin = str(record["asin"])
-        if asin not in wanted:
+        problem = id_problem(record, "asin")
+        if problem:
+            bad.bad(path, lineno, f"metadata {problem}")
             continue
-        description = record.get("description") or ""
-        if isinstance(description, list):
-            description = " ".join(str(d) for d in description)
-        text = " ".join(p for p in (str(record.get("title") or ""), str(description)) if p.strip())
-        if text.strip():
-            texts[asin] = text.strip()
+        if record["asin"] not in wanted:
+            continue
+        text = _description(record)
+        if text is None:
+            bad.bad(path, lineno, "metadata title or description is not a string (or a list of strings)")
+            continue
+        if text:
+            texts[record["asin"]] = bad.text(text)
     return texts

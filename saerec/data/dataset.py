@@ -1,11 +1,19 @@
-"""From a stream of interactions to canonical tables: k-core, chronological sequences, the
-leave-one-out split and the train-only text corpus.
+"""From a stream of interactions to canonical tables: duplicates, k-core, chronological sequences,
+the leave-one-out split and the train-only text corpus.
+
+Duplicates (``data.duplicates=drop``): a record with the same user, item and time as an earlier
+one is the same interaction listed twice (Amazon's 2018 dumps repeat lines), so only the first in
+file order is kept; the same item at another time is a new interaction (bought or reviewed again)
+and is kept. Records without a time (the sequences source, where the position is the time) are
+never duplicates. The corpus then holds each distinct text once: identical texts (one review
+copied onto every variant of a product) would only give the SAE the same embedding again.
 
 Only integer columns are held in memory; review texts are spooled to a local Parquet file while
 reading and streamed back when the corpus is written, so memory does not grow with text volume.
 """
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from array import array
 from dataclasses import dataclass
@@ -28,6 +36,8 @@ class CorpusOptions:
     text: str
     review_drop: float
     seed: int
+    drop_repeats: bool = True
+    empty_hint: str = ""  # appended to the message when no text is left: which file, which key to try
 
 
 @dataclass
@@ -45,9 +55,19 @@ def _sort_ids(raw: list[str]) -> list[str]:
     return sorted(raw, key=lambda r: (0, int(r), "") if r.isdigit() else (1, 0, r))
 
 
-def _k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    """Mask of interactions left once every user and item has at least ``k`` of them."""
-    keep = np.ones(len(users), dtype=bool)
+def duplicates(users: np.ndarray, items: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """Mask of records that repeat an earlier record's (user, item, time); ``stamps < 0`` (no time)
+    never repeat."""
+    order = np.lexsort((np.arange(len(users)), stamps, items, users))
+    u, i, t = users[order], items[order], stamps[order]
+    same = np.r_[False, (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])]
+    mask = np.zeros(len(users), dtype=bool)
+    mask[order] = same & (t >= 0)
+    return mask
+
+
+def _k_core(users: np.ndarray, items: np.ndarray, k: int, keep: np.ndarray) -> np.ndarray:
+    """Mask of interactions left (of those in ``keep``) once every user and item has at least ``k``."""
     while True:
         u_count = np.bincount(users[keep], minlength=users.max() + 1)
         i_count = np.bincount(items[keep], minlength=items.max() + 1)
@@ -57,7 +77,7 @@ def _k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
         keep = new
 
 
-def collect(records: Iterable[Interaction], k_core: int, workdir: Path) -> Tables:
+def collect(records: Iterable[Interaction], k_core: int, workdir: Path, drop_duplicates: bool = True) -> Tables:
     """Read the stream once, spooling review texts, then filter and order the integer columns."""
     user_ids: dict[str, int] = {}
     item_ids: dict[str, int] = {}
@@ -96,7 +116,8 @@ def collect(records: Iterable[Interaction], k_core: int, workdir: Path) -> Table
     ts = np.frombuffer(stamps, dtype=np.int64)
     if len(u) == 0:
         raise DataError("the input holds no interactions")
-    keep = _k_core(u, it, k_core)
+    repeated = duplicates(u, it, ts) if drop_duplicates else np.zeros(len(u), dtype=bool)
+    keep = _k_core(u, it, k_core, ~repeated)
     records_kept = np.flatnonzero(keep)
     u, it, ts = u[keep], it[keep], ts[keep]
     if len(u) == 0:
@@ -140,8 +161,9 @@ def collect(records: Iterable[Interaction], k_core: int, workdir: Path) -> Table
                             "text": pa.array([""] * len(item_order), pa.string())}, schema=schemas.ITEMS)
     stats = {
         "records_read": len(users),
+        "duplicates_dropped": int(repeated.sum()),
         "users": len(user_order), "items": len(item_order), "interactions": len(u),
-        "removed_by_k_core": int(len(users) - keep.sum()),
+        "removed_by_k_core": int(len(users) - repeated.sum() - keep.sum()),
         "users_dropped_short": dropped_short_users,
         **{f"{s}_interactions": int((split == s).sum()) for s in schemas.SPLITS},
     }
@@ -165,7 +187,17 @@ def write_corpus(tables: Tables, opts: CorpusOptions, write_part: Callable[[int,
     the texts, decided per text by a generator seeded from the run seed, so reruns agree.
     """
     rng = np.random.default_rng(opts.seed)
-    counts = {"corpus_reviews": 0, "corpus_items": 0, "corpus_dropped": 0, "corpus_empty_skipped": 0}
+    counts = {"corpus_reviews": 0, "corpus_items": 0, "corpus_dropped": 0, "corpus_empty_skipped": 0,
+              "corpus_repeats_dropped": 0}
+    seen: set[bytes] = set()  # 8-byte digests of the texts so far: about 100 bytes per distinct text
+
+    def first_time(text: str) -> bool:
+        digest = hashlib.blake2b(text.strip().encode("utf-8"), digest_size=8).digest()
+        if digest in seen:
+            return False
+        seen.add(digest)
+        return True
+
     pending: list[pa.Table] = []
     pending_rows = 0
     part = 0
@@ -175,6 +207,10 @@ def write_corpus(tables: Tables, opts: CorpusOptions, write_part: Callable[[int,
         nonlocal pending_rows, next_id
         non_empty = np.array([bool(t and t.strip()) for t in text], dtype=bool)
         counts["corpus_empty_skipped"] += int((~non_empty).sum())
+        if opts.drop_repeats:
+            new = np.array([bool(ok) and first_time(t) for ok, t in zip(non_empty, text)], dtype=bool)
+            counts["corpus_repeats_dropped"] += int((non_empty & ~new).sum())
+            non_empty = new
         kept = non_empty & (rng.random(len(text)) >= opts.review_drop)
         counts["corpus_dropped"] += int((non_empty & ~kept).sum())
         idx = np.flatnonzero(kept)
@@ -220,7 +256,7 @@ def write_corpus(tables: Tables, opts: CorpusOptions, write_part: Callable[[int,
              tables.items.column("text").to_pylist())
     flush()
     if next_id == 0:
-        raise DataError(f"the text corpus is empty (data.text={opts.text!r}); the source has no usable texts")
+        raise DataError(f"the text corpus is empty (data.text={opts.text!r}): {opts.empty_hint or 'the source has no usable texts'}")
     return counts
 
 

@@ -1,7 +1,14 @@
-"""The one shape every loader yields, so k-core, splitting and the corpus are written once."""
+"""The one shape every loader yields, so k-core, splitting and the corpus are written once; and the
+checks every loader applies to a raw record's fields, so all sources reject the same things."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = 5
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class DataError(ValueError):
@@ -17,18 +24,71 @@ class Interaction:
     review: str | None
 
 
+@dataclass
 class BadRecords:
-    """The ``data.on_bad_record`` policy: raise on the first bad record, or skip it and count."""
+    """The ``data.on_bad_record`` policy: raise on the first bad record, or skip it and count.
 
-    def __init__(self, policy: str):
-        self.policy = policy
-        self.skipped = 0
-        self.examples: list[str] = []
+    Also counts texts repaired on the way (lone UTF-16 surrogates replaced), which are kept.
+    """
+    policy: str
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+    lines: dict[str, list[int]] = field(default_factory=dict)
+    surrogates_replaced: int = 0
 
-    def bad(self, where: str, why: str) -> None:
-        message = f"{where}: {why}"
+    def bad(self, path: str | Path, line: int, why: str) -> None:
+        message = f"{path}:{line}: {why}"
         if self.policy == "error":
             raise DataError(message + " (set data.on_bad_record=skip to skip and count such records)")
         self.skipped += 1
-        if len(self.examples) < 5:
+        if len(self.examples) < EXAMPLES:
             self.examples.append(message)
+            self.lines.setdefault(str(path), []).append(line)
+
+    def metrics(self) -> dict[str, Any]:
+        """What the manifest records: the count, and the first few records' file, line and reason."""
+        out: dict[str, Any] = {"bad_records_skipped": self.skipped, "surrogates_replaced": self.surrogates_replaced}
+        if self.examples:
+            out["bad_record_lines"] = self.lines
+            out["bad_record_examples"] = self.examples
+        return out
+
+    def text(self, value: str) -> str:
+        """``value`` with every lone UTF-16 surrogate (a cut emoji, as JSON ``"\\ud83d"``) replaced by
+        U+FFFD: one broken character does not make a review unusable, but it cannot be stored."""
+        fixed, n = _SURROGATE.subn("\ufffd", value)
+        if n:
+            self.surrogates_replaced += 1
+        return fixed
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
+
+
+def id_problem(record: dict[str, Any], key: str) -> str | None:
+    """Why ``record[key]`` is not a usable id, or None: ids must be non-empty strings without broken
+    characters (an integer ``asin`` would silently become another item than the string one)."""
+    value = record.get(key)
+    if value is None or value == "":
+        return f"record is missing {key}"
+    if not isinstance(value, str):
+        return f"{key} {value!r} is a JSON {json_type(value)}, expected a string"
+    if not value.strip():
+        return f"{key} is blank"
+    if _SURROGATE.search(value):
+        return f"{key} {value!r} holds a lone UTF-16 surrogate (a broken character)"
+    return None
+
+
+def text_problem(record: dict[str, Any], key: str) -> str | None:
+    """Why ``record[key]`` is not a text (absent or null is fine: the record has no such text)."""
+    value = record.get(key)
+    if value is None or isinstance(value, str):
+        return None
+    return f"{key} is a JSON {json_type(value)}, expected a string"

@@ -8,10 +8,22 @@ from typing import Iterator
 from saerec.data.records import BadRecords, DataError, Interaction
 
 
+def _not_utf8(path: Path, lineno: int, exc: UnicodeDecodeError) -> DataError:
+    after = f" after line {lineno}" if lineno else ""
+    return DataError(f"{path}: not UTF-8 text{after} ({exc.reason})")
+
+
 def read_items_tsv(path: Path) -> dict[str, str]:
     """``item_id -> text`` from ``items.tsv`` (header ``item_id asin text``)."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    try:
+        return _read_items_tsv(path)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, 0, exc) from exc
+
+
+def _read_items_tsv(path: Path) -> dict[str, str]:
     texts: dict[str, str] = {}
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -38,26 +50,33 @@ def read_user_ids(path: Path) -> dict[str, str]:
     return {r[0]: r[1] for r in rows[1:] if len(r) >= 2}
 
 
+def _numbered(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open(encoding="utf-8") as handle:
+        yield from enumerate(handle, start=1)
+
+
 def read_sequences(path: Path, known_items: dict[str, str], bad: BadRecords) -> Iterator[Interaction]:
     """Stream interactions from ``sequences.txt``; positions stand in for timestamps."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     seen = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    lineno = 0
+    try:
+        for lineno, line in _numbered(path):
             parts = line.split()
             if not parts:
                 continue
-            where = f"{path}:{lineno}"
             if not all(p.isdigit() for p in parts):
-                bad.bad(where, f"non-integer id in {line.strip()[:80]!r}")
+                bad.bad(path, lineno, f"non-integer id in {line.strip()[:80]!r}")
                 continue
             unknown = [p for p in parts[1:] if p not in known_items]
             if unknown:
-                bad.bad(where, f"unknown item id {unknown[0]} (not in items.tsv)")
+                bad.bad(path, lineno, f"unknown item id {unknown[0]} (not in items.tsv)")
                 continue
             for item in parts[1:]:
                 seen += 1
                 yield Interaction(parts[0], item, None, None)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, lineno, exc) from exc
     if seen == 0:
         raise DataError(f"{path}: no interactions")

@@ -1,4 +1,9 @@
-"""Stage ``prepare``: raw inputs -> interactions, id maps, leave-one-out split, train-only corpus."""
+"""Stage ``prepare``: raw inputs -> interactions, id maps, leave-one-out split, train-only corpus.
+
+Metrics: the counts of ``collect`` and ``write_corpus`` (``duplicates_dropped``,
+``corpus_repeats_dropped`` among them), ``bad_records_skipped`` with ``bad_record_lines`` (file ->
+first line numbers) and ``bad_record_examples`` when any were skipped, and ``surrogates_replaced``.
+"""
 from __future__ import annotations
 
 import json
@@ -8,18 +13,13 @@ from typing import Any, Iterator
 from saerec.config import DataSection
 from saerec.data import amazon, demo, sequences
 from saerec.data.dataset import CorpusOptions, Tables, collect, with_item_texts, workdir, write_corpus
-from saerec.data.records import BadRecords, DataError, Interaction
+from saerec.data.inputs import check_inputs, input_path
+from saerec.data.records import BadRecords, Interaction
 from saerec.pipeline import Stage, StageContext
 
 
-def _require_path(cfg: DataSection, what: str) -> Path:
-    if not cfg.path:
-        raise DataError(f"data.path is required for data.source={cfg.source!r} ({what})")
-    return Path(cfg.path).expanduser()
-
-
 def _amazon(reviews: Path, meta: Path | None, cfg: DataSection, bad: BadRecords, scratch: Path) -> Tables:
-    tables = collect(amazon.read_reviews(reviews, bad), cfg.k_core, scratch)
+    tables = collect(amazon.read_reviews(reviews, bad), cfg.k_core, scratch, cfg.duplicates == "drop")
     if meta is None:
         return with_item_texts(tables, {})
     wanted = set(tables.items.column("raw_id").to_pylist())
@@ -29,7 +29,7 @@ def _amazon(reviews: Path, meta: Path | None, cfg: DataSection, bad: BadRecords,
 def _sequences(folder: Path, cfg: DataSection, bad: BadRecords, scratch: Path) -> Tables:
     items = sequences.read_items_tsv(folder / "items.tsv")
     records: Iterator[Interaction] = sequences.read_sequences(folder / "sequences.txt", items, bad)
-    tables = with_item_texts(collect(records, cfg.k_core, scratch), items)
+    tables = with_item_texts(collect(records, cfg.k_core, scratch, cfg.duplicates == "drop"), items)
     reviewers = sequences.read_user_ids(folder / "users.tsv")
     if reviewers:
         tables.stats["users_with_reviewer_id"] = sum(
@@ -37,8 +37,28 @@ def _sequences(folder: Path, cfg: DataSection, bad: BadRecords, scratch: Path) -
     return tables
 
 
+def empty_corpus_hint(cfg: DataSection) -> str:
+    """What to change when no text is left: which file had none, and which key brings texts in."""
+    if cfg.source == "sequences":
+        folder = input_path(cfg)
+        if cfg.text == "reviews":
+            return "the sequences source has no reviews; use data.text=items for the texts in items.tsv"
+        return f"no item in {folder / 'items.tsv'} has a text"
+    reviews = "the demo's reviews" if cfg.source == "demo" else str(input_path(cfg))
+    if cfg.text == "reviews":
+        return (f"no training review in {reviews} has reviewText or summary; set data.meta_path to a meta_*.json.gz "
+                "file and data.text=items (or both) to use item descriptions")
+    if not cfg.meta_path and cfg.text == "items":
+        return "data.text=items needs data.meta_path (a meta_*.json.gz file with titles and descriptions)"
+    if not cfg.meta_path:
+        return (f"no training review in {reviews} has a text and there is no data.meta_path for item descriptions; "
+                "set data.meta_path to a meta_*.json.gz file")
+    return f"neither {reviews} nor {cfg.meta_path} (data.meta_path) has a text for the kept users and items"
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: DataSection = ctx.cfg
+    check_inputs(cfg)
     bad = BadRecords(cfg.on_bad_record)
     with workdir() as tmp:
         scratch = Path(tmp)
@@ -49,19 +69,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
             tables = _amazon(files["reviews"], files["meta"], cfg, bad, scratch)
             ctx.output.write_json("planted_intents.json", json.loads(files["planted_intents"].read_text()))
         elif cfg.source == "amazon":
-            reviews = _require_path(cfg, "a reviews_*.json.gz file")
             meta = Path(cfg.meta_path).expanduser() if cfg.meta_path else None
-            tables = _amazon(reviews, meta, cfg, bad, scratch)
+            tables = _amazon(input_path(cfg), meta, cfg, bad, scratch)
         else:
-            tables = _sequences(_require_path(cfg, "a folder with sequences.txt and items.tsv"), cfg, bad, scratch)
+            tables = _sequences(input_path(cfg), cfg, bad, scratch)
 
         ctx.output.write_table("interactions.parquet", tables.interactions)
         ctx.output.write_table("users.parquet", tables.users)
         ctx.output.write_table("items.parquet", tables.items)
-        corpus = write_corpus(tables, CorpusOptions(cfg.text, cfg.review_drop, ctx.seed),
+        options = CorpusOptions(cfg.text, cfg.review_drop, ctx.seed, drop_repeats=cfg.duplicates == "drop",
+                                empty_hint=empty_corpus_hint(cfg))
+        corpus = write_corpus(tables, options,
                               lambda part, t: ctx.output.write_table(f"corpus/part-{part:05d}.parquet", t))
-    return {**tables.stats, **corpus, "bad_records_skipped": bad.skipped,
-            **({"bad_record_examples": bad.examples} if bad.examples else {})}
+    return {**tables.stats, **corpus, **bad.metrics()}
 
 
 STAGE = Stage(name="prepare", run=run, sections=("data",))
