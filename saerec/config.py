@@ -146,6 +146,19 @@ class JudgeSection:
     null_lists: int = _bounded(128, lo=2)  # likelihood scoring: random word lists behind the coherence z-score
 
 
+def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> None:
+    """Model names come from the variant registry (imported here, not at the top, so that loading a
+    config does not import torch)."""
+    from saerec.rec.variants import NAMES
+
+    if not names and not allow_empty:
+        raise ConfigError(f"{key} is empty; allowed: {', '.join(NAMES)}")
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        hint = " (the full model is now called 'saerec')" if unknown[0] == "full" else ""
+        raise ConfigError(f"{key}: unknown model {unknown[0]!r}{hint}; allowed: {', '.join(NAMES)}")
+
+
 @dataclass
 class RecSection:
     models: list[str] = _listof("sasrec", "saerec", "kmeans")
@@ -166,6 +179,10 @@ class RecSection:
     use_gpu: bool = False
     kmeans_clusters: int | None = _bounded(None, lo=2)
     max_failures: int = _bounded(2, lo=0, resource=True)  # restarts of the worker group after a worker dies, from its last checkpoint
+    checkpoint_seconds: float = _bounded(30.0, lo=0.0, resource=True)  # a run (train_rec's or a sweep trial's) saves its state after an epoch once this has passed
+
+    def __post_init__(self) -> None:
+        _check_variants(self.models, "rec.models")
 
 
 @dataclass
@@ -179,7 +196,7 @@ class EvaluateSection:
 
 @dataclass
 class SweepSection:
-    ablations: list[str] = _listof("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec")
+    ablations: list[str] = _listof("saerec", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec")
     ks: list[int] = _listof(3, 4, 5, 6, 7)
     review_drops: list[float] = _listof(0.0, 0.1, 0.2, 0.3)
     judges: list[str] = _listof()  # "model" or "backend:model" per judge; empty = the configured judge only
@@ -190,7 +207,9 @@ class SweepSection:
     cpus_per_trial: float = _bounded(1.0, lo=0.0, lo_open=True, resource=True)
     gpus_per_trial: float = _bounded(0.0, lo=0.0, resource=True)
     max_failures: int = _bounded(2, lo=0, resource=True)  # retries of a crashed trial, from its last checkpoint
-    checkpoint_seconds: float = _bounded(30.0, lo=0.0, resource=True)  # a trial saves its training state after an epoch once this has passed
+
+    def __post_init__(self) -> None:
+        _check_variants(self.ablations, "sweep.ablations", allow_empty=True)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import html
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 # The paper's Table 2 (Beauty, full ranking) and Table 3 (KMeans-Intent), as quoted in METHOD.md.
 PAPER_BEAUTY = {
@@ -21,8 +21,6 @@ PAPER_BEAUTY = {
     "KMeans-Intent": {"hr@20": 0.1349, "ndcg@20": 0.0671},
 }
 MAIN_METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
-# Our variant names -> the paper's row names.
-PAPER_NAMES = {"sasrec": "SASRec", "saerec": "SAERec", "full": "SAERec", "kmeans": "KMeans-Intent"}
 
 
 @dataclass
@@ -179,17 +177,19 @@ def line_chart(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequ
 
 
 def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str] = MAIN_METRICS,
-                       with_paper: bool = True) -> Table:
+                       with_paper: bool = True, paper_rows: Mapping[str, str | None] | None = None) -> Table:
     """Our test metrics per model, with the paper's Beauty numbers beside them (— where it has
-    none) unless the run's data cannot be compared with them (the demo)."""
+    none) unless the run's data cannot be compared with them (the demo). ``paper_rows`` maps our
+    model names to the paper's row of the same model, which is then shown right below ours."""
+    paper_rows = paper_rows or {}
     columns = ["model", "source", *metrics]
     rows: list[list[Any]] = []
-    for variant, values in ours.items():
-        rows.append([variant, "this run", *[values.get(m) for m in metrics]])
-        paper = PAPER_BEAUTY.get(PAPER_NAMES.get(variant, "")) if with_paper else None
+    for name, values in ours.items():
+        rows.append([name, "this run", *[values.get(m) for m in metrics]])
+        paper = PAPER_BEAUTY.get(paper_rows.get(name) or "") if with_paper else None
         if paper is not None:
-            rows.append([PAPER_NAMES[variant], "paper (Beauty)", *[paper.get(m) for m in metrics]])
-    shown = {PAPER_NAMES.get(v) for v in ours}
+            rows.append([paper_rows[name], "paper (Beauty)", *[paper.get(m) for m in metrics]])
+    shown = {paper_rows.get(v) for v in ours}
     for name, paper in PAPER_BEAUTY.items():
         if with_paper and name not in shown:
             rows.append([name, "paper (Beauty)", *[paper.get(m) for m in metrics]])

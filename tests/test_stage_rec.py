@@ -16,9 +16,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from saerec import schemas
-from saerec.config import load_config
-from saerec.pipeline import Runner, Stage, StageContext, StageError
+from saerec import artifacts, schemas
+from saerec.config import ConfigError, load_config
+from saerec.pipeline import Runner, Stage, StageContext
+from saerec.sae.model import TopKSAE
 from saerec.stages import evaluate, prepare, train_rec
 from saerec.storage import Store
 from tests.conftest import TINY_DEMO
@@ -41,13 +42,22 @@ def _stand_in_embed(ctx: StageContext) -> dict:
 
 def _stand_in_judge(ctx: StageContext) -> dict:
     vectors = torch.randn(len(LATENTS), DIM, generator=torch.Generator().manual_seed(1))
-    ctx.output.write_tensors(train_rec.JUDGE_INTENTS, {"vectors": vectors, "latents": torch.tensor(LATENTS)})
-    ctx.output.write_table(train_rec.JUDGE_FEATURES, pa.table({"latent": LATENTS, "summary": SUMMARIES,
+    artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, np.array(LATENTS), SUMMARIES,
+                                                                [[]] * len(LATENTS)))
+    ctx.output.write_table(artifacts.FEATURES.name, pa.table({"latent": LATENTS, "summary": SUMMARIES,
                                                                 "kept": [True] * len(LATENTS)}))
     return {"kept": len(LATENTS)}
 
 
+def _stand_in_sae(ctx: StageContext) -> dict:
+    torch.manual_seed(2)
+    sae = TopKSAE(d_in=DIM, n_latents=48, k=2, tied=False)
+    artifacts.write_sae(ctx.output, sae.config(), sae.state_dict(), {})
+    return {"n_latents": 48}
+
+
 EMBED = Stage(name="embed", run=_stand_in_embed, inputs=("prepare",), sections=("embed",))
+SAE = Stage(name="train_sae", run=_stand_in_sae, inputs=("embed",), sections=("sae",))
 JUDGE = Stage(name="judge", run=_stand_in_judge, inputs=("embed",), sections=("judge",))
 SMALL = [*TINY_DEMO, "rec.d=16", "rec.k=2", "rec.max_epochs=2", "rec.patience=2", "rec.seeds=[0]",
          "rec.batch_size=64", "evaluate.top_n=5", "evaluate.steering_query=acne"]
@@ -59,7 +69,7 @@ def _runner(uri: str, *overrides: str, endpoint: str | None = None) -> Runner:
     store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
     store.check()
     runner = Runner(cfg, store, log=lambda _: None)
-    for stage in (prepare.STAGE, EMBED, JUDGE):
+    for stage in (prepare.STAGE, EMBED, SAE, JUDGE):
         runner.run_stage(stage)
     return runner
 
@@ -105,10 +115,11 @@ def test_train_evaluate_and_resume_on_s3(s3_server, s3_uri, ray_local):
     assert [r["valid"] for r in rerun] == [r["valid"] for r in runs]
 
 
-def test_unknown_model_is_named(tmp_path):
-    runner = _runner(str(tmp_path / "out"), "rec.models=[sasrec,gru4rec]")
-    with pytest.raises(StageError, match="rec.models: unknown model 'gru4rec'"):
-        runner.run_stage(train_rec.STAGE)
+def test_unknown_model_is_named_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="rec.models: unknown model 'gru4rec'; allowed: sasrec, saerec"):
+        load_config(None, [f"storage.uri={tmp_path}", "rec.models=[sasrec,gru4rec]"])
+    with pytest.raises(ConfigError, match="sweep.ablations: unknown model 'full' \\(the full model is now called"):
+        load_config(None, [f"storage.uri={tmp_path}", "sweep.ablations=[full]"])
 
 
 def _kill_train_workers_after_first_checkpoint(train_dir, killed: list, stop: threading.Event) -> None:

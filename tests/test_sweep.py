@@ -1,41 +1,43 @@
 """The sweep: its grid, the Tune plumbing (results, restore, failures), derived upstream runs, and the stage."""
 from __future__ import annotations
 
-from types import SimpleNamespace
+import dataclasses
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from saerec import sweeps
+from saerec import artifacts, tuning
 from saerec.config import JudgeSection, load_config
-from saerec.pipeline import Runner, Stage, StageContext, StageError, fingerprint
+from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
+from saerec.rec.runs import RunSettings, run_settings
+from saerec.rec.variants import random_like
+from saerec.sae.model import TopKSAE
 from saerec.stages import prepare, sweep
-from saerec.stages.train_rec import JUDGE_FEATURES, JUDGE_INTENTS
 from saerec.storage import Store
 from tests.conftest import TINY_DEMO
 from tests.toy_stages import DOUBLE, NUMBERS
 
 
 def test_grid_is_the_union_of_one_factor_studies():
-    specs = sweeps.build_grid(["full", "noPer", "sasrec"], [3, 5], [0.0, 0.2], ["judge-b"], [0, 1],
+    specs = tuning.build_grid(["saerec", "noPer", "sasrec"], [3, 5], [0.0, 0.2], ["judge-b"], [0, 1],
                               default_k=5, default_drop=0.0)
     ids = [s.trial_id for s in specs]
     assert len(ids) == len(set(ids))
     by_point = {(s.variant, s.k, s.review_drop, s.judge): s.studies for s in specs if s.seed == 0}
     assert by_point == {
-        ("full", 5, 0.0, ""): ("ablation", "sensitivity", "robustness", "judge"),
+        ("saerec", 5, 0.0, ""): ("ablation", "sensitivity", "robustness", "judge"),
         ("noPer", 5, 0.0, ""): ("ablation",),
         ("sasrec", 5, 0.0, ""): ("ablation",),
-        ("full", 3, 0.0, ""): ("sensitivity",),
-        ("full", 5, 0.2, ""): ("robustness",),
-        ("full", 5, 0.0, "judge-b"): ("judge",),
+        ("saerec", 3, 0.0, ""): ("sensitivity",),
+        ("saerec", 5, 0.2, ""): ("robustness",),
+        ("saerec", 5, 0.0, "judge-b"): ("judge",),
     }
     assert len(specs) == 2 * len(by_point)
-    no_studies = sweeps.build_grid(["full"], [], [], [], [0], default_k=5, default_drop=0.0)
+    no_studies = tuning.build_grid(["saerec"], [], [], [], [0], default_k=5, default_drop=0.0)
     assert [(s.k, s.studies) for s in no_studies] == [(5, ("ablation", "judge"))]
-    curves = sweeps.build_grid([], [7, 3], [0.3], [], [0], default_k=5, default_drop=0.1)
+    curves = tuning.build_grid([], [7, 3], [0.3], [], [0], default_k=5, default_drop=0.1)
     assert [(s.k, s.review_drop, s.studies) for s in curves] == [
         (3, 0.1, ("sensitivity",)), (5, 0.1, ("sensitivity", "robustness", "judge")), (7, 0.1, ("sensitivity",)),
         (5, 0.3, ("robustness",))]
@@ -45,21 +47,21 @@ def test_grid_is_the_union_of_one_factor_studies():
 
 def test_random_control_has_the_judged_sets_shape_and_norms_and_no_text():
     judged = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 7).unsqueeze(1)
-    control = sweep.random_like(judged, seed=3)
+    control = random_like(judged, seed=3)
     assert control.shape == judged.shape
     assert torch.allclose(control.norm(dim=1), judged.norm(dim=1))
     cos = torch.nn.functional.cosine_similarity(control, judged, dim=1)
     assert cos.abs().max() < 0.99
-    assert torch.equal(control, sweep.random_like(judged, seed=3))
-    assert not torch.equal(control, sweep.random_like(judged, seed=4))
-    assert sweeps.intents_key("random", 0.1, "") == "random@drop10@configured"
+    assert torch.equal(control, random_like(judged, seed=3))
+    assert not torch.equal(control, random_like(judged, seed=4))
+    assert tuning.intents_key("random", 0.1, "") == "random@drop10@configured"
 
 
 def test_grid_rejects_bad_settings():
     with pytest.raises(ValueError, match="sweep.ablations: unknown variant 'noFoo'"):
-        sweeps.build_grid(["full", "noFoo"], [5], [0.0], [], [0], default_k=5, default_drop=0.0)
+        tuning.build_grid(["saerec", "noFoo"], [5], [0.0], [], [0], default_k=5, default_drop=0.0)
     with pytest.raises(ValueError, match="sweep.seeds"):
-        sweeps.build_grid(["full"], [5], [0.0], [], [], default_k=5, default_drop=0.0)
+        tuning.build_grid(["saerec"], [5], [0.0], [], [], default_k=5, default_drop=0.0)
 
 
 def test_judge_choices():
@@ -88,7 +90,7 @@ def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
     assert numbers["reused_from"] == "toy" and numbers["output_dir"] == base.manifest("numbers")["output_dir"]
     doubled = derived.run_stage(DOUBLE)
     assert "skipped" not in doubled and doubled["run"] == "toy-embed"
-    assert doubled["inputs"]["numbers"]["output_dir"] == numbers["output_dir"]
+    assert doubled["inputs"]["numbers"]["fingerprint"] == numbers["fingerprint"]
     assert derived.manifest("numbers") == base.manifest("numbers")
     assert embed_changed.manifest("numbers") is None, "a reused stage is not copied into the derived run"
 
@@ -124,62 +126,63 @@ def test_sweep_fingerprint_covers_what_trials_read_and_nothing_else():
     assert fp("rec.lr=0.01") != base and fp("evaluate.ks=[10]") != base and fp("sweep.ks=[2]") != base
     cfg = load_config(None, [])
     rec, evaluate = _Reads(cfg.rec), _Reads(cfg.evaluate)
-    sweep._settings(SimpleNamespace(cfg=cfg.sweep, sections={"rec": rec, "evaluate": evaluate}))
-    assert rec.read <= set(sweep.REC_KEYS) and evaluate.read <= set(sweep.EVALUATE_KEYS)
+    run_settings(rec, evaluate, cfg.sweep.max_epochs, cfg.sweep.patience)
+    resource_keys = {f.name for f in dataclasses.fields(cfg.rec) if f.metadata.get("resource")}
+    assert rec.read <= set(sweep.REC_KEYS) | resource_keys and evaluate.read <= set(sweep.EVALUATE_KEYS)
 
 
-def _tiny_data(n_users: int = 40, n_items: int = 25) -> sweeps.SweepData:
+def _tiny_data(n_users: int = 40, n_items: int = 25) -> tuning.SweepData:
     rng = np.random.default_rng(0)
     sequences = [rng.integers(1, n_items + 1, size=int(rng.integers(4, 9))) for _ in range(n_users)]
     gen = torch.Generator().manual_seed(0)
-    return sweeps.SweepData(sequences, n_items, {"judged@drop0@configured": torch.randn(6, 8, generator=gen),
-                                                 "all@drop0": torch.randn(10, 8, generator=gen)})
+    return tuning.SweepData(sequences, n_items, {"judged@drop0@configured": torch.randn(6, 8, generator=gen),
+                                                 "all@drop0@configured": torch.randn(10, 8, generator=gen)})
 
 
-SETTINGS = sweeps.TrialSettings(d=8, heads=2, blocks=1, max_len=8, max_epochs=2, patience=2, batch_size=16,
-                                checkpoint_seconds=0.0)
+SETTINGS = RunSettings(d=8, heads=2, blocks=1, max_len=8, max_epochs=2, patience=2, batch_size=16,
+                       checkpoint_seconds=0.0)
 
 
 def test_trials_report_every_metric_and_a_finished_sweep_is_restored_not_rerun(s3_server, s3_uri, ray_local):
     from ray import tune
 
     store = Store(s3_uri, s3_server.endpoint)
-    specs = sweeps.build_grid(["full", "noIde", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
-    states = sweeps.TrialStates(store.fs, store.join("states"))
-    trainable = tune.with_parameters(sweeps.train_trial, data=_tiny_data(), settings=SETTINGS, states=states)
+    specs = tuning.build_grid(["saerec", "noIde", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
+    states = tuning.TrialStates(store.fs, store.join("states"))
+    trainable = tune.with_parameters(tuning.train_trial, data=_tiny_data(), settings=SETTINGS, states=states)
     kwargs = dict(storage_path=store.join("tune"), storage_filesystem=store.fs, name="grid", concurrency=2,
                   resources={"cpu": 1}, max_failures=0)
-    first = sweeps.run_sweep(trainable, specs, **kwargs)
+    first = tuning.run_sweep(trainable, specs, **kwargs)
     assert not first.restored and not first.failed
-    table = sweeps.results_table(first.rows, SETTINGS.ks)
+    table = tuning.results_table(first.rows, SETTINGS.ks)
     assert table.column("trial_id").to_pylist() == sorted(s.trial_id for s in specs)
     rows = {r["variant"]: r for r in table.to_pylist()}
-    assert rows["full"]["n_intents"] == 6 and rows["noIde"]["n_intents"] == 10 and rows["sasrec"]["n_intents"] == 0
+    assert rows["saerec"]["n_intents"] == 6 and rows["noIde"]["n_intents"] == 10 and rows["sasrec"]["n_intents"] == 0
     for row in rows.values():
         assert 1 <= row["best_epoch"] <= row["epochs"] == 2
         assert 0.0 <= row["test_ndcg@20"] <= row["test_hr@20"] <= 1.0
         assert row["test_hr@5"] <= row["test_hr@10"] <= row["test_hr@20"]
     assert store.list_files(store.join("states")) == sorted(states.path(s.trial_id) for s in specs)
-    assert states.load("full-k3-drop0-judge-seed0")["epoch"] == 2
+    assert states.load("saerec-k3-drop0-judge-seed0")["epoch"] == 2
 
-    second = sweeps.run_sweep(trainable, specs, **kwargs)
+    second = tuning.run_sweep(trainable, specs, **kwargs)
     assert second.restored
-    assert sweeps.results_table(second.rows, SETTINGS.ks).equals(table)
+    assert tuning.results_table(second.rows, SETTINGS.ks).equals(table)
 
 
-def _faulty_trial(config: dict, data: sweeps.SweepData, settings: sweeps.TrialSettings,
-                  states: sweeps.TrialStates, marker_dir: str) -> None:
+def _faulty_trial(config: dict, data: tuning.SweepData, settings: RunSettings,
+                  states: tuning.TrialStates, marker_dir: str) -> None:
     """The real trial, except that SASRec always raises and the others' worker process dies once,
     after its third epoch."""
     import os
     from pathlib import Path
 
-    import saerec.rec
+    import saerec.rec.runs
 
     if config["trial"]["variant"] == "sasrec":
         raise RuntimeError("this trial always crashes")
     marker = Path(marker_dir) / config["trial"]["variant"]
-    fit = saerec.rec.fit
+    fit = saerec.rec.runs.fit
 
     def fit_then_die(*args, on_epoch, **kwargs):
         def hook(state, snapshot):
@@ -189,24 +192,24 @@ def _faulty_trial(config: dict, data: sweeps.SweepData, settings: sweeps.TrialSe
                 os._exit(1)
         return fit(*args, on_epoch=hook, **kwargs)
 
-    saerec.rec.fit = fit_then_die
-    sweeps.train_trial(config, data, settings, states)
+    saerec.rec.runs.fit = fit_then_die
+    tuning.train_trial(config, data, settings, states)
 
 
 def test_a_dead_worker_resumes_from_saved_state_and_a_failing_trial_is_reported(tmp_path, ray_local):
     import pyarrow.fs as pafs
     from ray import tune
 
-    settings = sweeps.TrialSettings(**{**vars(SETTINGS), "max_epochs": 5, "patience": 5})
-    states = sweeps.TrialStates(pafs.LocalFileSystem(), str(tmp_path / "states"))
-    specs = sweeps.build_grid(["full", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
+    settings = dataclasses.replace(SETTINGS, max_epochs=5, patience=5)
+    states = tuning.TrialStates(pafs.LocalFileSystem(), str(tmp_path / "states"))
+    specs = tuning.build_grid(["saerec", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
     trainable = tune.with_parameters(_faulty_trial, data=_tiny_data(), settings=settings, states=states,
                                      marker_dir=str(tmp_path))
-    outcome = sweeps.run_sweep(trainable, specs, storage_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem(),
+    outcome = tuning.run_sweep(trainable, specs, storage_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem(),
                                name="faults", concurrency=2, resources={"cpu": 1}, max_failures=1)
-    assert (tmp_path / "full").exists(), "the worker did die once"
+    assert (tmp_path / "saerec").exists(), "the worker did die once"
     [row] = outcome.rows
-    assert (row["variant"], row["resumed_from_epoch"], row["epochs"]) == ("full", 3, 5)
+    assert (row["variant"], row["resumed_from_epoch"], row["epochs"]) == ("saerec", 3, 5)
     assert [t for t, _ in outcome.failed] == ["sasrec-k3-drop0-judge-seed0"]
     assert "this trial always crashes" in outcome.failed[0][1]
 
@@ -219,7 +222,7 @@ def test_summary_is_mean_and_std_over_seeds():
                      "resumed_from_epoch": 0,
                      "train_seconds": 1.0, **{f"{s}_{m}@{k}": value for s in ("valid", "test")
                                                for m in ("hr", "ndcg") for k in (5, 10, 20)}})
-    summary = sweeps.summary_table(sweeps.results_table(rows, (5, 10, 20)), (5, 10, 20)).to_pylist()
+    summary = tuning.summary_table(tuning.results_table(rows, (5, 10, 20)), (5, 10, 20)).to_pylist()
     assert [r["study"] for r in summary] == ["ablation", "judge"]
     assert summary[0]["seeds"] == 2
     assert summary[0]["test_ndcg@20_mean"] == pytest.approx(0.2)
@@ -242,15 +245,17 @@ def _stand_in_embed(ctx: StageContext) -> dict:
 
 
 def _stand_in_sae(ctx: StageContext) -> dict:
-    ctx.output.write_tensors(sweep.SAE_WEIGHTS, {"W_enc": torch.randn(12, DIM, generator=torch.Generator().manual_seed(2))})
+    torch.manual_seed(2)
+    sae = TopKSAE(d_in=DIM, n_latents=12, k=2, tied=False)
+    artifacts.write_sae(ctx.output, sae.config(), sae.state_dict(), {})
     return {"n_latents": 12}
 
 
 def _stand_in_judge(ctx: StageContext) -> dict:
-    latents = torch.tensor([1, 4, 7, 9])
-    vectors = ctx.input("train_sae").read_tensors(sweep.SAE_WEIGHTS)["W_enc"][latents]
-    ctx.output.write_tensors(JUDGE_INTENTS, {"vectors": vectors, "latents": latents})
-    ctx.output.write_table(JUDGE_FEATURES, pa.table({"latent": [1, 4, 7, 9], "summary": ["a", "b", "c", "d"]}))
+    latents = np.array([1, 4, 7, 9])
+    vectors = artifacts.read_sae(ctx.input("train_sae")).intent_vectors().detach()[latents]
+    artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, latents, ["a", "b", "c", "d"], [[]] * 4))
+    ctx.output.write_table(artifacts.FEATURES.name, pa.table({"latent": [1, 4, 7, 9], "summary": ["a", "b", "c", "d"]}))
     return {"kept": 4}
 
 
@@ -261,7 +266,7 @@ STAND_INS = (Stage("embed", _stand_in_embed, ("prepare",), ("embed",)),
 
 def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capsys):
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
-                             "rec.batch_size=64", "sweep.ablations=[full,noIde,kmeans,random,sasrec]", "sweep.ks=[3]",
+                             "rec.batch_size=64", "sweep.ablations=[saerec,noIde,kmeans,random,sasrec]", "sweep.ks=[3]",
                              "sweep.review_drops=[]", "sweep.seeds=[0]", "sweep.max_epochs=2",
                              "sweep.concurrency=2"])
     runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
@@ -275,11 +280,35 @@ def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, caps
     results = runner.store.read_table(f"{out}/results.parquet")
     assert results.num_rows == 6
     assert dict(zip(results.column("variant").to_pylist(), results.column("n_intents").to_pylist())) == {
-        "full": 4, "noIde": 12, "kmeans": 4, "random": 4, "sasrec": 0}
+        "saerec": 4, "noIde": 12, "kmeans": 4, "random": 4, "sasrec": 0}
     assert all(1 <= e <= 2 for e in results.column("epochs").to_pylist())
     summary = runner.store.read_table(f"{out}/summary.parquet").to_pylist()
     assert {(r["study"], r["variant"], r["k"]) for r in summary} == {
-        ("ablation", "full", 2), ("ablation", "noIde", 2), ("ablation", "kmeans", 2), ("ablation", "random", 2),
+        ("ablation", "saerec", 2), ("ablation", "noIde", 2), ("ablation", "kmeans", 2), ("ablation", "random", 2),
         ("ablation", "sasrec", 2),
-        ("sensitivity", "full", 2), ("sensitivity", "full", 3), ("judge", "full", 2)}
+        ("sensitivity", "saerec", 2), ("sensitivity", "saerec", 3), ("judge", "saerec", 2)}
     assert runner.run_stage(sweep.STAGE).get("skipped") is True
+
+
+def test_a_sweep_trial_and_train_rec_select_the_same_epoch(tmp_path, ray_local):
+    """One training path: with the same settings and seed, train_rec's run and the sweep's trial of a
+    variant pick the same epoch with the same valid scores, whatever the selection settings
+    (here history not masked, and a checkpoint after every epoch)."""
+    from saerec.stages import train_rec
+
+    cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
+                             "rec.batch_size=64", "rec.max_epochs=6", "rec.patience=2", "rec.checkpoint_seconds=0",
+                             "rec.models=[sasrec,saerec]", "evaluate.mask_history=false",
+                             "sweep.ablations=[sasrec,saerec]", "sweep.ks=[]", "sweep.review_drops=[]",
+                             "sweep.max_epochs=null", "sweep.concurrency=1"])
+    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    for stage in (prepare.STAGE, *STAND_INS):
+        runner.run_stage(stage)
+    trained = artifacts.read_runs(StageInput(runner.store, runner.run_stage(train_rec.STAGE)))
+    swept = runner.store.read_table(f"{runner.run_stage(sweep.STAGE)['output_dir']}/results.parquet").to_pylist()
+    for run in trained:
+        [trial] = [t for t in swept if t["variant"] == run["variant"] and t["studies"][0] == "ablation"]
+        assert trial["best_epoch"] == run["best_epoch"], run["variant"]
+        assert trial["epochs"] == run["epochs"], run["variant"]
+        for metric, value in run["valid"].items():
+            assert trial[f"valid_{metric}"] == pytest.approx(value, rel=1e-4, abs=1e-6), (run["variant"], metric)

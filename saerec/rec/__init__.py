@@ -4,12 +4,12 @@ Plain PyTorch: nothing here knows about Ray or storage.
 """
 from saerec.rec.batching import LeaveOneOut, RankingSet, leave_one_out, training_examples
 from saerec.rec.metrics import evaluate, hr_ndcg, target_ranks
-from saerec.rec.saerec_model import ABLATIONS, IntentConfig, SAERec, intent_config_for, steering
+from saerec.rec.saerec_model import IntentConfig, SAERec, steering
 from saerec.rec.sasrec import EncoderConfig, SASRec
 from saerec.rec.training import FitConfig, FitResult, final_test, fit
 
 __all__ = [
-    "ABLATIONS", "EncoderConfig", "FitConfig", "FitResult", "IntentConfig", "LeaveOneOut", "RankingSet",
-    "SAERec", "SASRec", "evaluate", "final_test", "fit", "hr_ndcg", "intent_config_for", "leave_one_out",
+    "EncoderConfig", "FitConfig", "FitResult", "IntentConfig", "LeaveOneOut", "RankingSet",
+    "SAERec", "SASRec", "evaluate", "final_test", "fit", "hr_ndcg", "leave_one_out",
     "steering", "target_ranks", "training_examples",
 ]

@@ -44,22 +44,6 @@ class IntentConfig:
             raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
 
 
-ABLATIONS = {
-    "full": {},
-    "noPer": {"personal": False},
-    "noPub": {"public": False},
-    "noFus": {"fusion": False},
-    "noEMA": {"ema": False},
-}
-
-
-def intent_config_for(ablation: str, k: int, ema_beta: float) -> IntentConfig:
-    """The IntentConfig of a named variant (``full``, ``noPer``, ``noPub``, ``noFus``, ``noEMA``)."""
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; allowed: {', '.join(ABLATIONS)}")
-    return IntentConfig(k=k, ema_beta=ema_beta, **ABLATIONS[ablation])
-
-
 class IntentAttention(nn.Module):
     """Eq. (5): each query state attends over a handful of intent projections (multi-head).
 

@@ -141,7 +141,3 @@ class SASRec(nn.Module):
     def item_scores(self, reps: Tensor) -> Tensor:
         """(N, d) -> (N, n_items + 1) dot products with every item embedding (column 0 = padding)."""
         return reps @ self.item_emb.weight.T
-
-    def loss(self, seqs: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy over all real items, only at real positions (eqs. 7-8 without the L2 term)."""
-        return self(seqs, lengths, targets)

@@ -105,6 +105,13 @@ class TopKSAE(nn.Module):
             raise KeyError(f"SAE config has unknown key(s) {sorted(unknown)}")
         return cls(**config)
 
+    @classmethod
+    def from_saved(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "TopKSAE":
+        """A trained model from what a run saved: ``config()`` and the state dict, in eval mode."""
+        model = cls.from_config(config)
+        model.load_state_dict(state)
+        return model.eval()
+
     @torch.no_grad()
     def init_pre_bias(self, sample: Tensor, method: str = "geometric_median") -> None:
         """Centre the model on the data before training.

@@ -19,7 +19,6 @@ from saerec.sae.model import SAEOutput, TopKSAE
 
 Reduce = Callable[[Tensor], Tensor]
 
-DEFAULT_K = 32
 BASE_LR = 1e-3
 BASE_LR_LATENTS = 2**14
 DEFAULT_DEAD_AFTER = 100_000
@@ -37,11 +36,6 @@ def default_lr(n_latents: int, base_lr: float = BASE_LR) -> float:
     if n_latents <= 0:
         raise ValueError(f"n_latents must be positive, got {n_latents}")
     return base_lr / math.sqrt(n_latents / BASE_LR_LATENTS)
-
-
-def default_aux_k(d_in: int) -> int:
-    """AuxK width: half the input dimension, enough dead latents to model the residual."""
-    return max(d_in // 2, 1)
 
 
 def build_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:

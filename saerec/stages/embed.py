@@ -15,15 +15,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import ray
+import torch
 
-from saerec import schemas
+from saerec import artifacts, schemas
 from saerec.config import EmbedSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.text import WordCounter, load_encoder
 from saerec.text.encoders import EncoderSpec, inspect_encoder
 
-EMBEDDINGS_DIR = "embeddings"
-VOCABULARY_DIR = "vocabulary"
 WORD_COUNT_BATCH = 4096
 # Reading and writing Parquet reserve no CPU: an actor pool that holds every CPU of a small
 # cluster (2 actors on 2 cores) would otherwise starve them and the dataset would never finish.
@@ -34,8 +34,6 @@ class EncodeBatches:
     """Ray Data callable class: loads the encoder once per actor, then embeds one Arrow batch per call."""
 
     def __init__(self, cfg: EmbedSection, text_column: str, keep: list[str], with_stats: bool) -> None:
-        import torch
-
         if cfg.num_gpus_per_actor == 0:
             torch.set_num_threads(max(1, int(cfg.cpus_per_actor)))
         self.encoder = load_encoder(cfg.model, cfg.kind, cfg.layer, cfg.max_length, cfg.device, cfg.dtype,
@@ -75,8 +73,6 @@ def read_corpus(corpus_path: str, filesystem):
     an actor pool holding every CPU (2 actors on 2 cores) starves forever; the classic reader
     lists on the driver and honours ``num_cpus`` for its read tasks.
     """
-    import ray
-
     context = ray.data.DataContext.get_current()
     previous = context.use_datasource_v2
     context.use_datasource_v2 = False
@@ -100,8 +96,6 @@ def check_settings(cfg: EmbedSection) -> EncoderSpec:
 
 
 def _encode_dataset(ds, cfg: EmbedSection, text_column: str, keep: list[str], with_stats: bool, actors: int):
-    import ray
-
     return ds.map_batches(
         EncodeBatches,
         fn_constructor_kwargs={"cfg": cfg, "text_column": text_column, "keep": keep, "with_stats": with_stats},
@@ -125,8 +119,6 @@ def build_vocabulary_counts(ds, cfg: EmbedSection) -> list[tuple[str, int]]:
 def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
                  log=print) -> dict[str, Any]:
     """The whole stage on explicit paths: what ``run`` does, reusable by the benchmark."""
-    import ray
-
     spec = check_settings(cfg)
     corpus = read_corpus(corpus_path, filesystem)
 
@@ -139,7 +131,7 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
     log(f"[embed] vocabulary: {len(vocabulary)} words (counted in {count_s:.1f}s)")
 
     start = time.perf_counter()
-    embeddings_dir = f"{out_dir}/{EMBEDDINGS_DIR}"
+    embeddings_dir = artifacts.EMBEDDINGS.under(out_dir)
     _encode_dataset(corpus, cfg, "text", ["text_id"], True, cfg.num_actors).write_parquet(
         embeddings_dir, filesystem=filesystem, ray_remote_args={"num_cpus": IO_TASK_CPUS})
     texts_s = time.perf_counter() - start
@@ -151,7 +143,7 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
     words = ray.data.from_arrow([table.slice(i, cfg.batch_size) for i in range(0, table.num_rows, cfg.batch_size)])
     word_actors = min(cfg.num_actors, -(-len(vocabulary) // cfg.batch_size))
     _encode_dataset(words, cfg, "word", ["word", "count"], False, word_actors).write_parquet(
-        f"{out_dir}/{VOCABULARY_DIR}", filesystem=filesystem, ray_remote_args={"num_cpus": IO_TASK_CPUS})
+        artifacts.VOCABULARY.under(out_dir), filesystem=filesystem, ray_remote_args={"num_cpus": IO_TASK_CPUS})
     words_s = time.perf_counter() - start
 
     texts, empty, truncated, tokens = _summarise(embeddings_dir, filesystem, spec.dim)
@@ -191,8 +183,8 @@ def _summarise(embeddings_dir: str, filesystem, dim: int) -> tuple[int, int, int
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    cfg: EmbedSection = ctx.cfg
-    corpus_path = ctx.input("prepare").path("corpus")
+    cfg: EmbedSection = ctx.sections["embed"]
+    corpus_path = artifacts.CORPUS.path(ctx.input("prepare"))
     return embed_corpus(corpus_path, ctx.output.dir, ctx.store.fs, cfg)
 
 

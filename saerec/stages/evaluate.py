@@ -1,9 +1,9 @@
 """Stage ``evaluate``: test every selected model once, explain its lists, and run the steering study.
 
-Reads: train_rec (selected weights and specs), prepare (interactions, item texts), judge (intent
-summaries). Writes: ``metrics.json`` (per run and mean ± std per variant over seeds),
-``recommendations.parquet`` (per test user: top-N items, the held-out item, the personal and
-public intents with their summaries, the branch weights) and ``steering.json``.
+Reads: train_rec (selected models), prepare (sequences, item texts), judge (intent summaries).
+Writes the artifacts ``TEST_METRICS`` (per run and mean ± std per variant over seeds),
+``RECOMMENDATIONS`` (per test user: top-N items, the held-out item, the personal and public
+intents with their summaries, the branch weights) and ``STEERING``.
 """
 from __future__ import annotations
 
@@ -13,28 +13,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from saerec import schemas
+from saerec import artifacts, schemas
 from saerec.config import EvaluateSection
-from saerec.pipeline import Stage, StageContext, StageError, StageInput
-from saerec.stages.train_rec import JUDGE_FEATURES, build_model, read_sequences
-
-EXPLAINED_PREFERENCE = ("saerec", "noEMA", "noFus", "noPub", "noPer", "kmeans")
-
-
-def load_run(train_rec: StageInput, run: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild a run's model from its spec and load its selected weights (intent buffers included)."""
-    weights = train_rec.read_tensors(run["model_file"])
-    intents = weights.get("intent_vectors")
-    model = build_model(run["spec"], intents)
-    model.load_state_dict(weights)
-    return model.eval()
-
-
-def read_summaries(judge: StageInput) -> dict[int, str]:
-    """SAE latent id -> the judge's summary (missing summaries are simply absent)."""
-    table = judge.read_table(JUDGE_FEATURES, ["latent", "summary"])
-    return {int(k): s for k, s in zip(table.column("latent").to_pylist(), table.column("summary").to_pylist())
-            if s is not None}
+from saerec.pipeline import Stage, StageContext, StageError
+from saerec.rec import evaluate, leave_one_out
+from saerec.rec.explain import explain_users, match_texts, steering_study, top_items
+from saerec.rec.variants import EXPLAIN_ORDER
 
 
 def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -45,7 +29,7 @@ def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def pick_explained(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The run whose lists get explained: the full SAERec if trained, else the closest variant."""
-    for variant in EXPLAINED_PREFERENCE:
+    for variant in EXPLAIN_ORDER:
         found = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["seed"])
         if found:
             return found[0]
@@ -68,8 +52,6 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
                           test: Any, latents: np.ndarray | None, summaries: dict[int, str],
                           cfg: EvaluateSection) -> pa.Table:
     """One row per test user: top-N, the held-out item, and (for SAERec) the intents behind the list."""
-    from saerec.rec.explain import explain_users, top_items
-
     if run is not None and run["spec"]["intent_set"] is not None:
         out = explain_users(model, test.inputs, test.lengths, cfg.top_n, cfg.mask_history)
         ids = latents if run["spec"]["intent_set"] == "judged" else np.arange(model.n_intents)
@@ -100,8 +82,6 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
 def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, latents: np.ndarray | None,
              summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection) -> dict[str, Any]:
     """Boost the intents whose summaries match ``evaluate.steering_query``; count matching items in lists."""
-    from saerec.rec.explain import match_texts, steering_study
-
     query = cfg.steering_query
     if not query:
         return {"skipped": "evaluate.steering_query is not set"}
@@ -119,23 +99,18 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, late
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from saerec.rec import evaluate, leave_one_out
-
-    cfg: EvaluateSection = ctx.cfg
+    cfg: EvaluateSection = ctx.sections["evaluate"]
     if not cfg.ks or min(cfg.ks) < 1:
         raise StageError(f"evaluate.ks must list positive cut-offs, got {cfg.ks}")
     train_rec = ctx.input("train_rec")
-    info = train_rec.read_json("runs.json")
-    runs = info["runs"]
-    if not runs:
-        raise StageError("train_rec published no runs to evaluate")
-    users, sequences, n_items = read_sequences(ctx.input("prepare"))
+    runs = artifacts.read_runs(train_rec)
+    data = artifacts.read_sequences(ctx.input("prepare"))
     max_len = runs[0]["spec"]["encoder"]["max_len"]
-    split = leave_one_out(sequences, n_items, max_len)
+    split = leave_one_out(data.sequences, data.n_items, max_len)
 
     per_run = []
     for r in ctx.progress(runs, total=len(runs), desc="evaluate"):
-        model = load_run(train_rec, r)
+        model = artifacts.read_model(train_rec, r)
         test = evaluate(model, split.test, cfg.ks, cfg.mask_history)
         per_run.append({"name": r["name"], "variant": r["variant"], "seed": r["seed"], "best_epoch": r["best_epoch"],
                         "epochs": r["epochs"], "mean_epoch_seconds": r["mean_epoch_seconds"],
@@ -146,24 +121,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
                    "epoch_seconds": mean_std([{"s": r["mean_epoch_seconds"]} for r in per_run
                                               if r["variant"] == v])["s"]}
                for v in variants}
-    ctx.output.write_json("metrics.json", {"ks": cfg.ks, "mask_history": cfg.mask_history, "runs": per_run,
-                                           "summary": summary})
+    artifacts.write_json(ctx.output, artifacts.TEST_METRICS, {"ks": cfg.ks, "mask_history": cfg.mask_history,
+                                                              "runs": per_run, "summary": summary})
 
     explained = pick_explained(runs) or sorted(runs, key=lambda r: (r["variant"], r["seed"]))[0]
-    model = load_run(train_rec, explained)
+    model = artifacts.read_model(train_rec, explained)
     latents, summaries = None, {}
     if explained["spec"]["intent_set"] == "judged":
-        latents = train_rec.read_tensors("intent_sets.safetensors")["judged_latents"].numpy()
-        summaries = read_summaries(ctx.input("judge"))
-    table = recommendations_table(model, explained, np.asarray(users), split.test, latents, summaries, cfg)
-    ctx.output.write_table("recommendations.parquet", table)
+        latents = artifacts.read_judged_latents(train_rec)
+        summaries = artifacts.read_summaries(ctx.input("judge"))
+    table = recommendations_table(model, explained, np.asarray(data.users), split.test, latents, summaries, cfg)
+    artifacts.write_table(ctx.output, artifacts.RECOMMENDATIONS, table)
 
-    items = ctx.input("prepare").read_table("items.parquet", ["item", "text"]).to_pandas()
-    texts: list[str | None] = [None] * n_items
-    for item, text in zip(items["item"], items["text"]):
-        texts[int(item) - 1] = text
+    texts = artifacts.read_item_texts(ctx.input("prepare"), data.n_items)
     study = steering(model, explained, split.test, latents, summaries, texts, cfg)
-    ctx.output.write_json("steering.json", study)
+    artifacts.write_json(ctx.output, artifacts.STEERING, study)
 
     metrics: dict[str, Any] = {"explained_model": explained["name"], "users": len(split.test)}
     for v in variants:

@@ -12,7 +12,7 @@ planted demo (256 latents, 16 intents) the share of planted intents that some la
 words match at >= 0.8 purity was 0.06 to 0.12 with ``encoder`` over every similarity and
 temperature tried, and 1.00 with ``corpus`` (cosine, alpha = beta in 0.1..1).
 
-Writes ``latents.parquet`` (``schemas.EXPLAINED_LATENTS``): per latent its words and scores,
+Writes the artifact ``LATENTS`` (``schemas.EXPLAINED_LATENTS``): per latent its words and scores,
 firing frequency over the non-empty corpus texts, its ``explain.top_texts`` strongest texts and
 ``explain.random_texts`` random texts it does not rank among its strongest, the negatives of
 the judge's held-out detection score.
@@ -24,37 +24,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import ray
+import torch
 
-from saerec import schemas
+from saerec import artifacts, schemas
 from saerec.config import ExplainSection
-from saerec.pipeline import Stage, StageContext, StageError, StageInput
-
-LATENTS_FILE = "latents.parquet"
-PLANTED_FILE = "planted_intents.json"
-VOCABULARY_DIR = "vocabulary"
-EMBEDDINGS_DIR = "embeddings"
-
-
-def read_vocabulary(embed: StageInput) -> tuple[list[str], np.ndarray]:
-    """The embed stage's words and their vectors (V, D) float32."""
-    table = embed.read_table(VOCABULARY_DIR, ["word", "vector"])
-    if table.num_rows == 0:
-        raise StageError(f"explain: the vocabulary at {embed.uri(VOCABULARY_DIR)} is empty")
-    vectors = table.column("vector").combine_chunks()
-    matrix = vectors.flatten().to_numpy().reshape(len(vectors), -1).astype(np.float32)
-    return table.column("word").to_pylist(), matrix
-
-
-def read_sae_files(train_sae: StageInput) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model config, state dict) of the trained SAE."""
-    try:
-        config = train_sae.read_json("sae_config.json")["model"]
-        state = train_sae.read_tensors("sae.safetensors")
-    except (KeyError, OSError) as exc:
-        raise StageError(f"explain: cannot read the SAE under {train_sae.uri()}: {exc}") from exc
-    return config, state
+from saerec.intents.activations import summarise_activations
+from saerec.intents.alignment import align_words
+from saerec.intents.quality import planted_intent_recovery, sample_negatives
+from saerec.intents.word_vectors import CorpusWordVectors
+from saerec.pipeline import Stage, StageContext, StageError
+from saerec.sae.model import TopKSAE
+from saerec.text.vocabulary import tokenize_words
 
 
 def explain_latents(sae_config: dict[str, Any], sae_state: dict[str, Any], words: list[str],
@@ -66,18 +48,8 @@ def explain_latents(sae_config: dict[str, Any], sae_state: dict[str, Any], words
     word vectors are centred on the SAE's ``b_pre`` first, the point the encoder measures texts
     from; ``dot`` is the paper's plain e_w . v_i.
     """
-    import torch
-
-    from saerec.intents.activations import summarise_activations
-    from saerec.intents.alignment import align_words
-    from saerec.intents.word_vectors import CorpusWordVectors
-    from saerec.sae.model import TopKSAE
-    from saerec.text.vocabulary import tokenize_words
-
     device = torch.device("cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
-    sae = TopKSAE.from_config(sae_config)
-    sae.load_state_dict(sae_state)
-    sae.to(device).eval()
+    sae = TopKSAE.from_saved(sae_config, sae_state).to(device)
     grounded = CorpusWordVectors(words, encoder_vectors.shape[1], tokenize_words)
     corpus = _corpus_texts(corpus_path, filesystem) if cfg.word_vectors == "corpus" else {}
     text_ids: list[np.ndarray] = []
@@ -122,49 +94,28 @@ def _corpus_texts(corpus_path: str, filesystem: Any) -> dict[int, str]:
     return dict(zip(table.column("text_id").to_pylist(), table.column("text").to_pylist()))
 
 
-def read_texts(prepare: StageInput, text_ids: np.ndarray) -> dict[int, str]:
-    """Corpus texts by id, reading only the rows asked for."""
-    if len(text_ids) == 0:
-        return {}
-    dataset = pads.dataset(prepare.path("corpus"), filesystem=prepare.store.fs, format="parquet")
-    wanted = pa.array(np.unique(text_ids), pa.int64())
-    table = dataset.to_table(columns=["text_id", "text"], filter=pc.field("text_id").isin(wanted))
-    return dict(zip(table.column("text_id").to_pylist(), table.column("text").to_pylist()))
-
-
-def read_planted(prepare: StageInput) -> list[dict[str, Any]] | None:
-    """The demo's planted intents ([{name, words}]), or None for real data."""
-    if not prepare.store.exists(prepare.path(PLANTED_FILE)):
-        return None
-    return prepare.read_json(PLANTED_FILE)
-
-
 def _lists(rows: np.ndarray, lookup: Any, value_type: pa.DataType) -> pa.Array:
     return pa.array([[lookup(int(v)) for v in row if v >= 0] for row in rows], pa.list_(value_type))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import ray
-
-    from saerec.intents.quality import planted_intent_recovery, sample_negatives
-
-    cfg: ExplainSection = ctx.cfg
+    cfg: ExplainSection = ctx.sections["explain"]
     embed, train_sae, prepare = ctx.input("embed"), ctx.input("train_sae"), ctx.input("prepare")
-    words, word_vectors = read_vocabulary(embed)
-    sae_config, sae_state = read_sae_files(train_sae)
+    words, word_vectors = artifacts.read_vocabulary(embed)
+    sae_config, sae_state = artifacts.read_sae_files(train_sae)
     if word_vectors.shape[1] != sae_config.get("d_in"):
         raise StageError(f"explain: word vectors have dimension {word_vectors.shape[1]} but the SAE reads "
                          f"{sae_config.get('d_in')}; embed and train_sae outputs do not match")
     task = ray.remote(num_cpus=1, num_gpus=cfg.num_gpus)(explain_latents)
-    out = ray.get(task.remote(sae_config, sae_state, words, word_vectors, embed.path(EMBEDDINGS_DIR),
-                              prepare.path("corpus"), ctx.store.fs, cfg))
+    out = ray.get(task.remote(sae_config, sae_state, words, word_vectors, artifacts.EMBEDDINGS.path(embed),
+                              artifacts.CORPUS.path(prepare), ctx.store.fs, cfg))
 
     n_latents, text_ids = len(out["frequency"]), out["text_ids"]
     random_rows = sample_negatives(len(text_ids), out["top_rows"], cfg.random_texts,
                                    np.random.default_rng(ctx.seed))
     top_ids = np.where(out["top_rows"] >= 0, text_ids[np.maximum(out["top_rows"], 0)], -1)
     random_ids = np.where(random_rows >= 0, text_ids[np.maximum(random_rows, 0)], -1)
-    texts = read_texts(prepare, np.concatenate([top_ids[top_ids >= 0], random_ids[random_ids >= 0]]))
+    texts = artifacts.read_corpus_texts(prepare, np.concatenate([top_ids[top_ids >= 0], random_ids[random_ids >= 0]]))
     top_words = [[words[i] for i in row] for row in out["word_ids"]]
     table = pa.table({
         "latent": pa.array(np.arange(n_latents, dtype=np.int32)),
@@ -178,7 +129,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "random_text_ids": _lists(random_ids, int, pa.int64()),
         "random_texts": _lists(random_ids, texts.get, pa.string()),
     }, schema=schemas.EXPLAINED_LATENTS)
-    ctx.output.write_table(LATENTS_FILE, table)
+    artifacts.write_table(ctx.output, artifacts.LATENTS, table)
 
     metrics: dict[str, Any] = {
         "latents": n_latents,
@@ -191,11 +142,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "align_s": round(float(out["align_s"]), 2),
         "encode_s": round(float(out["encode_s"]), 2),
     }
-    planted = read_planted(prepare)
+    planted = artifacts.read_planted(prepare)
     if planted is not None:
         recovery = planted_intent_recovery(top_words, {p["name"]: p["words"] for p in planted})
         metrics["planted_recovery_all_latents"] = recovery["recovery"]
-        ctx.output.write_json("planted_recovery.json", recovery)
+        artifacts.write_json(ctx.output, artifacts.PLANTED_RECOVERY, recovery)
     return metrics
 
 

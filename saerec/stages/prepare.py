@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from saerec import artifacts
 from saerec.config import DataSection
 from saerec.data import amazon, demo, sequences
 from saerec.data.dataset import CorpusOptions, Tables, collect, with_item_texts, workdir, write_corpus
@@ -57,7 +58,7 @@ def empty_corpus_hint(cfg: DataSection) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    cfg: DataSection = ctx.cfg
+    cfg: DataSection = ctx.sections["data"]
     check_inputs(cfg)
     bad = BadRecords(cfg.on_bad_record)
     with workdir() as tmp:
@@ -67,20 +68,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
             files = demo.generate(demo.DemoSpec(d.users, d.items, d.intents, d.min_length, d.max_length,
                                                 ctx.seed), scratch / "demo")
             tables = _amazon(files["reviews"], files["meta"], cfg, bad, scratch)
-            ctx.output.write_json("planted_intents.json", json.loads(files["planted_intents"].read_text()))
+            artifacts.write_json(ctx.output, artifacts.PLANTED, json.loads(files["planted_intents"].read_text()))
         elif cfg.source == "amazon":
             meta = Path(cfg.meta_path).expanduser() if cfg.meta_path else None
             tables = _amazon(input_path(cfg), meta, cfg, bad, scratch)
         else:
             tables = _sequences(input_path(cfg), cfg, bad, scratch)
 
-        ctx.output.write_table("interactions.parquet", tables.interactions)
-        ctx.output.write_table("users.parquet", tables.users)
-        ctx.output.write_table("items.parquet", tables.items)
+        artifacts.write_table(ctx.output, artifacts.INTERACTIONS, tables.interactions)
+        artifacts.write_table(ctx.output, artifacts.USERS, tables.users)
+        artifacts.write_table(ctx.output, artifacts.ITEMS, tables.items)
         options = CorpusOptions(cfg.text, cfg.review_drop, ctx.seed, drop_repeats=cfg.duplicates == "drop",
                                 empty_hint=empty_corpus_hint(cfg))
         corpus = write_corpus(tables, options,
-                              lambda part, t: ctx.output.write_table(f"corpus/part-{part:05d}.parquet", t))
+                              lambda part, t: artifacts.write_table(ctx.output, artifacts.CORPUS, t, part))
     return {**tables.stats, **corpus, **bad.metrics()}
 
 

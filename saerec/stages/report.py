@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from saerec import artifacts
 from saerec import report as rp
 from saerec.config import ReportSection
-from saerec.pipeline import Stage, StageContext, StageError
-from saerec.stages.train_rec import JUDGE_FEATURES, SELECT_METRIC
+from saerec.pipeline import Stage, StageContext
+from saerec.rec.runs import SELECT_METRIC
+from saerec.rec.variants import VARIANTS, label
 
 INPUTS = ("prepare", "embed", "train_sae", "explain", "judge", "train_rec", "evaluate", "sweep")
 WORDS_SHOWN = 8
 EXPLAINED_USERS = 5
-VARIANT_NAMES = {"full": "SAERec (full)", "saerec": "SAERec", "sasrec": "SASRec", "kmeans": "KMeans-Intent",
-                 "random": "random intents (control)"}
 
 
 def _scalars(metrics: dict[str, Any]) -> list[list[Any]]:
@@ -59,10 +59,8 @@ def _sae(doc: rp.Document, ctx: StageContext) -> None:
 
 def _intents(doc: rp.Document, ctx: StageContext, cfg: ReportSection) -> None:
     judge = ctx.input("judge")
-    features = judge.read_table(JUDGE_FEATURES).to_pandas()
-    for column in ("latent", "words", "summary", "kept", "frequency", "detection"):
-        if column not in features:
-            raise StageError(f"report: {judge.uri(JUDGE_FEATURES)} has no column {column!r}")
+    features = artifacts.read_table(judge, artifacts.FEATURES,
+                                    ["latent", "words", "summary", "kept", "frequency", "detection"]).to_pandas()
     kept = features[features["kept"]].sort_values(["frequency", "latent"], ascending=[False, True])
     section = doc.section("Intents")
     section.blocks.append(rp.Table(["metric", "value"], _scalars(judge.metrics),
@@ -75,7 +73,7 @@ def _intents(doc: rp.Document, ctx: StageContext, cfg: ReportSection) -> None:
 
 
 def _main_results(doc: rp.Document, ctx: StageContext) -> None:
-    evaluated = ctx.input("evaluate").read_json("metrics.json")
+    evaluated = artifacts.read_json(ctx.input("evaluate"), artifacts.TEST_METRICS)
     ours: dict[str, dict[str, Any]] = {}
     for variant, info in evaluated["summary"].items():
         seeds = len(info["seeds"])
@@ -84,7 +82,8 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
     metrics = [m for m in rp.MAIN_METRICS if any(m in v for v in ours.values())]
     section = doc.section("Main results")
     demo = ctx.input("prepare").manifest["config"]["data"]["source"] == "demo"
-    section.blocks.append(rp.main_results_table(ours, metrics, with_paper=not demo))
+    paper_rows = {v: VARIANTS[v].paper_row for v in ours if v in VARIANTS}
+    section.blocks.append(rp.main_results_table(ours, metrics, with_paper=not demo, paper_rows=paper_rows))
     section.blocks.append("Our rows are this run's test metrics (mean ± std over seeds when several), each model "
                           "selected on the validation item only. The paper's SASRec row is a SASRec trained with "
                           "one sampled negative; ours uses cross-entropy over all items, a much stronger baseline.")
@@ -108,7 +107,7 @@ def _mean_std_cells(row: dict[str, Any], metrics: list[str]) -> list[Any]:
 
 def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
     sweep = ctx.input("sweep")
-    summary = sweep.read_table("summary.parquet").to_pylist()
+    summary = artifacts.read_table(sweep, artifacts.SWEEP_SUMMARY).to_pylist()
     doc.section("Sweeps").blocks.append(
         f"Ray Tune ran {sweep.metrics.get('trials')} trials ({sweep.metrics.get('seeds')} seed(s) each) in "
         f"{sweep.metrics.get('tune_seconds')} s, after {sweep.metrics.get('upstream_seconds')} s preparing the "
@@ -120,7 +119,7 @@ def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
     ablation = _study(summary, "ablation")
     if ablation:
         section = doc.section("Ablations")
-        labels = [VARIANT_NAMES.get(r["variant"], r["variant"]) for r in ablation]
+        labels = [label(r["variant"]) for r in ablation]
         section.blocks.append(rp.Table(["variant", *metrics],
                                        [[label, *_mean_std_cells(r, metrics)] for label, r in zip(labels, ablation)],
                                        "Each SAERec part removed in turn, and the two baselines, same harness"))
@@ -150,7 +149,7 @@ def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
 
 def _steering(doc: rp.Document, ctx: StageContext) -> None:
     evaluate = ctx.input("evaluate")
-    study = evaluate.read_json("steering.json")
+    study = artifacts.read_json(evaluate, artifacts.STEERING)
     section = doc.section("Steering study")
     if "skipped" in study:
         section.blocks.append(f"Skipped: {study['skipped']}.")
@@ -160,7 +159,7 @@ def _steering(doc: rp.Document, ctx: StageContext) -> None:
                                         for k, v in study.items()],
                                        "Counterfactual steering: intents whose summary matches the query are "
                                        "boosted; flagged = items matching the query in all users' top lists"))
-    recs = evaluate.read_table("recommendations.parquet").slice(0, EXPLAINED_USERS).to_pylist()
+    recs = artifacts.read_table(evaluate, artifacts.RECOMMENDATIONS).slice(0, EXPLAINED_USERS).to_pylist()
     rows = [[r["user"], r["target"], ", ".join(map(str, r["items"][:5])),
              "; ".join(s for s in r["personal_summaries"] if s) or "—",
              "; ".join(s for s in r["public_summaries"] if s) or "—"] for r in recs]
@@ -181,7 +180,7 @@ def _wall_times(doc: rp.Document, ctx: StageContext) -> None:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    cfg: ReportSection = ctx.cfg
+    cfg: ReportSection = ctx.sections["report"]
     doc = rp.Document(f"SAERec run report: {ctx.run_name}")
     _overview(doc, ctx)
     _dataset(doc, ctx)
@@ -193,11 +192,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     _wall_times(doc, ctx)
     html = rp.to_html(doc)
     markdown = rp.to_markdown(doc)
-    ctx.output.write_bytes("report.html", html.encode())
-    ctx.output.write_bytes("report.md", markdown.encode())
+    artifacts.write_text(ctx.output, artifacts.REPORT_HTML, html)
+    artifacts.write_text(ctx.output, artifacts.REPORT_MARKDOWN, markdown)
     figures = sum(isinstance(b, rp.Figure) for s in doc.sections for b in s.blocks)
     return {"sections": len(doc.sections), "figures": figures, "html_bytes": len(html),
-            "markdown_bytes": len(markdown), "report": ctx.output.uri("report.html")}
+            "markdown_bytes": len(markdown), "report": artifacts.REPORT_HTML.uri(ctx.output)}
 
 
 STAGE = Stage(name="report", run=run, inputs=INPUTS, sections=("report",))

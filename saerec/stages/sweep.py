@@ -23,10 +23,14 @@ from typing import Any, get_args, get_type_hints
 import numpy as np
 import torch
 
-from saerec import sweeps
+from ray import tune
+
+from saerec import artifacts, tuning
 from saerec.config import Config, JudgeSection, RunSection, SweepSection
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
-from saerec.stages.train_rec import SELECT_METRIC, SELECTION_KS, read_intent_set, read_sequences, read_text_embeddings
+from saerec.rec.runs import SELECT_METRIC, run_settings
+from saerec.rec.variants import intent_sets, variant
+from saerec.stages import load_stage
 
 UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge")
 SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge")
@@ -35,7 +39,6 @@ SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judg
 REC_KEYS = ("d", "blocks", "heads", "max_len", "dropout", "ema_beta", "lr", "weight_decay", "batch_size",
             "max_epochs", "patience", "k", "kmeans_clusters")
 EVALUATE_KEYS = ("ks", "mask_history")
-SAE_WEIGHTS = "sae.safetensors"
 
 
 class DerivedRunner(Runner):
@@ -83,8 +86,6 @@ def _slug(text: str) -> str:
 
 def _publish_upstream(ctx: StageContext, run_name: str, log: list[str], **sections: Any) -> dict[str, StageInput]:
     """Make sure a derived run's upstream stages are published; returns them as stage inputs."""
-    from saerec.stages import load_stage
-
     base = Runner(_config(ctx, ctx.run_name), ctx.store, log=log.append)
     runner = DerivedRunner(_config(ctx, run_name, **sections), ctx.store, base, log=log.append)
     found = {}
@@ -98,31 +99,15 @@ def _publish_upstream(ctx: StageContext, run_name: str, log: list[str], **sectio
     return found
 
 
-def read_sae_latents(train_sae: StageInput) -> torch.Tensor:
-    """Every SAE latent's encoder direction (F, D): the noIde intent set (no judge filter)."""
-    tensors = train_sae.read_tensors(SAE_WEIGHTS)
-    if "W_enc" not in tensors:
-        raise StageError(f"{train_sae.uri(SAE_WEIGHTS)} has no tensor 'W_enc' (has: {sorted(tensors)})")
-    return tensors["W_enc"].float()
-
-
-def random_like(intents: torch.Tensor, seed: int) -> torch.Tensor:
-    """Gaussian directions with the same count and row norms as ``intents``: no text in them at all."""
-    noise = torch.randn(intents.shape, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.normalize(noise, dim=1) * intents.norm(dim=1, keepdim=True)
-
-
-def _intent_sets(ctx: StageContext, specs: list[sweeps.TrialSpec], log: list[str]) -> dict[str, torch.Tensor]:
+def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], log: list[str]) -> dict[str, torch.Tensor]:
     """Every intent matrix the grid needs, each built from the upstream outputs of its study point."""
-    from saerec.rec.kmeans import kmeans
-
-    cfg: SweepSection = ctx.cfg
+    cfg: SweepSection = ctx.sections["sweep"]
     base_drop = ctx.sections["data"].review_drop
-    judges = {"": ctx.sections["judge"]}
-    judges.update({choice: parse_judge(choice, ctx.sections["judge"], i) for i, choice in enumerate(cfg.judges)})
-    needed = {(s.review_drop, s.judge) for s in specs if s.intents_key is not None}
+    judges = dict({"": ctx.sections["judge"]},
+                  **{choice: parse_judge(choice, ctx.sections["judge"], i) for i, choice in enumerate(cfg.judges)})
+    points = sorted({(s.review_drop, s.judge) for s in specs if s.intents_key is not None})
     intents: dict[str, torch.Tensor] = {}
-    for drop, judge in sorted(needed):
+    for drop, judge in points:
         if drop == base_drop and judge == "":
             inputs = ctx.inputs
         elif drop == base_drop:
@@ -130,47 +115,31 @@ def _intent_sets(ctx: StageContext, specs: list[sweeps.TrialSpec], log: list[str
         else:
             data = dataclasses.replace(ctx.sections["data"], review_drop=drop)
             inputs = _publish_upstream(ctx, f"{ctx.run_name}-drop{round(drop * 100)}", log, data=data)
-        variants = {s.variant for s in specs if (s.review_drop, s.judge) == (drop, judge)}
-        judged = read_intent_set(inputs["judge"])[0]
-        intents[sweeps.intents_key("full", drop, judge)] = judged
-        if "noIde" in variants:
-            intents[sweeps.intents_key("noIde", drop, judge)] = read_sae_latents(inputs["train_sae"])
-        if "random" in variants:
-            intents[sweeps.intents_key("random", drop, judge)] = random_like(judged, ctx.seed)
-        if "kmeans" in variants:
-            texts = read_text_embeddings(inputs["embed"])
-            clusters = ctx.sections["rec"].kmeans_clusters or len(judged)
-            if clusters > len(texts):
-                raise StageError(f"rec.kmeans_clusters={clusters} exceeds the {len(texts)} non-empty corpus texts")
-            intents[sweeps.intents_key("kmeans", drop, judge)] = kmeans(texts, clusters, seed=ctx.seed)[0]
+        needed = {variant(s.variant).intent_set for s in specs if (s.review_drop, s.judge) == (drop, judge)} - {None}
+        try:
+            sets = intent_sets(needed, judged=lambda: artifacts.read_intent_set(inputs["judge"]).vectors,
+                               all_latents=lambda: artifacts.read_sae(inputs["train_sae"]).intent_vectors().detach(),
+                               texts=lambda: artifacts.read_text_embeddings(inputs["embed"]), seed=ctx.seed,
+                               clusters=ctx.sections["rec"].kmeans_clusters)
+        except ValueError as exc:
+            raise StageError(f"sweep: {exc}") from exc
+        for spec in specs:
+            if (spec.review_drop, spec.judge) == (drop, judge) and spec.intents_key is not None:
+                intents[spec.intents_key] = sets[variant(spec.variant).intent_set]
     return intents
 
 
-def _settings(ctx: StageContext) -> sweeps.TrialSettings:
-    cfg: SweepSection = ctx.cfg
-    rec, evaluate = ctx.sections["rec"], ctx.sections["evaluate"]
-    return sweeps.TrialSettings(
-        d=rec.d, blocks=rec.blocks, heads=rec.heads, max_len=rec.max_len, dropout=rec.dropout,
-        ema_beta=rec.ema_beta, lr=rec.lr, weight_decay=rec.weight_decay, batch_size=rec.batch_size,
-        max_epochs=cfg.max_epochs or rec.max_epochs, patience=cfg.patience or rec.patience,
-        ks=tuple(sorted(set(evaluate.ks) | set(SELECTION_KS))), select_metric=SELECT_METRIC,
-        mask_history=evaluate.mask_history, threads=max(1, int(cfg.cpus_per_trial)),
-        use_gpu=cfg.gpus_per_trial > 0, checkpoint_seconds=cfg.checkpoint_seconds)
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
-    from ray import tune
-
-    cfg: SweepSection = ctx.cfg
+    cfg: SweepSection = ctx.sections["sweep"]
     rec = ctx.sections["rec"]
     try:
-        specs = sweeps.build_grid(cfg.ablations, cfg.ks, cfg.review_drops, cfg.judges, cfg.seeds,
+        specs = tuning.build_grid(cfg.ablations, cfg.ks, cfg.review_drops, cfg.judges, cfg.seeds,
                                   default_k=rec.k, default_drop=ctx.sections["data"].review_drop)
     except ValueError as exc:
         raise StageError(str(exc)) from exc
     log: list[str] = []
     start = time.time()
-    _, sequences, n_items = read_sequences(ctx.input("prepare"))
+    sequences = artifacts.read_sequences(ctx.input("prepare"))
     intents = _intent_sets(ctx, specs, log)
     for line in log:
         print(line, flush=True)
@@ -181,13 +150,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     upstream_seconds = time.time() - start
     tune_start = time.time()
 
-    settings = _settings(ctx)
-    data = sweeps.SweepData(sequences=sequences, n_items=n_items, intents=intents)
+    settings = run_settings(rec, ctx.sections["evaluate"], cfg.max_epochs, cfg.patience)
+    data = tuning.SweepData(sequences=sequences.sequences, n_items=sequences.n_items, intents=intents)
     resources = {"cpu": cfg.cpus_per_trial, **({"gpu": cfg.gpus_per_trial} if cfg.gpus_per_trial else {})}
     storage_path, filesystem = ctx.train_storage()
-    states = sweeps.TrialStates(filesystem, posixpath.join(storage_path, "trial_states"))
-    trainable = tune.with_parameters(sweeps.train_trial, data=data, settings=settings, states=states)
-    outcome = sweeps.run_sweep(trainable, specs, storage_path=storage_path, storage_filesystem=filesystem,
+    states = tuning.TrialStates(filesystem, posixpath.join(storage_path, "trial_states"))
+    trainable = tune.with_parameters(tuning.train_trial, data=data, settings=settings, states=states,
+                                     resources=tuning.TrialResources(threads=max(1, int(cfg.cpus_per_trial)),
+                                                                     use_gpu=cfg.gpus_per_trial > 0))
+    outcome = tuning.run_sweep(trainable, specs, storage_path=storage_path, storage_filesystem=filesystem,
                                name="sweep", concurrency=cfg.concurrency, resources=resources,
                                max_failures=cfg.max_failures)
     if outcome.failed:
@@ -195,11 +166,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                            for trial, error in outcome.failed[:5])
         raise StageError(f"sweep: {len(outcome.failed)} of {len(specs)} trials failed after "
                          f"{cfg.max_failures} retries ({listed}); re-run the job to retry them from their saved state")
-    results = sweeps.results_table(outcome.rows, settings.ks)
-    summary = sweeps.summary_table(results, settings.ks)
-    ctx.output.write_table("results.parquet", results)
-    ctx.output.write_table("summary.parquet", summary)
-    ctx.output.write_json("results.json", {"trials": results.to_pylist(), "summary": summary.to_pylist(),
+    results = tuning.results_table(outcome.rows, settings.ks)
+    summary = tuning.summary_table(results, settings.ks)
+    artifacts.write_table(ctx.output, artifacts.SWEEP_RESULTS, results)
+    artifacts.write_table(ctx.output, artifacts.SWEEP_SUMMARY, summary)
+    artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"trials": results.to_pylist(), "summary": summary.to_pylist(),
                                            "upstream": log, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
     best = max(summary.to_pylist(), key=lambda r: r[f"test_{SELECT_METRIC}_mean"])
     return {"trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),

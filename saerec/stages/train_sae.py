@@ -9,9 +9,9 @@ storage, which is keyed by the stage fingerprint: running the stage again after 
 those checkpoints and resumes from the latest one. A last pass over the corpus with the final
 model gives the corpus-level FVU, L0, dead % and each latent's activation frequency.
 
-Outputs: ``sae.safetensors`` (state dict), ``sae_config.json`` (model config, for
-``TopKSAE.from_config``, plus the training settings), ``latent_frequency.parquet``
-(``schemas.LATENT_FREQUENCY``) and ``metrics.json`` (per-epoch history and final metrics).
+Outputs (see ``saerec.artifacts``): ``SAE_WEIGHTS`` and ``SAE_CONFIG`` (what
+``TopKSAE.from_saved`` loads, plus the training settings), ``LATENT_FREQUENCY`` and
+``SAE_METRICS`` (per-epoch history and final metrics).
 """
 from __future__ import annotations
 
@@ -27,16 +27,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from saerec import schemas
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.data import ExecutionOptions
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load, save_file
+
+from saerec import artifacts, schemas
 from saerec.config import SaeSection
 from saerec.pipeline import Stage, StageContext, StageError
+from saerec.sae import (TopKSAE, TrainState, build_optimizer, checkpoint_state, default_lr, evaluate,
+                        load_checkpoint_state, num_latents, train_epoch)
+from saerec.sae.model import geometric_median
+from saerec.sae.training import unwrap
 
-EMBEDDINGS_DIR = "embeddings"
 PRE_BIAS_SAMPLE = 8192
 SHUFFLE_BUFFER_BATCHES = 4
 TRAINING_FILE = "training.pt"
 PROGRESS_FILE = "progress.json"
-WEIGHTS_FILE = "sae.safetensors"
+WEIGHTS_FILE = "sae.safetensors"  # inside a Ray Train checkpoint, not a published artifact
 COUNTS_FILE = "activation_counts.safetensors"
 
 
@@ -57,8 +69,6 @@ class SaeRun:
 
 def resolve_run(cfg: SaeSection, d_in: int, n_texts: int, seed: int) -> SaeRun:
     """Turn the config section and the corpus size into concrete SAE settings."""
-    from saerec.sae import default_lr, num_latents
-
     n_latents = cfg.n_latents or num_latents(n_texts)
     if cfg.k > n_latents:
         raise StageError(f"sae.k={cfg.k} exceeds the number of latents {n_latents} (sae.n_latents)")
@@ -100,8 +110,6 @@ def embedding_dataset(path: str, filesystem: Any):
 
     Block order is preserved so a resumed run sees the same batches as an uninterrupted one.
     """
-    import ray
-
     ds = ray.data.read_parquet(path, filesystem=filesystem, columns=["vector", "tokens"])
     ds = ds.map_batches(vector_matrix, batch_format="pyarrow", batch_size=None)
     ds.context.execution_options.preserve_order = True
@@ -115,10 +123,6 @@ def pre_bias_from_sample(ds, method: str) -> list[float] | None:
     """b_pre from the first PRE_BIAS_SAMPLE embeddings (a bounded take, never the corpus)."""
     if method == "zero":
         return None
-    import torch
-
-    from saerec.sae.model import geometric_median
-
     sample = torch.tensor(ds.take_batch(PRE_BIAS_SAMPLE, batch_format="numpy")["vector"])
     centre = geometric_median(sample.float()) if method == "geometric_median" else sample.float().mean(0)
     return centre.tolist()
@@ -129,12 +133,6 @@ def pre_bias_from_sample(ds, method: str) -> list[float] | None:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Per-worker loop: resume if a checkpoint exists, train, checkpoint every epoch, evaluate."""
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from saerec.sae import TopKSAE, TrainState, build_optimizer, evaluate, load_checkpoint_state, train_epoch
-
     run = SaeRun(**config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -193,8 +191,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def epoch_order(n_rows: int, seed: int, epoch: int):
     """The row permutation of a cached shard in one epoch (CPU generator: the same on any device)."""
-    import torch
-
     return torch.randperm(n_rows, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
 
 
@@ -209,16 +205,12 @@ class ShardFeed:
     """
 
     def __init__(self, shard, run: SaeRun, device) -> None:
-        import torch
-
         self.shard = shard
         self.run = run
         self.device = device
         self.cached = torch.cat(list(self._stream(None))) if run.cache_shard else None
 
     def _stream(self, epoch: int | None):
-        import torch
-
         shuffle = {} if epoch is None else {
             "local_shuffle_buffer_size": self.run.batch_size * SHUFFLE_BUFFER_BATCHES,
             "local_shuffle_seed": self._seed(epoch),
@@ -245,15 +237,11 @@ class ShardFeed:
 
 
 def _all_reduce(tensor):
-    import torch.distributed as dist
-
     dist.all_reduce(tensor)
     return tensor
 
 
 def _peak_memory_mb(device) -> float:
-    import torch
-
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -265,13 +253,6 @@ def _report(rank: int, metrics: dict[str, Any], model, optimizer, state, history
 
     Uploads are synchronous: once an epoch's report returns, a crash can only lose later epochs.
     """
-    import ray.train
-    import torch
-    from safetensors.torch import save_file
-
-    from saerec.sae import checkpoint_state
-    from saerec.sae.training import unwrap
-
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool, str))}
     if rank != 0 or not with_checkpoint:
         ray.train.report(scalars)
@@ -294,17 +275,13 @@ def _report(rank: int, metrics: dict[str, Any], model, optimizer, state, history
 # -- on the driver ---------------------------------------------------------------------------------
 
 
-def fit(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, name: str, num_workers: int,
+def train_on_ray(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, name: str, num_workers: int,
         use_gpu: bool, max_failures: int = 0):
     """Train on ``ds`` with Ray Train; resumes from the checkpoints under (storage_path, name).
 
     A worker that dies mid-run makes Ray Train restart the worker group up to ``max_failures``
     times, each restart resuming from the last checkpoint.
     """
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
-
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=asdict(run),
@@ -327,8 +304,6 @@ def fit(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, name: str, 
 
 def read_final(checkpoint) -> tuple[dict[str, Any], Any, Any]:
     """(progress, state dict, activation counts) from the final checkpoint, file by file."""
-    from safetensors.torch import load
-
     fs, root = checkpoint.filesystem, checkpoint.path
 
     def read(name: str) -> bytes:
@@ -342,7 +317,7 @@ def read_final(checkpoint) -> tuple[dict[str, Any], Any, Any]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    cfg: SaeSection = ctx.cfg
+    cfg: SaeSection = ctx.sections["sae"]
     embed = ctx.input("embed")
     texts = int(embed.metrics.get("texts", 0)) - int(embed.metrics.get("empty_texts", 0))
     d_in = int(embed.metrics.get("dim", 0))
@@ -350,26 +325,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise StageError(f"train_sae: the embed output at {embed.uri()} reports {texts} non-empty texts of "
                          f"dimension {d_in}; nothing to train on")
     spec = resolve_run(cfg, d_in, texts, ctx.seed)
-    ds = embedding_dataset(embed.path(EMBEDDINGS_DIR), ctx.store.fs)
+    ds = embedding_dataset(artifacts.EMBEDDINGS.path(embed), ctx.store.fs)
     spec = SaeRun(**{**asdict(spec), "pre_bias": pre_bias_from_sample(ds, cfg.pre_bias)})
 
     storage_path, storage_fs = ctx.train_storage()
     start = time.perf_counter()
-    result = fit(ds, spec, storage_path, storage_fs, ctx.stage, cfg.num_workers, cfg.use_gpu, cfg.max_failures)
+    result = train_on_ray(ds, spec, storage_path, storage_fs, ctx.stage, cfg.num_workers, cfg.use_gpu, cfg.max_failures)
     wall = time.perf_counter() - start
     progress, weights, counts = read_final(result.checkpoint)
 
-    ctx.output.write_tensors(WEIGHTS_FILE, weights)
-    ctx.output.write_json("sae_config.json", {"model": spec.model, "training": {
+    artifacts.write_sae(ctx.output, spec.model, weights, {
         k: v for k, v in asdict(spec).items() if k not in ("model", "pre_bias")} | {
-        "variant": cfg.variant, "pre_bias": cfg.pre_bias, "texts": texts, "num_workers": cfg.num_workers}})
+        "variant": cfg.variant, "pre_bias": cfg.pre_bias, "texts": texts, "num_workers": cfg.num_workers})
     n = int(progress["final"]["n_samples"])
-    ctx.output.write_table("latent_frequency.parquet", pa.table({
+    artifacts.write_table(ctx.output, artifacts.LATENT_FREQUENCY, pa.table({
         "latent": pa.array(np.arange(len(counts), dtype=np.int32)),
         "count": pa.array(counts.numpy().astype(np.int64)),
         "frequency": pa.array(counts.numpy() / n, pa.float64()),
     }, schema=schemas.LATENT_FREQUENCY))
-    ctx.output.write_json("metrics.json", progress)
+    artifacts.write_json(ctx.output, artifacts.SAE_METRICS, progress)
 
     final, history = progress["final"], progress["history"]
     trained = sum(epoch["n_samples"] for epoch in history if epoch["epoch"] > progress["resumed_from_epoch"])

@@ -12,6 +12,9 @@ rerun trial (after a killed driver, a killed worker or a lost node) continues fr
 saved epoch. Tune's own checkpoints are not used: after a killed driver its experiment state
 can name a checkpoint that checkpoint rotation has already deleted, which fails the restore.
 
+A trial trains through ``saerec.rec.runs.train_run``, the same path as train_rec, with the same
+``RunSettings``; only the trial's k differs per study point.
+
 Nothing here knows about the run's storage layout: the caller passes paths and a pyarrow filesystem.
 """
 from __future__ import annotations
@@ -19,15 +22,20 @@ from __future__ import annotations
 import dataclasses
 import io
 import posixpath
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import torch
+from ray import tune
 
-VARIANTS = ("full", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec")
+from saerec.rec import evaluate, leave_one_out
+from saerec.rec.runs import RunSettings, train_run, with_k
+from saerec.rec.variants import FULL_MODEL, NAMES, variant
+from saerec.schemas import sweep_results_schema
+
 STUDIES = ("ablation", "sensitivity", "robustness", "judge")
 
 
@@ -53,19 +61,12 @@ class TrialSpec:
         return intents_key(self.variant, self.review_drop, self.judge)
 
 
-def intents_key(variant: str, review_drop: float, judge: str) -> str | None:
-    """The intent set a variant reads: judged SAE latents, all SAE latents (noIde), k-means
-    centroids, or random vectors shaped like the judged set (the control: does the text matter?)."""
-    drop = f"drop{round(review_drop * 100)}"
-    if variant == "sasrec":
+def intents_key(name: str, review_drop: float, judge: str) -> str | None:
+    """The key of the intent matrix a variant reads at a study point (None: it reads none)."""
+    intent_set = variant(name).intent_set
+    if intent_set is None:
         return None
-    if variant == "kmeans":
-        return f"kmeans@{drop}"
-    if variant == "noIde":
-        return f"all@{drop}"
-    if variant == "random":
-        return f"random@{drop}@{judge or 'configured'}"
-    return f"judged@{drop}@{judge or 'configured'}"
+    return f"{intent_set}@drop{round(review_drop * 100)}@{judge or 'configured'}"
 
 
 def build_grid(variants: Sequence[str], ks: Sequence[int], review_drops: Sequence[float],
@@ -79,9 +80,9 @@ def build_grid(variants: Sequence[str], ks: Sequence[int], review_drops: Sequenc
     an empty one turns that study off. The judge study always holds the configured judge
     (``""``) beside the listed alternatives.
     """
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in NAMES]
     if unknown:
-        raise ValueError(f"sweep.ablations: unknown variant {unknown[0]!r}; allowed: {', '.join(VARIANTS)}")
+        raise ValueError(f"sweep.ablations: unknown variant {unknown[0]!r}; allowed: {', '.join(NAMES)}")
     if not seeds:
         raise ValueError("sweep.seeds must list at least one seed")
     points: dict[tuple, list[str]] = {}
@@ -95,11 +96,11 @@ def build_grid(variants: Sequence[str], ks: Sequence[int], review_drops: Sequenc
     for variant in variants:
         add("ablation", variant, default_k, default_drop, "")
     for k in sorted(set(ks) | {default_k}) if ks else []:
-        add("sensitivity", "full", k, default_drop, "")
+        add("sensitivity", FULL_MODEL, k, default_drop, "")
     for drop in sorted(set(review_drops) | {default_drop}) if review_drops else []:
-        add("robustness", "full", default_k, drop, "")
+        add("robustness", FULL_MODEL, default_k, drop, "")
     for judge in ["", *judges]:
-        add("judge", "full", default_k, default_drop, judge)
+        add("judge", FULL_MODEL, default_k, default_drop, judge)
     return [TrialSpec(*key, studies=tuple(studies)) for key, studies in points.items()]
 
 
@@ -113,30 +114,11 @@ class SweepData:
 
 
 @dataclass(frozen=True)
-class TrialSettings:
-    """The recommender and optimisation settings shared by all trials.
+class TrialResources:
+    """How a trial runs (not what it computes): its torch threads and whether it uses a GPU."""
 
-    A trial saves its state after an epoch once ``checkpoint_seconds`` have passed since its last
-    save: a killed trial loses at most that much work, and fast epochs do not flood storage.
-    """
-
-    d: int = 64
-    blocks: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.5
-    ema_beta: float = 0.9
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    max_epochs: int = 200
-    patience: int = 20
-    ks: tuple[int, ...] = (5, 10, 20)
-    select_metric: str = "ndcg@20"
-    mask_history: bool = True
     threads: int = 1
     use_gpu: bool = False
-    checkpoint_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -150,8 +132,6 @@ class TrialStates:
         return posixpath.join(self.directory, f"{trial_id}.pt")
 
     def load(self, trial_id: str) -> dict[str, Any] | None:
-        import pyarrow.fs as pafs
-
         path = self.path(trial_id)
         if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
             return None
@@ -169,61 +149,35 @@ class TrialStates:
         self.filesystem.move(f"{path}.partial", path)
 
 
-def build_model(spec: TrialSpec, data: SweepData, settings: TrialSettings) -> torch.nn.Module:
-    """The variant's model: SASRec, or SAERec over its intent set with the ablation switches."""
-    from saerec.rec import EncoderConfig, IntentConfig, SAERec, SASRec, intent_config_for
-
-    enc = EncoderConfig(n_items=data.n_items, d=settings.d, blocks=settings.blocks, heads=settings.heads,
-                        max_len=settings.max_len, dropout=settings.dropout)
-    key = spec.intents_key
-    if key is None:
-        return SASRec(enc)
-    if key not in data.intents:
-        raise KeyError(f"trial {spec.trial_id}: intent set {key!r} was not provided")
-    if spec.variant in ("kmeans", "noIde", "random"):
-        icfg = IntentConfig(k=spec.k, ema_beta=settings.ema_beta)
-    else:
-        icfg = intent_config_for(spec.variant, spec.k, settings.ema_beta)
-    return SAERec(enc, data.intents[key], icfg)
-
-
-def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings, states: TrialStates) -> None:
-    """Tune function trainable: fit one variant (resuming from its saved state), then test once."""
-    from ray import tune
-
-    from saerec.rec import FitConfig, final_test, fit, leave_one_out
-    from saerec.rec.training import seed_everything
-
+def train_trial(config: dict[str, Any], data: SweepData, settings: RunSettings, states: TrialStates,
+                resources: TrialResources = TrialResources()) -> None:
+    """Tune function trainable: train one variant (resuming from its saved state), then test once."""
     spec = TrialSpec(**config["trial"])
-    torch.set_num_threads(settings.threads)
-    device = "cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(resources.threads)
+    device = "cuda" if resources.use_gpu and torch.cuda.is_available() else "cpu"
+    settings = with_k(settings, spec.k)
     split = leave_one_out(data.sequences, data.n_items, settings.max_len)
-    seed_everything(spec.seed)
-    model = build_model(spec, data, settings).to(device)
-    fit_cfg = FitConfig(lr=settings.lr, weight_decay=settings.weight_decay, batch_size=settings.batch_size,
-                        max_epochs=settings.max_epochs, patience=settings.patience,
-                        select_metric=settings.select_metric, ks=settings.ks,
-                        mask_history=settings.mask_history, seed=spec.seed)
+    intents = None if spec.intents_key is None else data.intents.get(spec.intents_key)
+    if spec.intents_key is not None and intents is None:
+        raise KeyError(f"trial {spec.trial_id}: intent set {spec.intents_key!r} was not provided")
     resume = states.load(spec.trial_id)
-    resumed_from = resume["epoch"] if resume else 0
-    last_saved = time.monotonic()
 
-    def on_epoch(state: Any, snapshot: dict[str, Any]) -> None:
-        nonlocal last_saved
-        if time.monotonic() - last_saved >= settings.checkpoint_seconds:
+    def on_epoch(metrics: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        if snapshot is not None:
             states.save(spec.trial_id, snapshot)
-            last_saved = time.monotonic()
-        tune.report({"done": False, **state.history[-1]})
+        tune.report({"done": False, **metrics})
 
-    result = fit(model, split, fit_cfg, settings.max_len, device=device, resume=resume, on_epoch=on_epoch)
-    test = final_test(model, result, split, settings.ks, settings.mask_history, device=device)
+    trained = train_run(spec.variant, spec.seed, settings, split, intents, n_items=data.n_items, device=device,
+                        resume=resume, on_epoch=on_epoch)
+    result = trained.result
+    test = evaluate(trained.model, split.test, settings.ks, settings.mask_history, device=device)
     tune.report({
         "done": True,
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
-        "resumed_from_epoch": resumed_from,
+        "resumed_from_epoch": resume["epoch"] if resume else 0,
         "train_seconds": float(sum(h["train_seconds"] for h in result.history)),
-        "n_intents": int(getattr(model, "n_intents", 0)),
+        "n_intents": int(getattr(trained.model, "n_intents", 0)),
         **{f"valid_{k}": v for k, v in result.best_valid.items()},
         **{f"test_{k}": v for k, v in test.items()},
     })
@@ -232,8 +186,6 @@ def train_trial(config: dict[str, Any], data: SweepData, settings: TrialSettings
 def trial_progress(total: int) -> Any:
     """A Tune callback printing one line per finished or failed trial: Tune's own reporter is
     off (``verbose=0``) because its status tables bury the job's stage lines."""
-    from ray import tune
-
     class TrialProgress(tune.Callback):
         def __init__(self) -> None:
             self.finished = 0
@@ -270,8 +222,6 @@ def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, sto
     each retry resuming from the trial's saved state; one that still fails is reported in
     ``failed``, not silently dropped.
     """
-    from ray import tune
-
     experiment = posixpath.join(storage_path, name)
     wrapped = tune.with_resources(trainable, resources)
     restored = tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem)
@@ -303,8 +253,6 @@ def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, sto
 
 def results_table(rows: Sequence[dict[str, Any]], ks: Sequence[int]) -> pa.Table:
     """One row per trial, sorted by trial id, with the valid score used for selection and every test metric."""
-    from saerec.schemas import sweep_results_schema
-
     schema = sweep_results_schema(ks)
     ordered = sorted(rows, key=lambda r: r["trial_id"])
     return pa.table({name: [r[name] for r in ordered] for name in schema.names}, schema=schema)
@@ -337,5 +285,6 @@ def _identity(spec: TrialSpec) -> dict[str, Any]:
 
 def _study_order(key: tuple) -> tuple:
     study, variant, k, drop, judge = key
-    return (STUDIES.index(study), VARIANTS.index(variant), k, drop, judge)
+    order = NAMES.index(variant) if variant in NAMES else len(NAMES)
+    return (STUDIES.index(study), order, k, drop, judge)
 

@@ -1,0 +1,331 @@
+"""The storage layout: every published output of every stage, with its schema, reader and writer.
+
+This is the one module that knows file names. A stage reads its inputs and writes its outputs only
+through the functions here, so the writer and every reader of a file cannot disagree on its name,
+its schema or what a valid one looks like. Paths are relative to a stage's published attempt
+folder (``StageFiles``); a name ending in ``/`` is a folder of Parquet parts.
+
+Models own their persistence (a config plus a safetensors state dict); the readers here hand
+back models, never raw weight tensors picked by key.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from saerec import schemas
+from saerec.pipeline import StageError, StageFiles
+from saerec.rec.variants import restore_model
+from saerec.sae.model import TopKSAE
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One published output: the stage that writes it, its name in the attempt folder, its schema."""
+
+    stage: str
+    name: str
+    about: str
+    schema: pa.Schema | None = None
+
+    def path(self, files: StageFiles) -> str:
+        return files.path(self.name.rstrip("/"))
+
+    def under(self, directory: str) -> str:
+        """The artifact's path in an attempt folder given as a plain filesystem path."""
+        return posixpath.join(directory, self.name.rstrip("/"))
+
+    def uri(self, files: StageFiles) -> str:
+        return files.uri(self.name.rstrip("/"))
+
+    def exists(self, files: StageFiles) -> bool:
+        return files.store.exists(self.path(files))
+
+
+INTERACTIONS = Artifact("prepare", "interactions.parquet", "one row per kept interaction, with its split",
+                        schemas.INTERACTIONS)
+USERS = Artifact("prepare", "users.parquet", "user id -> raw id", schemas.USERS)
+ITEMS = Artifact("prepare", "items.parquet", "item id -> raw id and description", schemas.ITEMS)
+CORPUS = Artifact("prepare", "corpus/", "the training-only text corpus, in parts", schemas.CORPUS)
+PLANTED = Artifact("prepare", "planted_intents.json", "demo only: the planted intents and their words")
+EMBEDDINGS = Artifact("embed", "embeddings/", "one vector per corpus text (text_id, vector, tokens, truncated)")
+VOCABULARY = Artifact("embed", "vocabulary/", "the candidate words and their vectors (word, count, vector)")
+SAE_WEIGHTS = Artifact("train_sae", "sae.safetensors", "the SAE's state dict")
+SAE_CONFIG = Artifact("train_sae", "sae_config.json", "the SAE's constructor config and training settings")
+LATENT_FREQUENCY = Artifact("train_sae", "latent_frequency.parquet", "each latent's firing count and frequency",
+                            schemas.LATENT_FREQUENCY)
+SAE_METRICS = Artifact("train_sae", "metrics.json", "per-epoch history and final SAE metrics")
+LATENTS = Artifact("explain", "latents.parquet", "per latent: words, frequency, top and random texts",
+                   schemas.EXPLAINED_LATENTS)
+PLANTED_RECOVERY = Artifact("explain", "planted_recovery.json", "demo only: planted intents among all latents")
+FEATURES = Artifact("judge", "features.parquet", "per latent: summary, verdict, kept, detection",
+                    schemas.JUDGED_FEATURES)
+INTENTS = Artifact("judge", "intents.safetensors", "the kept latents' vectors and ids (summaries, words in metadata)")
+MODELS = Artifact("train_rec", "models/", "one safetensors file per (variant, seed), the spec in its metadata")
+INTENT_SETS = Artifact("train_rec", "intent_sets.safetensors", "the intent matrices the trained variants read")
+RUNS = Artifact("train_rec", "runs.json", "per run: spec, selected epoch, valid metrics, epoch times")
+TEST_METRICS = Artifact("evaluate", "metrics.json", "test metrics per run and mean ± std per variant")
+RECOMMENDATIONS = Artifact("evaluate", "recommendations.parquet", "per test user: top-N, target, intents",
+                           schemas.RECOMMENDATIONS)
+STEERING = Artifact("evaluate", "steering.json", "the steering study")
+SWEEP_RESULTS = Artifact("sweep", "results.parquet", "one row per trial")
+SWEEP_SUMMARY = Artifact("sweep", "summary.parquet", "mean and std over seeds per study point")
+SWEEP_JSON = Artifact("sweep", "results.json", "both tables, plus where each study point's inputs came from")
+REPORT_HTML = Artifact("report", "report.html", "the self-contained report")
+REPORT_MARKDOWN = Artifact("report", "report.md", "the same report in Markdown")
+
+LAYOUT: tuple[Artifact, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Artifact))
+
+
+def _fail(art: Artifact, files: StageFiles, problem: str) -> StageError:
+    return StageError(f"{art.uri(files)}: {problem}")
+
+
+def write_table(files: StageFiles, art: Artifact, table: pa.Table, part: int | None = None) -> None:
+    """Write a table (or one part of a folder artifact), checking it against the declared schema."""
+    if art.schema is not None and not table.schema.equals(art.schema):
+        raise StageError(f"{art.stage} produced {art.name} with schema {table.schema}, expected {art.schema}")
+    name = art.name if part is None else f"{art.name}part-{part:05d}.parquet"
+    files.write_table(name, table)
+
+
+def read_table(files: StageFiles, art: Artifact, columns: list[str] | None = None) -> pa.Table:
+    """A published table, naming the file and the column when one the reader needs is missing."""
+    table = files.read_table(art.name.rstrip("/"))
+    missing = [c for c in columns or () if c not in table.column_names]
+    if missing:
+        raise _fail(art, files, f"has no column {missing[0]!r} (has: {', '.join(table.column_names)})")
+    return table.select(columns) if columns else table
+
+
+def write_json(files: StageFiles, art: Artifact, obj: Any) -> None:
+    files.write_json(art.name, obj)
+
+
+def read_json(files: StageFiles, art: Artifact) -> Any:
+    return files.read_json(art.name)
+
+
+def write_text(files: StageFiles, art: Artifact, text: str) -> None:
+    files.write_bytes(art.name, text.encode())
+
+
+def dataset(files: StageFiles, art: Artifact) -> pads.Dataset:
+    """A folder artifact as a pyarrow dataset, for streaming it in batches."""
+    return pads.dataset(art.path(files), filesystem=files.store.fs, format="parquet")
+
+
+def _tensors(files: StageFiles, art: Artifact, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    data = files.read_bytes(name or art.name)
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return load_tensors(data), header.get("__metadata__", {})
+
+
+def _write_tensors(files: StageFiles, name: str, tensors: dict[str, torch.Tensor],
+                   metadata: dict[str, str] | None = None) -> None:
+    files.write_bytes(name, save_tensors({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+# -- prepare ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sequences:
+    """Every user's chronological items (ids from 1), the number of items, and the user ids."""
+
+    users: np.ndarray
+    sequences: list[np.ndarray]
+    n_items: int
+
+
+def read_sequences(prepare: StageFiles) -> Sequences:
+    """The users' item sequences from prepare's interactions.
+
+    prepare's ``split`` column must be the strict leave-one-out (valid = second-to-last, test =
+    last) that the recommender stages rebuild from the order; a disagreement would mean two
+    protocols, so it stops the stage.
+    """
+    table = read_table(prepare, INTERACTIONS, ["user", "item", "position", "split"]).to_pandas()
+    n_items = int(read_table(prepare, ITEMS, ["item"]).column("item").to_numpy().max())
+    table = table.sort_values(["user", "position"], kind="stable")
+    users, starts = np.unique(table["user"].to_numpy(), return_index=True)
+    items = np.split(table["item"].to_numpy().astype(np.int64), starts[1:])
+    splits = np.split(table["split"].to_numpy(), starts[1:])
+    for user, labels in zip(users, splits):
+        expected = ["train"] * max(len(labels) - 2, 0) + ["valid", "test"][-min(len(labels), 2):]
+        if len(labels) >= 3 and list(labels) != expected:
+            raise _fail(INTERACTIONS, prepare, f"the split of user {user} is {list(labels)}; expected valid = "
+                                               "second-to-last and test = last interaction")
+    return Sequences(users=users, sequences=items, n_items=n_items)
+
+
+def read_item_texts(prepare: StageFiles, n_items: int) -> list[str | None]:
+    """Item descriptions by position (item id - 1); ``None`` where an item has none."""
+    items = read_table(prepare, ITEMS, ["item", "text"])
+    texts: list[str | None] = [None] * n_items
+    for item, text in zip(items.column("item").to_pylist(), items.column("text").to_pylist()):
+        texts[int(item) - 1] = text
+    return texts
+
+
+def read_corpus_texts(prepare: StageFiles, text_ids: np.ndarray) -> dict[int, str]:
+    """Corpus texts by id, reading only the rows asked for."""
+    if len(text_ids) == 0:
+        return {}
+    wanted = pa.array(np.unique(text_ids), pa.int64())
+    table = dataset(prepare, CORPUS).to_table(columns=["text_id", "text"], filter=pc.field("text_id").isin(wanted))
+    return dict(zip(table.column("text_id").to_pylist(), table.column("text").to_pylist()))
+
+
+def read_planted(prepare: StageFiles) -> list[dict[str, Any]] | None:
+    """The demo's planted intents ([{name, words}]), or None for real data."""
+    return read_json(prepare, PLANTED) if PLANTED.exists(prepare) else None
+
+
+# -- embed -----------------------------------------------------------------------------------------
+
+def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    vectors = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return vectors.flatten().to_numpy().reshape(len(vectors), -1)
+
+
+def read_vocabulary(embed: StageFiles) -> tuple[list[str], np.ndarray]:
+    """The candidate words and their vectors (V, D) float32."""
+    table = read_table(embed, VOCABULARY, ["word", "vector"])
+    if table.num_rows == 0:
+        raise _fail(VOCABULARY, embed, "is empty")
+    return table.column("word").to_pylist(), _matrix(table.column("vector")).astype(np.float32)
+
+
+def read_text_embeddings(embed: StageFiles) -> torch.Tensor:
+    """Every non-empty corpus text's embedding (empty texts are all-zero and carry no intent)."""
+    table = read_table(embed, EMBEDDINGS, ["vector", "tokens"])
+    matrix = _matrix(table.column("vector"))
+    return torch.from_numpy(np.ascontiguousarray(matrix[table.column("tokens").to_numpy() > 0], dtype=np.float32))
+
+
+# -- train_sae -------------------------------------------------------------------------------------
+
+def write_sae(files: StageFiles, model_config: dict[str, Any], state: dict[str, torch.Tensor],
+              training: dict[str, Any]) -> None:
+    _write_tensors(files, SAE_WEIGHTS.name, state)
+    write_json(files, SAE_CONFIG, {"model": model_config, "training": training})
+
+
+def read_sae_files(train_sae: StageFiles) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(model config, state dict): what ``TopKSAE.from_saved`` takes, in a form that travels to a Ray task."""
+    try:
+        config = read_json(train_sae, SAE_CONFIG)["model"]
+        state = _tensors(train_sae, SAE_WEIGHTS)[0]
+    except (KeyError, OSError, ValueError) as exc:
+        raise StageError(f"cannot read the SAE under {train_sae.uri()}: {exc}") from exc
+    return config, state
+
+
+def read_sae(train_sae: StageFiles) -> TopKSAE:
+    config, state = read_sae_files(train_sae)
+    try:
+        return TopKSAE.from_saved(config, state)
+    except (KeyError, RuntimeError) as exc:
+        raise _fail(SAE_WEIGHTS, train_sae, f"does not load into the SAE of {SAE_CONFIG.name}: {exc}") from exc
+
+
+# -- judge -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IntentSet:
+    """The kept intents: their vectors (n, D), SAE latent ids, summaries and top words."""
+
+    vectors: torch.Tensor
+    latents: np.ndarray
+    summaries: list[str | None]
+    words: list[list[str]]
+
+
+def write_intent_set(files: StageFiles, intents: IntentSet) -> None:
+    _write_tensors(files, INTENTS.name, {"vectors": intents.vectors.float(),
+                                         "latents": torch.as_tensor(intents.latents, dtype=torch.long)},
+                   metadata={"summaries": json.dumps(intents.summaries), "words": json.dumps(intents.words)})
+
+
+def read_intent_set(judge: StageFiles) -> IntentSet:
+    try:
+        tensors, metadata = _tensors(judge, INTENTS)
+    except Exception as exc:
+        raise _fail(INTENTS, judge, f"cannot be read: {exc}") from exc
+    for key in ("vectors", "latents"):
+        if key not in tensors:
+            raise _fail(INTENTS, judge, f"has no tensor {key!r} (has: {sorted(tensors)})")
+    vectors, latents = tensors["vectors"].float(), tensors["latents"].long().numpy()
+    if vectors.dim() != 2 or len(vectors) != len(latents) or len(vectors) == 0:
+        raise _fail(INTENTS, judge, f"expected vectors (n>0, D) and n latent ids, got {tuple(vectors.shape)} "
+                                    f"and {len(latents)}")
+    summaries = json.loads(metadata.get("summaries", "null")) or [None] * len(latents)
+    words = json.loads(metadata.get("words", "null")) or [[] for _ in latents]
+    return IntentSet(vectors=vectors, latents=latents, summaries=summaries, words=words)
+
+
+def read_summaries(judge: StageFiles) -> dict[int, str]:
+    """SAE latent id -> the judge's summary (missing summaries are simply absent)."""
+    table = read_table(judge, FEATURES, ["latent", "summary"])
+    return {int(k): s for k, s in zip(table.column("latent").to_pylist(), table.column("summary").to_pylist())
+            if s is not None}
+
+
+# -- train_rec -------------------------------------------------------------------------------------
+
+def model_file(run_name: str) -> str:
+    return f"{MODELS.name}{run_name}.safetensors"
+
+
+def write_model(files: StageFiles, run_name: str, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """A trained model's selected weights, with its spec in the file's metadata; returns the file name."""
+    name = model_file(run_name)
+    _write_tensors(files, name, state, metadata={"spec": json.dumps(spec)})
+    return name
+
+
+def read_model(train_rec: StageFiles, run: dict[str, Any]) -> nn.Module:
+    """A run's model rebuilt from its spec with its selected weights (intent buffers included)."""
+    state = _tensors(train_rec, MODELS, run["model_file"])[0]
+    try:
+        return restore_model(run["spec"], state)
+    except (ValueError, RuntimeError) as exc:
+        raise StageError(f"{train_rec.uri(run['model_file'])}: {exc}") from exc
+
+
+def write_intent_sets(files: StageFiles, sets: dict[str, torch.Tensor], judged_latents: np.ndarray | None) -> None:
+    tensors = dict(sets)
+    if judged_latents is not None:
+        tensors["judged_latents"] = torch.as_tensor(judged_latents, dtype=torch.long)
+    if tensors:
+        _write_tensors(files, INTENT_SETS.name, tensors)
+
+
+def read_judged_latents(train_rec: StageFiles) -> np.ndarray:
+    """The SAE latent ids of the judged intent set a run was trained on (row i = intent i)."""
+    tensors = _tensors(train_rec, INTENT_SETS)[0]
+    if "judged_latents" not in tensors:
+        raise _fail(INTENT_SETS, train_rec, "holds no judged intent set")
+    return tensors["judged_latents"].numpy()
+
+
+def write_runs(files: StageFiles, users: np.ndarray, runs: list[dict[str, Any]]) -> None:
+    write_json(files, RUNS, {"users": users.tolist(), "runs": runs})
+
+
+def read_runs(train_rec: StageFiles) -> list[dict[str, Any]]:
+    runs = read_json(train_rec, RUNS)["runs"]
+    if not runs:
+        raise _fail(RUNS, train_rec, "lists no runs")
+    return runs
