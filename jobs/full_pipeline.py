@@ -15,13 +15,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saerec.config import ConfigError, load_config  # noqa: E402
+from saerec.data.inputs import check_inputs  # noqa: E402
 from saerec.data.records import DataError  # noqa: E402
 from saerec.pipeline import Runner, StageError, summarise  # noqa: E402
-from saerec.runtime import cluster_address, init_ray  # noqa: E402
+from saerec.runtime import RayStartError, cluster_address, init_ray  # noqa: E402
 from saerec.stages import STAGE_ORDER, load_stage  # noqa: E402
 from saerec.storage import Store, StorageError  # noqa: E402
 
-KNOWN_ERRORS = (ConfigError, DataError, StageError, StorageError)
+KNOWN_ERRORS = (ConfigError, DataError, RayStartError, StageError, StorageError)
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
@@ -62,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         store.check()
         print(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "
               f"{store.uri(store.join(cfg.run.name))}", flush=True)
-        print(init_ray(cluster_address(cfg.ray.address), cfg.ray.num_cpus), flush=True)
         runner = Runner(cfg, store, log=lambda line: print(line, flush=True))
+        if "prepare" in names and (args.force or not runner.is_published(load_stage("prepare"))):
+            check_inputs(cfg.data)  # seconds, where Ray's start-up takes tens of them
+        print(init_ray(cluster_address(cfg.ray.address), cfg.ray.num_cpus), flush=True)
         for name in names:
             start = time.time()
             manifest = runner.run_stage(load_stage(name), force=args.force)
