@@ -41,8 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.shared_data import shared_data_dir  # noqa: E402
 
-from saerec.rec import (EncoderConfig, FitConfig, SAERec, SASRec, final_test, fit,  # noqa: E402
-                        intent_config_for, leave_one_out)
+from saerec.rec import (EncoderConfig, FitConfig, IntentConfig, SAERec, SASRec, final_test, fit,  # noqa: E402
+                        leave_one_out)
 from saerec.rec.batching import training_examples  # noqa: E402
 from saerec.rec.training import make_optimizer, seed_everything, train_epoch  # noqa: E402
 
@@ -70,7 +70,7 @@ def run_chain(data_dir: Path, work_dir: Path) -> dict[str, object]:
     from saerec.pipeline import Runner, StageInput
     from saerec.rec.kmeans import kmeans
     from saerec.runtime import init_ray
-    from saerec.stages.train_rec import read_intent_set, read_text_embeddings
+    from saerec.artifacts import read_intent_set, read_text_embeddings
     from saerec.storage import Store
 
     cfg = load_config(REPO / "configs" / "beauty.yaml",
@@ -87,7 +87,8 @@ def run_chain(data_dir: Path, work_dir: Path) -> dict[str, object]:
         print(f"[{name}] {time.time() - start:.0f}s", flush=True)
 
     texts = read_text_embeddings(StageInput(store, manifests["embed"]))
-    vectors, latents = read_intent_set(StageInput(store, manifests["judge"]))
+    judged = read_intent_set(StageInput(store, manifests["judge"]))
+    vectors, latents = judged.vectors, judged.latents
     source = "judged SAE latents (judge stage)"
     centroids = kmeans(texts, len(vectors), seed=cfg.seed)[0]
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def build(model: str, n_items: int, intents: dict[str, torch.Tensor], args: argp
                         scale_embeddings=args.emb_scale)
     if model == "sasrec":
         return SASRec(enc)
-    icfg = intent_config_for("full", args.k, args.ema_beta)
+    icfg = IntentConfig(k=args.k, ema_beta=args.ema_beta)
     return SAERec(enc, intents["kmeans" if model == "kmeans" else "judged"], icfg)
 
 

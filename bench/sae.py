@@ -117,7 +117,7 @@ def stage_fit(ds, spec: train_sae.SaeRun, work_dir: Path, use_gpu: bool) -> dict
     from pyarrow.fs import LocalFileSystem
 
     start = time.perf_counter()
-    result = train_sae.fit(ds, spec, str(work_dir / "train"), LocalFileSystem(), f"bench-{uuid.uuid4().hex[:8]}",
+    result = train_sae.train_on_ray(ds, spec, str(work_dir / "train"), LocalFileSystem(), f"bench-{uuid.uuid4().hex[:8]}",
                            num_workers=1, use_gpu=use_gpu)
     wall = time.perf_counter() - start
     progress, weights, _ = train_sae.read_final(result.checkpoint)
