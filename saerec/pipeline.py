@@ -127,11 +127,6 @@ class StageContext:
     inputs: dict[str, StageInput]
     fingerprint: str
 
-    @property
-    def cfg(self) -> Any:
-        """The stage's own config section (the first one it declares)."""
-        return next(iter(self.sections.values()))
-
     def input(self, stage: str) -> StageInput:
         if stage not in self.inputs:
             raise StageError(f"stage {self.stage} did not declare {stage} as an input")

@@ -10,7 +10,7 @@ from saerec.pipeline import Stage, StageContext
 
 
 def _numbers(ctx: StageContext) -> dict:
-    n = ctx.cfg.demo.users
+    n = ctx.sections["data"].demo.users
     ctx.output.write_table("numbers.parquet", pa.table({"x": list(range(n))}))
     if os.environ.get("TOY_KILL_AFTER_WRITE"):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,6 +1,6 @@
 """Framework-free training: seeded epochs over bucketed batches, early stopping on valid.
 
-The loop is split into small resumable pieces (``TrainState``, ``train_epoch``, ``fit``) so a
+The loop is split into small resumable pieces (``FitState``, ``train_epoch``, ``fit``) so a
 Ray Train worker can checkpoint after any epoch and pick up exactly where it stopped.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ class EarlyStopping:
 
 
 @dataclass
-class TrainState:
+class FitState:
     """Everything needed to resume: epoch counter, stopper, best weights, history, RNG."""
 
     epoch: int = 0
@@ -90,7 +90,7 @@ class TrainState:
                 "model": model.state_dict(), "optimizer": optimizer.state_dict()}
 
     @classmethod
-    def from_dict(cls, snap: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> "TrainState":
+    def from_dict(cls, snap: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> "FitState":
         """Restore model and optimiser in place and return the loop state."""
         model.load_state_dict(snap["model"])
         optimizer.load_state_dict(snap["optimizer"])
@@ -154,7 +154,7 @@ class FitResult:
 
 def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
         device: torch.device | str = "cpu", resume: dict[str, Any] | None = None,
-        on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None,
+        on_epoch: Callable[[FitState, dict[str, Any]], None] | None = None,
         shard: tuple[int, int] = (0, 1)) -> FitResult:
     """Train until valid ``select_metric`` stops improving for ``patience`` epochs.
 
@@ -166,10 +166,10 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
     core = unwrap(model)
     optimizer = make_optimizer(model, cfg)
     if resume is not None:
-        state = TrainState.from_dict(resume, core, optimizer)
+        state = FitState.from_dict(resume, core, optimizer)
     else:
         seed_everything(cfg.seed)
-        state = TrainState(stopper=EarlyStopping(cfg.patience))
+        state = FitState(stopper=EarlyStopping(cfg.patience))
     rng = np.random.default_rng(cfg.seed)
     if state.rng_state is not None:
         rng.bit_generator.state = state.rng_state["numpy"]
