@@ -89,7 +89,7 @@ LAYOUT: tuple[Artifact, ...] = tuple(v for v in list(globals().values()) if isin
 
 
 def _fail(art: Artifact, files: StageFiles, problem: str) -> StageError:
-    return StageError(f"{art.uri(files)}: {problem}")
+    return StageError(f"{art.uri(files)} {problem}")
 
 
 def write_table(files: StageFiles, art: Artifact, table: pa.Table, part: int | None = None) -> None:
@@ -164,7 +164,7 @@ def read_sequences(prepare: StageFiles) -> Sequences:
     for user, labels in zip(users, splits):
         expected = ["train"] * max(len(labels) - 2, 0) + ["valid", "test"][-min(len(labels), 2):]
         if len(labels) >= 3 and list(labels) != expected:
-            raise _fail(INTERACTIONS, prepare, f"the split of user {user} is {list(labels)}; expected valid = "
+            raise _fail(INTERACTIONS, prepare, f"splits user {user} as {list(labels)}; expected valid = "
                                                "second-to-last and test = last interaction")
     return Sequences(users=users, sequences=items, n_items=n_items)
 
@@ -268,8 +268,8 @@ def read_intent_set(judge: StageFiles) -> IntentSet:
             raise _fail(INTENTS, judge, f"has no tensor {key!r} (has: {sorted(tensors)})")
     vectors, latents = tensors["vectors"].float(), tensors["latents"].long().numpy()
     if vectors.dim() != 2 or len(vectors) != len(latents) or len(vectors) == 0:
-        raise _fail(INTENTS, judge, f"expected vectors (n>0, D) and n latent ids, got {tuple(vectors.shape)} "
-                                    f"and {len(latents)}")
+        raise _fail(INTENTS, judge, f"holds vectors {tuple(vectors.shape)} and {len(latents)} latent ids; "
+                                    "expected vectors (n>0, D) and n ids")
     summaries = json.loads(metadata.get("summaries", "null")) or [None] * len(latents)
     words = json.loads(metadata.get("words", "null")) or [[] for _ in latents]
     return IntentSet(vectors=vectors, latents=latents, summaries=summaries, words=words)

@@ -180,6 +180,7 @@ class RecSection:
     kmeans_clusters: int | None = _bounded(None, lo=2)
     max_failures: int = _bounded(2, lo=0, resource=True)  # restarts of the worker group after a worker dies, from its last checkpoint
     checkpoint_seconds: float = _bounded(30.0, lo=0.0, resource=True)  # a run (train_rec's or a sweep trial's) saves its state after an epoch once this has passed
+    prefix_augment: bool = False  # every prefix of a training sequence is an example, loss at its end (the public code's recipe)
 
     def __post_init__(self) -> None:
         _check_variants(self.models, "rec.models")
@@ -187,6 +188,7 @@ class RecSection:
 
 @dataclass
 class EvaluateSection:
+    protocol: Literal["strict", "paper"] = "strict"  # paper = the public code's: train on the valid item, select on test
     ks: list[int] = _listof(5, 10, 20)
     mask_history: bool = True
     top_n: int = _bounded(20, lo=1)

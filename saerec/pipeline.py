@@ -207,6 +207,9 @@ class Runner:
             name = posixpath.basename(manifest["output_dir"].rstrip("/"))
         if not isinstance(name, str) or "/" in name or not name.startswith(ATTEMPT_PREFIX):
             return None
+        # A stage that published no files has no folder to find (object stores have no empty folders).
+        if not manifest.get("outputs"):
+            return name
         return name if self.store.exists(posixpath.join(self.stage_dir(stage), name)) else None
 
     def _unresolvable(self, stage: str, manifest: dict[str, Any]) -> StageError:

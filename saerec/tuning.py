@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import torch
 from ray import tune
 
-from saerec.rec import evaluate, leave_one_out
+from saerec.rec import evaluate
 from saerec.rec.runs import RunSettings, train_run, with_k
 from saerec.rec.variants import FULL_MODEL, NAMES, variant
 from saerec.schemas import sweep_results_schema
@@ -156,7 +156,7 @@ def train_trial(config: dict[str, Any], data: SweepData, settings: RunSettings, 
     torch.set_num_threads(resources.threads)
     device = "cuda" if resources.use_gpu and torch.cuda.is_available() else "cpu"
     settings = with_k(settings, spec.k)
-    split = leave_one_out(data.sequences, data.n_items, settings.max_len)
+    split = settings.split(data.sequences, data.n_items)
     intents = None if spec.intents_key is None else data.intents.get(spec.intents_key)
     if spec.intents_key is not None and intents is None:
         raise KeyError(f"trial {spec.trial_id}: intent set {spec.intents_key!r} was not provided")

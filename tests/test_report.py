@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from saerec import report as rp
 from saerec import artifacts, schemas, tuning
 from saerec.config import load_config
-from saerec.pipeline import Runner, Stage, StageContext
+from saerec.pipeline import Runner, Stage, StageContext, StageError
 from saerec.stages import prepare
 from saerec.stages import report as report_stage
 from saerec.storage import Store
@@ -166,3 +167,26 @@ def test_report_names_a_missing_column(tmp_path):
         runner.run_stage(stage)
     with pytest.raises(Exception, match=r"features.parquet has no column 'words'"):
         runner.run_stage(report_stage.STAGE)
+
+
+def _with_protocol(stage: Stage, protocol: str) -> Stage:
+    def run(ctx: StageContext) -> dict:
+        return {**(stage.run(ctx) or {}), "protocol": protocol}
+    return dataclasses.replace(stage, run=run)
+
+
+def test_a_paper_protocol_run_says_so_and_protocols_are_never_mixed(tmp_path):
+    cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "report.example_intents=2"])
+    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner.run_stage(prepare.STAGE)
+    paper = {name: _with_protocol(s, "paper") if name in report_stage.PROTOCOL_STAGES else s
+             for name, s in STAND_INS.items()}
+    for stage in paper.values():
+        runner.run_stage(stage)
+    published = runner.run_stage(report_stage.STAGE)
+    assert published["metrics"]["protocol"] == "paper"
+    markdown = runner.store.read_bytes(f"{published['output_dir']}/report.md").decode()
+    assert "PAPER PROTOCOL" in markdown.splitlines()[0] and report_stage.PAPER_BANNER in markdown
+    runner.run_stage(_with_protocol(STAND_INS["sweep"], "strict"), force=True)
+    with pytest.raises(StageError, match=r"mix evaluation protocols \(train_rec: paper, evaluate: paper, sweep: strict\)"):
+        runner.run_stage(report_stage.STAGE, force=True)

@@ -161,3 +161,17 @@ def test_a_killed_train_worker_is_replaced_and_the_run_goes_on(tmp_path, ray_loc
         assert f"models/{run['name']}.safetensors" in trained["outputs"]
     attempts = [p.name for p in (tmp_path / "out" / "demo" / "train_rec").iterdir() if p.name.startswith("attempt-")]
     assert len(attempts) == 1
+
+
+def test_a_paper_protocol_run_is_marked_in_every_manifest_and_metrics_file(tmp_path, ray_local):
+    runner = _runner(str(tmp_path / "out"), "rec.models=[sasrec]", "evaluate.protocol=paper")
+    trained = runner.run_stage(train_rec.STAGE)
+    evaluated = runner.run_stage(evaluate.STAGE)
+    assert trained["metrics"]["protocol"] == evaluated["metrics"]["protocol"] == "paper"
+    assert trained["config"]["evaluate"]["protocol"] == evaluated["config"]["evaluate"]["protocol"] == "paper"
+    metrics = runner.store.read_json(f"{evaluated['output_dir']}/metrics.json")
+    [run] = metrics["runs"]
+    assert metrics["protocol"] == "paper"
+    assert run["valid"] == pytest.approx(run["test"]), "under paper the selection set is the test set"
+    strict = _runner(str(tmp_path / "out"), "rec.models=[sasrec]")
+    assert strict.run_stage(train_rec.STAGE).get("skipped") is None, "the protocol is in train_rec's fingerprint"

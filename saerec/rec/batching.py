@@ -1,13 +1,18 @@
 """Leave-one-out split and length-bucketed, right-padded batches.
 
-Split (strict protocol): test = last item, valid = second-to-last, training = the rest.
-Training inputs AND targets come only from the training part; valid inputs are the training
-part; test inputs are everything but the last item.
+Split, ``strict`` protocol (the default, and the only one our claims use): test = last item,
+valid = second-to-last, training = the rest. Training inputs AND targets come only from the
+training part; valid inputs are the training part; test inputs are everything but the last item.
+
+``paper`` protocol, the public SAERec code's: training sequences end at the valid item
+(everything but the last item) and the selection set IS the test set (input everything but the
+last item, answer the last), so epochs are chosen on the test item and the reported test
+metrics are those of the selected checkpoint. It exists to measure what that protocol adds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -27,14 +32,20 @@ class RankingSet:
         return len(self.users)
 
 
+Protocol = Literal["strict", "paper"]
+PROTOCOLS: tuple[str, ...] = ("strict", "paper")
+
+
 @dataclass(frozen=True)
 class LeaveOneOut:
-    """Training sequences plus the valid and test ranking sets; ``n_items`` bounds the ids."""
+    """Training sequences plus the selection (``valid``) and test ranking sets; ``n_items`` bounds
+    the ids. Under the ``paper`` protocol ``valid`` is the test set itself."""
 
     n_items: int
     train: list[np.ndarray]
     valid: RankingSet
     test: RankingSet
+    protocol: Protocol = "strict"
 
 
 def _as_items(seq: Sequence[int], user: int, n_items: int) -> np.ndarray:
@@ -58,20 +69,23 @@ def _windows(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.
     return out, lengths
 
 
-def leave_one_out(sequences: Sequence[Sequence[int]], n_items: int, max_len: int) -> LeaveOneOut:
+def leave_one_out(sequences: Sequence[Sequence[int]], n_items: int, max_len: int,
+                  protocol: Protocol = "strict") -> LeaveOneOut:
     """Split chronological per-user sequences; users with under 3 items only contribute training.
 
     A user needs one training item as history plus the valid and test items to be ranked.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     train, users, valid_hist, valid_tgt, test_hist, test_tgt = [], [], [], [], [], []
     for user, seq in enumerate(sequences):
         items = _as_items(seq, user, n_items)
         if len(items) < 3:
             train.append(items)
             continue
-        train.append(items[:-2])
+        train.append(items[:-1] if protocol == "paper" else items[:-2])
         users.append(user)
         valid_hist.append(items[:-2])
         valid_tgt.append(items[-2])
@@ -80,12 +94,15 @@ def leave_one_out(sequences: Sequence[Sequence[int]], n_items: int, max_len: int
     user_ids = np.asarray(users, dtype=np.int64)
     valid = RankingSet(user_ids, *_windows(valid_hist, max_len), np.asarray(valid_tgt, dtype=np.int64))
     test = RankingSet(user_ids, *_windows(test_hist, max_len), np.asarray(test_tgt, dtype=np.int64))
-    return LeaveOneOut(n_items, train, valid, test)
+    return LeaveOneOut(n_items, train, test if protocol == "paper" else valid, test, protocol)
 
 
 @dataclass(frozen=True)
 class TrainingExamples:
-    """Next-item examples: input = seq[:-1], target = seq[1:], both right-padded to max_len."""
+    """Next-item examples: input = seq[:-1], target = seq[1:], both right-padded to max_len.
+
+    A target of 0 marks a position without a loss (padding, or an augmented prefix's earlier
+    positions)."""
 
     inputs: np.ndarray
     targets: np.ndarray
@@ -95,11 +112,28 @@ class TrainingExamples:
         return len(self.lengths)
 
 
-def training_examples(train: Sequence[np.ndarray], max_len: int) -> TrainingExamples:
-    """One example per training sequence of >= 2 items, from its last max_len + 1 items."""
-    kept = [np.asarray(s)[-(max_len + 1):] for s in train if len(s) >= 2]
-    inputs, lengths = _windows([s[:-1] for s in kept], max_len)
-    targets, _ = _windows([s[1:] for s in kept], max_len)
+def training_examples(train: Sequence[np.ndarray], max_len: int, prefixes: bool = False) -> TrainingExamples:
+    """One example per training sequence of >= 2 items, from its last max_len + 1 items, with a
+    loss at every position.
+
+    ``prefixes`` (ICSRec's recipe, used by the public SAERec code): every prefix of every
+    training sequence is an example of its own, with the loss at its last position only; a
+    sequence of n items gives n - 1 examples.
+    """
+    if not prefixes:
+        kept = [np.asarray(s)[-(max_len + 1):] for s in train if len(s) >= 2]
+        inputs, lengths = _windows([s[:-1] for s in kept], max_len)
+        targets, _ = _windows([s[1:] for s in kept], max_len)
+        return TrainingExamples(inputs, targets, lengths)
+    histories, answers = [], []
+    for seq in train:
+        seq = np.asarray(seq)
+        for end in range(1, len(seq)):
+            histories.append(seq[max(0, end - max_len):end])
+            answers.append(seq[end])
+    inputs, lengths = _windows(histories, max_len)
+    targets = np.zeros_like(inputs)
+    targets[np.arange(len(lengths)), lengths - 1] = answers
     return TrainingExamples(inputs, targets, lengths)
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from saerec.rec.batching import LeaveOneOut
+from saerec.rec.batching import LeaveOneOut, Protocol, leave_one_out
 from saerec.rec.sasrec import EncoderConfig
 from saerec.rec.training import FitConfig, FitResult, fit, seed_everything
 from saerec.rec.variants import build_model, model_spec
@@ -48,6 +48,8 @@ class RunSettings:
     ks: tuple[int, ...] = SELECTION_KS
     mask_history: bool = True
     checkpoint_seconds: float = 30.0
+    protocol: Protocol = "strict"
+    prefix_augment: bool = False
 
     def encoder(self, n_items: int) -> EncoderConfig:
         return EncoderConfig(n_items=n_items, d=self.d, blocks=self.blocks, heads=self.heads,
@@ -56,7 +58,11 @@ class RunSettings:
     def fit_config(self, seed: int) -> FitConfig:
         return FitConfig(lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
                          max_epochs=self.max_epochs, patience=self.patience, select_metric=SELECT_METRIC,
-                         ks=self.ks, mask_history=self.mask_history, seed=seed)
+                         ks=self.ks, mask_history=self.mask_history, seed=seed, prefix_augment=self.prefix_augment)
+
+    def split(self, sequences: Sequence[Sequence[int]], n_items: int) -> LeaveOneOut:
+        """The leave-one-out split these runs train, select and test on (``protocol``)."""
+        return leave_one_out(sequences, n_items, self.max_len, self.protocol)
 
 
 def run_settings(rec: Any, evaluate: Any, max_epochs: int | None = None, patience: int | None = None) -> RunSettings:
@@ -66,7 +72,8 @@ def run_settings(rec: Any, evaluate: Any, max_epochs: int | None = None, patienc
                        k=rec.k, ema_beta=rec.ema_beta, lr=rec.lr, weight_decay=rec.weight_decay,
                        batch_size=rec.batch_size, max_epochs=max_epochs or rec.max_epochs,
                        patience=patience or rec.patience, ks=tuple(sorted(set(evaluate.ks) | set(SELECTION_KS))),
-                       mask_history=evaluate.mask_history, checkpoint_seconds=rec.checkpoint_seconds)
+                       mask_history=evaluate.mask_history, checkpoint_seconds=rec.checkpoint_seconds,
+                       protocol=evaluate.protocol, prefix_augment=rec.prefix_augment)
 
 
 def with_k(settings: RunSettings, k: int) -> RunSettings:

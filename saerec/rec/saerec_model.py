@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,14 @@ from saerec.rec.sasrec import EncoderConfig, SASRec, init_weights
 
 @dataclass(frozen=True)
 class IntentConfig:
-    """Retrieval size, EMA decay and the ablation switches (False = the paper's noX variant)."""
+    """Retrieval size, EMA decay and the ablation switches (False = the paper's noX variant).
+
+    ``query`` and ``fusion_rule`` hold the two places where the public SAERec code departs from
+    the paper's equations: its personal retrieval reads the position's input item embedding
+    (``item``) instead of the transformer state (``state``, eq. 3), and it fuses the branches as
+    ``a + softmax(a . [b, c] / sqrt(d)) [b, c]``, a residual on the self-attention state
+    (``residual``), instead of eq. (6)'s adaptive fusion (``adaptive``).
+    """
 
     k: int = 5
     ema_beta: float = 0.9
@@ -36,12 +43,17 @@ class IntentConfig:
     public: bool = True
     fusion: bool = True
     ema: bool = True
+    query: Literal["state", "item"] = "state"
+    fusion_rule: Literal["adaptive", "residual"] = "adaptive"
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not 0.0 <= self.ema_beta < 1.0:
             raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
+        if self.query not in ("state", "item") or self.fusion_rule not in ("adaptive", "residual"):
+            raise ValueError(f"query must be state or item and fusion_rule adaptive or residual, got "
+                             f"{self.query!r} and {self.fusion_rule!r}")
 
 
 class IntentAttention(nn.Module):
@@ -141,14 +153,18 @@ class SAERec(SASRec):
         else:
             self.public_score.add_(counts)
 
-    def branches(self, tokens: Tensor, users: Tensor) -> list[Tensor]:
+    def queries(self, states: Tensor, items: Tensor) -> Tensor:
+        """What personal retrieval compares with the intents: the states, or the input items' embeddings."""
+        return states if self.icfg.query == "state" else self.item_emb(items)
+
+    def branches(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> list[Tensor]:
         """[O_self, O_per, O_pub] for the enabled branches; updates the public score when training."""
         projected = self.projected_intents()
         if self.training:
-            self.update_public(users, projected)
+            self.update_public(self.queries(users, user_items), projected)
         out = [tokens]
         if self.icfg.personal:
-            ids = self.personal_ids(tokens, projected)
+            ids = self.personal_ids(self.queries(tokens, items), projected)
             out.append(self.personal_attn(tokens, projected, ids, self.steer_bias[ids]))
         if self.icfg.public:
             ids = self.public_ids()
@@ -156,16 +172,22 @@ class SAERec(SASRec):
         return out
 
     def fuse(self, branches: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Adaptive fusion (eq. 6), or the plain sum for noFus; also returns the weights (N, J)."""
+        """Adaptive fusion (eq. 6), the public code's residual fusion, or the plain sum for noFus;
+        also returns the weights (N, J) (residual: 1 for the self branch, then the softmax weights)."""
         stacked = torch.stack(branches, dim=1)
         if len(branches) == 1:
             return branches[0], torch.ones(stacked.shape[:2], device=stacked.device)
         if not self.icfg.fusion:
             return stacked.sum(dim=1), torch.ones(stacked.shape[:2], device=stacked.device)
+        if self.icfg.fusion_rule == "residual":
+            own, others = stacked[:, 0], stacked[:, 1:]
+            weights = torch.softmax((others @ own.unsqueeze(-1)).squeeze(-1) / own.shape[-1] ** 0.5, dim=-1)
+            fused = own + (weights.unsqueeze(-1) * others).sum(dim=1)
+            return fused, torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
         return self.fusion(stacked)
 
-    def refine(self, tokens: Tensor, users: Tensor) -> Tensor:
-        return self.fuse(self.branches(tokens, users))[0]
+    def refine(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> Tensor:
+        return self.fuse(self.branches(tokens, items, users, user_items))[0]
 
     @torch.no_grad()
     def explain(self, seqs: Tensor, lengths: Tensor) -> dict[str, Tensor]:
@@ -173,10 +195,12 @@ class SAERec(SASRec):
         if self.training:
             raise RuntimeError("explain() needs eval mode: in training mode it would move the public score")
         states = self.encode(seqs, lengths)
-        last = states[torch.arange(seqs.shape[0], device=seqs.device), lengths - 1]
+        rows = torch.arange(seqs.shape[0], device=seqs.device)
+        last, last_items = states[rows, lengths - 1], seqs[rows, lengths - 1]
         projected = self.projected_intents()
-        _, alpha = self.fuse(self.branches(last, last))
-        return {"personal": self.personal_ids(last, projected), "public": self.public_ids(), "weights": alpha}
+        _, alpha = self.fuse(self.branches(last, last_items, last, last_items))
+        return {"personal": self.personal_ids(self.queries(last, last_items), projected), "public": self.public_ids(),
+                "weights": alpha}
 
 
 @contextlib.contextmanager

@@ -115,8 +115,10 @@ class SASRec(nn.Module):
             x = block(x)
         return self.final_ln(x)
 
-    def refine(self, tokens: Tensor, users: Tensor) -> Tensor:
-        """Hook for models that post-process per-position states; SASRec uses them as they are."""
+    def refine(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> Tensor:
+        """Hook for models that post-process per-position states: ``tokens`` (N, d) with the input
+        item id at each position ``items`` (N,), and each sequence's last state ``users`` (B, d)
+        and last item ``user_items`` (B,). SASRec uses the states as they are."""
         return tokens
 
     def forward(self, seqs: Tensor, lengths: Tensor, targets: Tensor | None = None,
@@ -124,16 +126,19 @@ class SASRec(nn.Module):
         """User representations, or the training loss when ``targets`` (B, L) are given.
 
         Representations are taken at every real position (N, d) in row-major order, or at the
-        last one (B, d). Only real positions are kept, so nobody pays for logits at padding.
+        last one (B, d). Only real positions are kept, so nobody pays for logits at padding;
+        with ``targets``, only the positions that have one (a target of 0 carries no loss).
         The loss lives in ``forward`` so that a DistributedDataParallel wrapper sees the call.
         """
         states = self.encode(seqs, lengths)
         rows = torch.arange(seqs.shape[0], device=seqs.device)
-        last = states[rows, lengths - 1]
+        last, last_items = states[rows, lengths - 1], seqs[rows, lengths - 1]
         if last_only:
-            return self.refine(last, last)
+            return self.refine(last, last_items, last, last_items)
         mask = torch.arange(seqs.shape[1], device=seqs.device).unsqueeze(0) < lengths.unsqueeze(1)
-        reps = self.refine(states[mask], last)
+        if targets is not None:
+            mask = mask & (targets > 0)
+        reps = self.refine(states[mask], seqs[mask], last, last_items)
         if targets is None:
             return reps
         return full_softmax_cross_entropy(reps, self.item_emb.weight[1:], targets[mask] - 1)

@@ -35,6 +35,7 @@ class FitConfig:
     seed: int = 0
     bucket: bool = True
     token_weighted: bool = True
+    prefix_augment: bool = False
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -113,8 +114,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, examples: Tr
                 shard: tuple[int, int] = (0, 1), bucket: bool = True, token_weighted: bool = True) -> float:
     """One pass over the (length-bucketed) batches; returns the per-position mean loss.
 
-    ``token_weighted`` scales each batch's mean loss by its share of positions (real tokens /
-    mean tokens per batch), so every training position weighs the same over an epoch. Without
+    ``token_weighted`` scales each batch's mean loss by its share of loss positions (positions
+    with a target / mean per batch), so every training position weighs the same over an epoch. Without
     it, bucketing would up-weight the positions of short-sequence batches (few tokens, same
     step) against those of long histories, a different objective from random batching.
     ``shard = (rank, world)``: every worker draws the same batch order from the same RNG and
@@ -124,15 +125,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, examples: Tr
     rank, world = shard
     total, count = 0.0, 0
     batches = list(bucketed_batches(examples, batch_size, rng, bucket))
-    mean_tokens = float(examples.lengths.sum()) / max(len(batches), 1)
+    mean_tokens = float((examples.targets > 0).sum()) / max(len(batches), 1)
     usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
     for seqs, lengths, targets in batches[rank:usable:world]:
         seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
         loss = model(seqs, lengths, targets)
         optimizer.zero_grad(set_to_none=True)
-        (loss * (float(lengths.sum()) / mean_tokens) if token_weighted else loss).backward()
+        n = int((targets > 0).sum())
+        (loss * (n / mean_tokens) if token_weighted else loss).backward()
         optimizer.step()
-        n = int(lengths.sum())
         total += loss.item() * n
         count += n
     return total / max(count, 1)
@@ -162,7 +163,7 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
     receives the state and a resumable snapshot after every epoch (for checkpoints). ``model``
     may be DDP-wrapped; every worker then evaluates the same weights and stops together.
     """
-    examples = training_examples(data.train, max_len)
+    examples = training_examples(data.train, max_len, cfg.prefix_augment)
     core = unwrap(model)
     optimizer = make_optimizer(model, cfg)
     if resume is not None:

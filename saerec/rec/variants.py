@@ -32,13 +32,16 @@ class Variant:
     name: str
     label: str
     intent_set: str | None = None
-    switches: Mapping[str, bool] = field(default_factory=dict)
+    switches: Mapping[str, Any] = field(default_factory=dict)
     paper_row: str | None = None
+    every_intent: bool = False  # retrieve every intent of the set (k = its size), as the public code does
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("sasrec", "SASRec", paper_row="SASRec"),
-    Variant("saerec", "SAERec", "judged", paper_row="SAERec"),
+    Variant("saerec", "SAERec (paper eqs. 3-8)", "judged", paper_row="SAERec"),
+    Variant("saerec-code", "SAERec (public code: every latent, last-item retrieval, residual fusion)", "all",
+            {"query": "item", "fusion_rule": "residual"}, every_intent=True),
     Variant("noIde", "SAERec, every SAE latent (no judge)", "all"),
     Variant("noPer", "SAERec without personal intents", "judged", {"personal": False}),
     Variant("noPub", "SAERec without public intents", "judged", {"public": False}),
@@ -73,6 +76,7 @@ def model_spec(name: str, encoder: EncoderConfig, k: int, ema_beta: float,
     if found.intent_set is not None:
         if intent_shape is None:
             raise ValueError(f"model {name} needs the {found.intent_set} intent set")
+        k = intent_shape[0] if found.every_intent else k
         spec["intent"] = dataclasses.asdict(IntentConfig(k=k, ema_beta=ema_beta, **found.switches))
         spec["intent_shape"] = [int(n) for n in intent_shape]
     return spec

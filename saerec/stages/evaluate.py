@@ -103,10 +103,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not cfg.ks or min(cfg.ks) < 1:
         raise StageError(f"evaluate.ks must list positive cut-offs, got {cfg.ks}")
     train_rec = ctx.input("train_rec")
+    trained_under = train_rec.metrics.get("protocol", "strict")
+    if trained_under != cfg.protocol:
+        raise StageError(f"evaluate.protocol={cfg.protocol} but train_rec selected its models under {trained_under!r}; "
+                         "re-run train_rec under the same protocol")
     runs = artifacts.read_runs(train_rec)
     data = artifacts.read_sequences(ctx.input("prepare"))
     max_len = runs[0]["spec"]["encoder"]["max_len"]
-    split = leave_one_out(data.sequences, data.n_items, max_len)
+    split = leave_one_out(data.sequences, data.n_items, max_len, cfg.protocol)
 
     per_run = []
     for r in ctx.progress(runs, total=len(runs), desc="evaluate"):
@@ -121,7 +125,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                    "epoch_seconds": mean_std([{"s": r["mean_epoch_seconds"]} for r in per_run
                                               if r["variant"] == v])["s"]}
                for v in variants}
-    artifacts.write_json(ctx.output, artifacts.TEST_METRICS, {"ks": cfg.ks, "mask_history": cfg.mask_history,
+    artifacts.write_json(ctx.output, artifacts.TEST_METRICS, {"protocol": cfg.protocol, "ks": cfg.ks,
+                                                              "mask_history": cfg.mask_history,
                                                               "runs": per_run, "summary": summary})
 
     explained = pick_explained(runs) or sorted(runs, key=lambda r: (r["variant"], r["seed"]))[0]
@@ -137,7 +142,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     study = steering(model, explained, split.test, latents, summaries, texts, cfg)
     artifacts.write_json(ctx.output, artifacts.STEERING, study)
 
-    metrics: dict[str, Any] = {"explained_model": explained["name"], "users": len(split.test)}
+    metrics: dict[str, Any] = {"protocol": cfg.protocol, "explained_model": explained["name"],
+                               "users": len(split.test)}
     for v in variants:
         for k in cfg.ks:
             for m in ("hr", "ndcg"):

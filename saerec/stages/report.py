@@ -12,7 +12,7 @@ import numpy as np
 from saerec import artifacts
 from saerec import report as rp
 from saerec.config import ReportSection
-from saerec.pipeline import Stage, StageContext
+from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec.runs import SELECT_METRIC
 from saerec.rec.variants import VARIANTS, label
 
@@ -25,12 +25,31 @@ def _scalars(metrics: dict[str, Any]) -> list[list[Any]]:
     return [[k, v] for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None]
 
 
-def _overview(doc: rp.Document, ctx: StageContext) -> None:
+PROTOCOL_STAGES = ("train_rec", "evaluate", "sweep")
+PAPER_BANNER = ("PAPER PROTOCOL (evaluate.protocol=paper): the models were trained on the validation item and "
+                "their epochs selected on the test item, as the public SAERec code does; every test number in "
+                "this report is therefore optimistic and must not be compared with strict-protocol results.")
+
+
+def run_protocol(ctx: StageContext) -> str:
+    """The evaluation protocol of the run's results; refuses a run whose stages disagree, so strict
+    and paper numbers can never share a table. Results from before the switch are strict."""
+    found = {name: ctx.input(name).metrics.get("protocol", "strict") for name in PROTOCOL_STAGES}
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{name}: {p}" for name, p in found.items())
+        raise StageError(f"report: the run's results mix evaluation protocols ({listed}); re-run them under one "
+                         "evaluate.protocol")
+    return next(iter(found.values()))
+
+
+def _overview(doc: rp.Document, ctx: StageContext, protocol: str) -> None:
     prepare = ctx.input("prepare").manifest
     section = doc.section("Run")
+    if protocol == "paper":
+        section.blocks.append(PAPER_BANNER)
     section.blocks.append(f"Run {ctx.run_name!r}, seed {ctx.seed}, stored under "
-                          f"{ctx.store.uri(ctx.store.join(ctx.run_name))}. Every number below is read from the "
-                          "stages' published manifests and outputs.")
+                          f"{ctx.store.uri(ctx.store.join(ctx.run_name))}, evaluation protocol {protocol!r}. "
+                          "Every number below is read from the stages' published manifests and outputs.")
     section.blocks.append(rp.Table(["package", "version"], [[k, v] for k, v in prepare.get("versions", {}).items()],
                                    "Software versions of the run"))
 
@@ -84,9 +103,12 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
     demo = ctx.input("prepare").manifest["config"]["data"]["source"] == "demo"
     paper_rows = {v: VARIANTS[v].paper_row for v in ours if v in VARIANTS}
     section.blocks.append(rp.main_results_table(ours, metrics, with_paper=not demo, paper_rows=paper_rows))
-    section.blocks.append("Our rows are this run's test metrics (mean ± std over seeds when several), each model "
-                          "selected on the validation item only. The paper's SASRec row is a SASRec trained with "
-                          "one sampled negative; ours uses cross-entropy over all items, a much stronger baseline.")
+    selection = ("selected on the validation item only (strict protocol)"
+                 if evaluated.get("protocol", "strict") == "strict" else
+                 "trained on the validation item and selected on the test item (paper protocol)")
+    section.blocks.append(f"Our rows are this run's test metrics (mean ± std over seeds when several), each model "
+                          f"{selection}. The paper's SASRec row is a SASRec trained with one sampled negative; ours "
+                          "uses cross-entropy over all items, a much stronger baseline.")
     evaluated_metrics = ctx.input("evaluate").metrics
     fusion = [[b, round(evaluated_metrics[f"fusion_weight_{b}"], 4)] for b in ("self", "personal", "public")
               if f"fusion_weight_{b}" in evaluated_metrics]
@@ -181,8 +203,9 @@ def _wall_times(doc: rp.Document, ctx: StageContext) -> None:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: ReportSection = ctx.sections["report"]
-    doc = rp.Document(f"SAERec run report: {ctx.run_name}")
-    _overview(doc, ctx)
+    protocol = run_protocol(ctx)
+    doc = rp.Document(f"SAERec run report: {ctx.run_name}" + (" (PAPER PROTOCOL)" if protocol == "paper" else ""))
+    _overview(doc, ctx, protocol)
     _dataset(doc, ctx)
     _sae(doc, ctx)
     _intents(doc, ctx, cfg)
@@ -195,7 +218,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     artifacts.write_text(ctx.output, artifacts.REPORT_HTML, html)
     artifacts.write_text(ctx.output, artifacts.REPORT_MARKDOWN, markdown)
     figures = sum(isinstance(b, rp.Figure) for s in doc.sections for b in s.blocks)
-    return {"sections": len(doc.sections), "figures": figures, "html_bytes": len(html),
+    return {"protocol": protocol, "sections": len(doc.sections), "figures": figures, "html_bytes": len(html),
             "markdown_bytes": len(markdown), "report": artifacts.REPORT_HTML.uri(ctx.output)}
 
 

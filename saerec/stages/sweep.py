@@ -37,8 +37,8 @@ SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judg
 # The keys of rec and evaluate that trials read: rec.models, rec.seeds or the steering settings
 # do not re-run the sweep.
 REC_KEYS = ("d", "blocks", "heads", "max_len", "dropout", "ema_beta", "lr", "weight_decay", "batch_size",
-            "max_epochs", "patience", "k", "kmeans_clusters")
-EVALUATE_KEYS = ("ks", "mask_history")
+            "max_epochs", "patience", "k", "kmeans_clusters", "prefix_augment")
+EVALUATE_KEYS = ("protocol", "ks", "mask_history")
 
 
 class DerivedRunner(Runner):
@@ -170,10 +170,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary = tuning.summary_table(results, settings.ks)
     artifacts.write_table(ctx.output, artifacts.SWEEP_RESULTS, results)
     artifacts.write_table(ctx.output, artifacts.SWEEP_SUMMARY, summary)
-    artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"trials": results.to_pylist(), "summary": summary.to_pylist(),
+    artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"protocol": settings.protocol,"trials": results.to_pylist(), "summary": summary.to_pylist(),
                                            "upstream": log, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
     best = max(summary.to_pylist(), key=lambda r: r[f"test_{SELECT_METRIC}_mean"])
-    return {"trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
+    return {"protocol": settings.protocol, "trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
             "upstream_seconds": round(upstream_seconds, 3), "tune_seconds": round(time.time() - tune_start, 3),
             "trial_train_seconds": float(np.sum(results.column("train_seconds").to_numpy())),
             "trials_resumed_mid_training": int(np.sum(results.column("resumed_from_epoch").to_numpy() > 0)),

@@ -8,7 +8,8 @@ re-run with the same inputs resumes mid-run instead of starting over.
 
 Reads: prepare (sequences), judge (the kept intents), train_sae (every latent, for ``noIde``),
 embed (text embeddings, for KMeans-Intent). Writes the artifacts ``MODELS``, ``INTENT_SETS`` and
-``RUNS``. The test set is not read here: the evaluate stage reads it once.
+``RUNS``. Under the strict protocol the test set is not read here: the evaluate stage reads it
+once. Under ``evaluate.protocol=paper`` epochs are selected on it, and every output says so.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from ray.train.torch import TorchTrainer
 from saerec import artifacts
 from saerec.config import RecSection
 from saerec.pipeline import Stage, StageContext, StageError
-from saerec.rec import leave_one_out
 from saerec.rec.runs import SELECT_METRIC, RunSettings, run_settings, train_run
 from saerec.rec.variants import intent_sets, variant
 
@@ -39,7 +39,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     settings: RunSettings = config["settings"]
-    split = leave_one_out(config["sequences"], config["n_items"], settings.max_len)
+    split = settings.split(config["sequences"], config["n_items"])
 
     state: dict[str, Any] = {"done": {}, "current": None, "snapshot": None}
     checkpoint = ray.train.get_checkpoint()
@@ -157,7 +157,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                         "mean_epoch_seconds": float(np.mean([h["train_seconds"] for h in history])),
                         "history": history})
     artifacts.write_runs(ctx.output, data.users, summary)
-    metrics: dict[str, Any] = {"runs": len(summary), "n_items": data.n_items, "users": len(data.users)}
+    metrics: dict[str, Any] = {"protocol": settings.protocol, "runs": len(summary), "n_items": data.n_items,
+                               "users": len(data.users)}
     if "judged" in intents:
         metrics["n_intents"] = len(intents["judged"])
     for name in variants:
@@ -168,4 +169,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(name="train_rec", run=run, inputs=("prepare", "embed", "train_sae", "judge"),
-              sections=("rec", "evaluate"), only_keys={"evaluate": ("ks", "mask_history")})
+              sections=("rec", "evaluate"), only_keys={"evaluate": ("protocol", "ks", "mask_history")})
