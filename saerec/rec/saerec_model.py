@@ -155,7 +155,7 @@ class SAERec(SASRec):
 
     def queries(self, states: Tensor, items: Tensor) -> Tensor:
         """What personal retrieval compares with the intents: the states, or the input items' embeddings."""
-        return states if self.icfg.query == "state" else self.item_emb(items)
+        return states if self.icfg.query == "state" else self.item_vectors(items)
 
     def branches(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> list[Tensor]:
         """[O_self, O_per, O_pub] for the enabled branches; updates the public score when training."""

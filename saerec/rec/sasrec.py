@@ -106,7 +106,7 @@ class SASRec(nn.Module):
             raise ValueError(f"sequence width {length} exceeds max_len {self.cfg.max_len}")
         steps = torch.arange(length, device=seqs.device)
         pos = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(min=0)
-        x = self.item_emb(seqs)
+        x = self.item_vectors(seqs)
         if self.cfg.scale_embeddings:
             x = x * math.sqrt(self.cfg.d)
         x = x + self.pos_emb(pos)
@@ -114,6 +114,15 @@ class SASRec(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.final_ln(x)
+
+    def item_table(self) -> Tensor:
+        """(n_items + 1, d) every item's representation (row 0 = padding), the input and output
+        embedding alike; models that build items from parts override it with ``item_vectors``."""
+        return self.item_emb.weight
+
+    def item_vectors(self, ids: Tensor) -> Tensor:
+        """The representations of the items ``ids`` (any shape), as ``item_table()[ids]``."""
+        return self.item_emb(ids)
 
     def refine(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> Tensor:
         """Hook for models that post-process per-position states: ``tokens`` (N, d) with the input
@@ -141,8 +150,8 @@ class SASRec(nn.Module):
         reps = self.refine(states[mask], seqs[mask], last, last_items)
         if targets is None:
             return reps
-        return full_softmax_cross_entropy(reps, self.item_emb.weight[1:], targets[mask] - 1)
+        return full_softmax_cross_entropy(reps, self.item_table()[1:], targets[mask] - 1)
 
     def item_scores(self, reps: Tensor) -> Tensor:
         """(N, d) -> (N, n_items + 1) dot products with every item embedding (column 0 = padding)."""
-        return reps @ self.item_emb.weight.T
+        return reps @ self.item_table().T

@@ -1,0 +1,106 @@
+"""Grounded SASRec: items built from their text's intents, so that every score is a sum of named intents.
+
+Item j's representation, as input and as output alike, is ``ID_j + sum_i a_ji E_i``: its own ID
+embedding plus its intent profile ``a_j`` (the SAE activations of its texts, pooled per item)
+over one vector per intent ``E_i``. The score of item j for a user state h is then exactly
+
+    h . ID_j  +  sum_i a_ji (h . E_i)
+
+so an explanation lists the intents by their contribution a_ji (h . E_i), and these parts add up
+to the model's own score. ``E_i`` is a free vector per intent, or the paper's projection of the
+intent's SAE direction (``p_i = W_m v_i``, eq. 3) when the intent vectors are given. An item
+without text has an empty profile and is its ID embedding alone.
+
+Profiles are padded to ``m`` intents per item: ``ids`` (n_items + 1, m) and ``weights`` of the
+same shape, weight 0 marking padding; row 0 is the padding item.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saerec.rec.sasrec import EncoderConfig, SASRec
+
+
+@dataclass(frozen=True)
+class ItemProfiles:
+    """Each item's intents and weights, padded to the same width (weight 0 = no intent)."""
+
+    ids: Tensor
+    weights: Tensor
+
+    def __post_init__(self) -> None:
+        if self.ids.shape != self.weights.shape or self.ids.dim() != 2:
+            raise ValueError(f"profile ids and weights must be equal (n_items + 1, m) matrices, got "
+                             f"{tuple(self.ids.shape)} and {tuple(self.weights.shape)}")
+
+    @classmethod
+    def from_lists(cls, n_items: int, rows: dict[int, tuple[list[int], list[float]]]) -> "ItemProfiles":
+        """Profiles from ``{item: (intent ids, weights)}``; items not listed get an empty profile."""
+        width = max([len(ids) for ids, _ in rows.values()] + [1])
+        ids = torch.zeros(n_items + 1, width, dtype=torch.long)
+        weights = torch.zeros(n_items + 1, width)
+        for item, (intent_ids, values) in rows.items():
+            if not 1 <= item <= n_items:
+                raise ValueError(f"profile of item {item}: item ids are 1..{n_items}")
+            ids[item, :len(intent_ids)] = torch.as_tensor(intent_ids, dtype=torch.long)
+            weights[item, :len(values)] = torch.as_tensor(values, dtype=torch.float32)
+        return cls(ids, weights)
+
+
+class GroundedSASRec(SASRec):
+    """SASRec over grounded items (see the module docstring)."""
+
+    def __init__(self, cfg: EncoderConfig, profiles: ItemProfiles, n_intents: int,
+                 intents: Tensor | None = None) -> None:
+        if profiles.ids.shape[0] != cfg.n_items + 1:
+            raise ValueError(f"profiles cover {profiles.ids.shape[0] - 1} items, the model {cfg.n_items}")
+        if profiles.ids.numel() and int(profiles.ids.max()) >= n_intents:
+            raise ValueError(f"a profile names intent {int(profiles.ids.max())}, but there are {n_intents}")
+        super().__init__(cfg)
+        self.register_buffer("profile_ids", profiles.ids.clone())
+        self.register_buffer("profile_weights", profiles.weights.float().clone())
+        if intents is None:
+            self.intent_emb = nn.Parameter(torch.randn(n_intents, cfg.d) * cfg.init_std)
+            self.intent_proj = None
+        else:
+            if intents.shape[0] != n_intents:
+                raise ValueError(f"{intents.shape[0]} intent vectors for {n_intents} intents")
+            self.register_buffer("intent_vectors", intents.detach().float().clone())
+            self.intent_proj = nn.Linear(intents.shape[1], cfg.d, bias=False)
+            nn.init.normal_(self.intent_proj.weight, 0.0, cfg.init_std * intents.shape[1] ** -0.5)
+
+    @property
+    def n_intents(self) -> int:
+        return self.intent_emb.shape[0] if self.intent_proj is None else self.intent_vectors.shape[0]
+
+    def intent_table(self) -> Tensor:
+        """E: one d-dimensional vector per intent, (n_intents, d)."""
+        return self.intent_emb if self.intent_proj is None else self.intent_proj(self.intent_vectors)
+
+    def _intent_part(self, ids: Tensor) -> Tensor:
+        flat = ids.reshape(-1)
+        part = F.embedding_bag(self.profile_ids[flat], self.intent_table(), mode="sum",
+                               per_sample_weights=self.profile_weights[flat])
+        return part.view(*ids.shape, -1)
+
+    def item_table(self) -> Tensor:
+        return self.item_emb.weight + self._intent_part(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))
+
+    def item_vectors(self, ids: Tensor) -> Tensor:
+        return self.item_emb(ids) + self._intent_part(ids)
+
+    @torch.no_grad()
+    def score_parts(self, reps: Tensor, items: Tensor) -> dict[str, Tensor]:
+        """The exact parts of the scores of ``items`` (B, N) for user states ``reps`` (B, d):
+        ``id`` (B, N) = h . ID_j, and per profile slot ``intents`` (B, N, m) intent ids with their
+        ``contributions`` (B, N, m) = a_ji (h . E_i); id + contributions.sum(-1) is the score."""
+        table = self.intent_table()
+        ids, weights = self.profile_ids[items], self.profile_weights[items]
+        per_intent = reps @ table.T
+        contributions = weights * per_intent.gather(1, ids.reshape(len(reps), -1)).view_as(weights)
+        own = (self.item_emb(items) * reps.unsqueeze(1)).sum(-1)
+        return {"id": own, "intents": ids, "contributions": contributions}
