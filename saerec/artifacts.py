@@ -72,6 +72,8 @@ PLANTED_RECOVERY = Artifact("explain", "planted_recovery.json", "demo only: plan
 FEATURES = Artifact("judge", "features.parquet", "per latent: summary, verdict, kept, detection",
                     schemas.JUDGED_FEATURES)
 INTENTS = Artifact("judge", "intents.safetensors", "the kept latents' vectors and ids (summaries, words in metadata)")
+PROFILES = Artifact("profile", "item_profiles.parquet", "per intent set and item: its intents and pooled weights",
+                    schemas.ITEM_PROFILES)
 MODELS = Artifact("train_rec", "models/", "one safetensors file per (variant, seed), the spec in its metadata")
 INTENT_SETS = Artifact("train_rec", "intent_sets.safetensors", "the intent matrices the trained variants read")
 RUNS = Artifact("train_rec", "runs.json", "per run: spec, selected epoch, valid metrics, epoch times")
@@ -123,7 +125,12 @@ def write_text(files: StageFiles, art: Artifact, text: str) -> None:
 
 def dataset(files: StageFiles, art: Artifact) -> pads.Dataset:
     """A folder artifact as a pyarrow dataset, for streaming it in batches."""
-    return pads.dataset(art.path(files), filesystem=files.store.fs, format="parquet")
+    return dataset_at(art.path(files), files.store.fs)
+
+
+def dataset_at(path: str, filesystem: Any) -> pads.Dataset:
+    """The same from a plain path and filesystem (what travels to a Ray task or actor)."""
+    return pads.dataset(path, filesystem=filesystem, format="parquet")
 
 
 def _tensors(files: StageFiles, art: Artifact, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -280,6 +287,18 @@ def read_summaries(judge: StageFiles) -> dict[int, str]:
     table = read_table(judge, FEATURES, ["latent", "summary"])
     return {int(k): s for k, s in zip(table.column("latent").to_pylist(), table.column("summary").to_pylist())
             if s is not None}
+
+
+# -- profile ---------------------------------------------------------------------------------------
+
+def read_profiles(profile: StageFiles, intent_set: str) -> dict[int, tuple[list[int], list[float]]]:
+    """``{item: (intent ids, weights)}`` of one intent set; items without a profile are absent."""
+    table = read_table(profile, PROFILES, ["set", "item", "intents", "weights"])
+    table = table.filter(pc.equal(table.column("set"), intent_set))
+    if table.num_rows == 0:
+        raise _fail(PROFILES, profile, f"holds no profile of the {intent_set!r} intent set")
+    return {int(i): (ids, weights) for i, ids, weights in zip(
+        table.column("item").to_pylist(), table.column("intents").to_pylist(), table.column("weights").to_pylist())}
 
 
 # -- train_rec -------------------------------------------------------------------------------------

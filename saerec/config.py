@@ -215,6 +215,12 @@ class SweepSection:
 
 
 @dataclass
+class ProfileSection:
+    pooling: Literal["mean", "max"] = "mean"  # how an item's texts' SAE codes are pooled into its profile
+    max_intents: int = _bounded(64, lo=1)  # intents kept per item (its strongest)
+
+
+@dataclass
 class ReportSection:
     example_intents: int = _bounded(10, lo=0)
 
@@ -230,6 +236,7 @@ class Config:
     sae: SaeSection = field(default_factory=SaeSection)
     explain: ExplainSection = field(default_factory=ExplainSection)
     judge: JudgeSection = field(default_factory=JudgeSection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
     rec: RecSection = field(default_factory=RecSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     sweep: SweepSection = field(default_factory=SweepSection)

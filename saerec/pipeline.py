@@ -271,7 +271,8 @@ class Runner:
         if published is not None and published.get("fingerprint") == fp and not force:
             if keep is None:
                 raise self._unresolvable(stage.name, published)
-            return {**self._resolved(stage.name, published), "skipped": True}
+            return {**published, "attempt": keep, "output_dir": posixpath.join(self.stage_dir(stage.name), keep),
+                    "skipped": True}
         self.log(f"[{stage.name}] running...")
         if self._clean_leftovers(stage.name, keep):
             self.log(f"[{stage.name}] removed leftovers of an unfinished earlier run")

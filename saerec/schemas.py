@@ -51,6 +51,12 @@ RECOMMENDATIONS = pa.schema([
     ("public_intents", pa.list_(pa.int64())),
     ("public_summaries", pa.list_(pa.string())),
     ("branch_weights", pa.list_(pa.float32())),
+    # grounded models: per recommended item its strongest intents by contribution a_ji (h . E_i), those
+    # contributions, and the share |intent part| / (|id part| + |intent part|) of its score
+    ("item_intents", pa.list_(pa.list_(pa.int64()))),
+    ("item_intent_summaries", pa.list_(pa.list_(pa.string()))),
+    ("item_contributions", pa.list_(pa.list_(pa.float32()))),
+    ("item_intent_share", pa.list_(pa.float32())),
 ])
 
 
@@ -82,6 +88,15 @@ EXPLAINED_LATENTS = pa.schema([
     ("top_activations", pa.list_(pa.float32())),
     ("random_text_ids", pa.list_(pa.int64())),
     ("random_texts", pa.list_(pa.string())),
+])
+
+# profile: per intent set ("judged": the kept latents, intent i = the judge's i-th kept latent;
+# "all": every SAE latent) and item, the item's intents (positions in that set) and pooled weights
+ITEM_PROFILES = pa.schema([
+    ("set", pa.string()),
+    ("item", pa.int32()),
+    ("intents", pa.list_(pa.int32())),
+    ("weights", pa.list_(pa.float32())),
 ])
 
 # judge: one row per SAE latent; summary/verdict are null for latents beyond judge.max_latents,

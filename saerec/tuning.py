@@ -32,6 +32,7 @@ import torch
 from ray import tune
 
 from saerec.rec import evaluate
+from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import RunSettings, train_run, with_k
 from saerec.rec.variants import FULL_MODEL, NAMES, variant
 from saerec.schemas import sweep_results_schema
@@ -106,11 +107,13 @@ def build_grid(variants: Sequence[str], ks: Sequence[int], review_drops: Sequenc
 
 @dataclass(frozen=True)
 class SweepData:
-    """What every trial reads: per-user item sequences (ids from 1) and the named intent matrices."""
+    """What every trial reads: per-user item sequences (ids from 1), the named intent matrices and,
+    for the grounded variants, the items' profiles over them (same keys)."""
 
     sequences: list[np.ndarray]
     n_items: int
     intents: dict[str, torch.Tensor]
+    profiles: dict[str, ItemProfiles] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,8 +170,9 @@ def train_trial(config: dict[str, Any], data: SweepData, settings: RunSettings, 
             states.save(spec.trial_id, snapshot)
         tune.report({"done": False, **metrics})
 
-    trained = train_run(spec.variant, spec.seed, settings, split, intents, n_items=data.n_items, device=device,
-                        resume=resume, on_epoch=on_epoch)
+    profiles = data.profiles.get(spec.intents_key) if variant(spec.variant).grounded else None
+    trained = train_run(spec.variant, spec.seed, settings, split, intents, n_items=data.n_items, profiles=profiles,
+                        device=device, resume=resume, on_epoch=on_epoch)
     result = trained.result
     test = evaluate(trained.model, split.test, settings.ks, settings.mask_history, device=device)
     tune.report({

@@ -98,7 +98,11 @@ def _evaluate(ctx: StageContext) -> dict:
         "personal_intents": pa.array([[5], [7]], pa.list_(pa.int64())),
         "personal_summaries": [["theme 5"], [None]], "public_intents": pa.array([[2], [2]], pa.list_(pa.int64())),
         "public_summaries": [["theme 2"], ["theme 2"]], "branch_weights": pa.array([[0.5], [0.5]],
-                                                                                    pa.list_(pa.float32()))},
+                                                                                    pa.list_(pa.float32())),
+        "item_intents": pa.array([[], []], pa.list_(pa.list_(pa.int64()))),
+        "item_intent_summaries": pa.array([[], []], pa.list_(pa.list_(pa.string()))),
+        "item_contributions": pa.array([[], []], pa.list_(pa.list_(pa.float32()))),
+        "item_intent_share": pa.array([[], []], pa.list_(pa.float32()))},
         schema=schemas.RECOMMENDATIONS))
     return {"explained_model": "saerec-seed0", "fusion_weight_self": 0.9, "fusion_weight_personal": 0.06,
             "fusion_weight_public": 0.04}

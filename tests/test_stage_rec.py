@@ -18,9 +18,9 @@ import torch
 
 from saerec import artifacts, schemas
 from saerec.config import ConfigError, load_config
-from saerec.pipeline import Runner, Stage, StageContext
+from saerec.pipeline import Runner, Stage, StageContext, StageInput
 from saerec.sae.model import TopKSAE
-from saerec.stages import evaluate, prepare, train_rec
+from saerec.stages import evaluate, prepare, profile, train_rec
 from saerec.storage import Store
 from tests.conftest import TINY_DEMO
 
@@ -69,7 +69,7 @@ def _runner(uri: str, *overrides: str, endpoint: str | None = None) -> Runner:
     store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
     store.check()
     runner = Runner(cfg, store, log=lambda _: None)
-    for stage in (prepare.STAGE, EMBED, SAE, JUDGE):
+    for stage in (prepare.STAGE, EMBED, SAE, JUDGE, profile.STAGE):
         runner.run_stage(stage)
     return runner
 
@@ -175,3 +175,41 @@ def test_a_paper_protocol_run_is_marked_in_every_manifest_and_metrics_file(tmp_p
     assert run["valid"] == pytest.approx(run["test"]), "under paper the selection set is the test set"
     strict = _runner(str(tmp_path / "out"), "rec.models=[sasrec]")
     assert strict.run_stage(train_rec.STAGE).get("skipped") is None, "the protocol is in train_rec's fingerprint"
+
+
+def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explained_exactly(tmp_path, ray_local):
+    runner = _runner(str(tmp_path / "out"), "rec.models=[grounded]")
+    prep, emb = StageInput(runner.store, runner.manifest("prepare")), StageInput(runner.store, runner.manifest("embed"))
+    corpus = artifacts.dataset(prep, artifacts.CORPUS).to_table().to_pandas()
+    splits = artifacts.read_table(prep, artifacts.INTERACTIONS).to_pandas()
+    def pairs(frame) -> set[tuple[int, int]]:
+        return {(int(u), int(i)) for u, i in frame[["user", "item"]].to_numpy()}
+
+    held_out = pairs(splits[splits["split"] != "train"]) - pairs(splits[splits["split"] == "train"])
+    reviewed = pairs(corpus[corpus["kind"] == "review"])
+    assert held_out and reviewed and not held_out & reviewed, "no review of a valid or test interaction"
+
+    profiles = artifacts.read_profiles(StageInput(runner.store, runner.manifest("profile")), "judged")
+    sae = artifacts.read_sae(StageInput(runner.store, runner.manifest("train_sae")))
+    vectors = artifacts.read_table(emb, artifacts.EMBEDDINGS, ["text_id", "vector"]).to_pandas()
+    by_text = dict(zip(vectors["text_id"], vectors["vector"]))
+    item = next(iter(profiles))
+    texts = torch.tensor(np.stack([by_text[t] for t in corpus[corpus["item"] == item]["text_id"]]), dtype=torch.float32)
+    values, latents = sae.encode(texts)
+    dense = torch.zeros(len(texts), sae.n_latents).scatter(1, latents, values).mean(0)
+    expected = {i: float(dense[latent]) for i, latent in enumerate(LATENTS) if dense[latent] > 0}
+    ids, weights = profiles[item]
+    assert dict(zip(ids, weights)) == pytest.approx(expected, rel=1e-5)
+
+    trained = runner.run_stage(train_rec.STAGE)
+    evaluated = runner.run_stage(evaluate.STAGE)
+    assert evaluated["metrics"]["explained_model"] == "grounded-seed0"
+    recs = runner.store.read_table(f"{evaluated['output_dir']}/recommendations.parquet").to_pylist()
+    model = artifacts.read_model(StageInput(runner.store, trained), artifacts.read_runs(
+        StageInput(runner.store, trained))[0])
+    assert model.profile_ids.shape[0] == trained["metrics"]["n_items"] + 1
+    for row in recs[:10]:
+        assert len(row["item_intents"]) == len(row["items"]) == 5
+        for ids, names, share in zip(row["item_intents"], row["item_intent_summaries"], row["item_intent_share"]):
+            assert set(ids) <= set(LATENTS) | {-1} and 0.0 <= share <= 1.0
+            assert names == [SUMMARIES[LATENTS.index(i)] if i >= 0 else None for i in ids]

@@ -14,7 +14,7 @@ from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput,
 from saerec.rec.runs import RunSettings, run_settings
 from saerec.rec.variants import random_like
 from saerec.sae.model import TopKSAE
-from saerec.stages import prepare, sweep
+from saerec.stages import prepare, profile, sweep
 from saerec.storage import Store
 from tests.conftest import TINY_DEMO
 from tests.toy_stages import DOUBLE, NUMBERS
@@ -261,7 +261,8 @@ def _stand_in_judge(ctx: StageContext) -> dict:
 
 STAND_INS = (Stage("embed", _stand_in_embed, ("prepare",), ("embed",)),
              Stage("train_sae", _stand_in_sae, ("embed",), ("sae",)),
-             Stage("judge", _stand_in_judge, ("train_sae",), ("judge",)))
+             Stage("judge", _stand_in_judge, ("train_sae",), ("judge",)),
+             profile.STAGE)
 
 
 def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capsys):

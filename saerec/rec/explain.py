@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from saerec.rec.grounded import GroundedSASRec
 from saerec.rec.saerec_model import SAERec, steering
 
 
@@ -59,6 +60,35 @@ def explain_users(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, top_n:
             weights = np.zeros((len(lengths), info["weights"].shape[1]), dtype=np.float32)
         weights[rows] = info["weights"].cpu().numpy()
     return {"items": items, "personal": personal, "public": public, "weights": weights}
+
+
+@torch.no_grad()
+def explain_grounded(model: GroundedSASRec, inputs: np.ndarray, lengths: np.ndarray, top_n: int,
+                     per_item: int, mask_history: bool = True, batch_size: int = 1024,
+                     device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Top-N items with each item's ``per_item`` strongest intents by contribution a_ji (h . E_i),
+    those contributions (-1 / 0 where an item has fewer intents), and the share of the item's
+    score its intents account for, |intent part| / (|id part| + |intent part|) over all of its
+    intents, not only the listed ones. The parts are the model's own arithmetic: the id part plus
+    all contributions is the item's score."""
+    model.eval()
+    items = top_items(model, inputs, lengths, top_n, mask_history, batch_size, device)
+    width = min(per_item, model.profile_ids.shape[1])
+    intents = np.zeros((len(lengths), top_n, width), dtype=np.int64)
+    contributions = np.zeros((len(lengths), top_n, width), dtype=np.float32)
+    share = np.zeros((len(lengths), top_n), dtype=np.float32)
+    for rows in _batches(lengths, batch_size):
+        width_seq = int(lengths[rows].max())
+        seqs = torch.from_numpy(inputs[rows, :width_seq]).to(device)
+        reps = model(seqs, torch.from_numpy(lengths[rows]).to(device), last_only=True)
+        parts = model.score_parts(reps, torch.from_numpy(items[rows]).to(device))
+        order = parts["contributions"].abs().argsort(dim=-1, descending=True)[..., :width]
+        listed = parts["weights"].gather(-1, order) > 0
+        intents[rows] = torch.where(listed, parts["intents"].gather(-1, order), -1).cpu().numpy()
+        contributions[rows] = parts["contributions"].gather(-1, order).cpu().numpy()
+        intent_part = parts["contributions"].sum(-1)
+        share[rows] = (intent_part.abs() / (parts["id"].abs() + intent_part.abs()).clamp_min(1e-12)).cpu().numpy()
+    return {"items": items, "intents": intents, "contributions": contributions, "intent_share": share}
 
 
 def steering_study(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, intent_ids: Sequence[int],

@@ -96,11 +96,12 @@ class GroundedSASRec(SASRec):
     @torch.no_grad()
     def score_parts(self, reps: Tensor, items: Tensor) -> dict[str, Tensor]:
         """The exact parts of the scores of ``items`` (B, N) for user states ``reps`` (B, d):
-        ``id`` (B, N) = h . ID_j, and per profile slot ``intents`` (B, N, m) intent ids with their
-        ``contributions`` (B, N, m) = a_ji (h . E_i); id + contributions.sum(-1) is the score."""
+        ``id`` (B, N) = h . ID_j, and per profile slot ``intents`` (B, N, m) intent ids, their
+        ``weights`` a_ji (0 = an empty slot) and ``contributions`` (B, N, m) = a_ji (h . E_i);
+        id + contributions.sum(-1) is the score."""
         table = self.intent_table()
         ids, weights = self.profile_ids[items], self.profile_weights[items]
         per_intent = reps @ table.T
         contributions = weights * per_intent.gather(1, ids.reshape(len(reps), -1)).view_as(weights)
         own = (self.item_emb(items) * reps.unsqueeze(1)).sum(-1)
-        return {"id": own, "intents": ids, "contributions": contributions}
+        return {"id": own, "intents": ids, "weights": weights, "contributions": contributions}

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from saerec.rec.batching import LeaveOneOut, Protocol, leave_one_out
+from saerec.rec.grounded import ItemProfiles
 from saerec.rec.sasrec import EncoderConfig
 from saerec.rec.training import FitConfig, FitResult, fit, seed_everything
 from saerec.rec.variants import build_model, model_spec
@@ -93,7 +94,8 @@ EpochHook = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 
 
 def train_run(variant: str, seed: int, settings: RunSettings, split: LeaveOneOut, intents: Tensor | None, *,
-              n_items: int, device: torch.device | str = "cpu", resume: dict[str, Any] | None = None,
+              n_items: int, profiles: ItemProfiles | None = None, device: torch.device | str = "cpu",
+              resume: dict[str, Any] | None = None,
               on_epoch: EpochHook | None = None, wrap: Callable[[nn.Module], nn.Module] | None = None,
               shard: tuple[int, int] = (0, 1)) -> TrainedRun:
     """Seed, build the variant, fit with selection on valid, and load the selected weights.
@@ -103,10 +105,10 @@ def train_run(variant: str, seed: int, settings: RunSettings, split: LeaveOneOut
     may wrap the model for data parallelism (DDP); the returned model is the bare one.
     """
     shape = None if intents is None else tuple(intents.shape)
-    spec = model_spec(variant, settings.encoder(n_items), settings.k, settings.ema_beta, shape)
+    spec = model_spec(variant, settings.encoder(n_items), settings.k, settings.ema_beta, shape, profiles)
     fit_cfg = settings.fit_config(seed)
     seed_everything(seed)
-    model = build_model(spec, intents).to(device)
+    model = build_model(spec, intents, profiles).to(device)
     trained = wrap(model) if wrap is not None else model
     last_saved = time.monotonic()
 

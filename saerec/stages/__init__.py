@@ -5,7 +5,7 @@ import importlib
 
 from saerec.pipeline import Stage
 
-STAGE_ORDER: tuple[str, ...] = ("prepare", "embed", "train_sae", "explain", "judge", "train_rec", "evaluate", "sweep",
+STAGE_ORDER: tuple[str, ...] = ("prepare", "embed", "train_sae", "explain", "judge", "profile", "train_rec", "evaluate", "sweep",
                                  "report")
 
 

@@ -17,8 +17,10 @@ from saerec import artifacts, schemas
 from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import evaluate, leave_one_out
-from saerec.rec.explain import explain_users, match_texts, steering_study, top_items
-from saerec.rec.variants import EXPLAIN_ORDER
+from saerec.rec.explain import explain_grounded, explain_users, match_texts, steering_study, top_items
+from saerec.rec.variants import EXPLAIN_ORDER, is_grounded
+
+EXPLAINED_INTENTS_PER_ITEM = 3
 
 
 def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -51,8 +53,20 @@ def fusion_weights(run: dict[str, Any] | None, weights: list[list[float]]) -> di
 def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, users: np.ndarray,
                           test: Any, latents: np.ndarray | None, summaries: dict[int, str],
                           cfg: EvaluateSection) -> pa.Table:
-    """One row per test user: top-N, the held-out item, and (for SAERec) the intents behind the list."""
-    if run is not None and run["spec"]["intent_set"] is not None:
+    """One row per test user: top-N, the held-out item, and the intents behind the list: SAERec's
+    personal and public intents, or a grounded model's intents of each recommended item."""
+    empty = [[]] * len(test)
+    personal, public, weights = empty, empty, empty
+    item_intents, item_contributions, item_share = empty, empty, empty
+    if run is not None and is_grounded(run["spec"]):
+        out = explain_grounded(model, test.inputs, test.lengths, cfg.top_n, EXPLAINED_INTENTS_PER_ITEM,
+                               cfg.mask_history)
+        ids = np.append(latents, -1)  # -1 (an empty slot) stays -1
+        item_intents = ids[out["intents"]].tolist()
+        item_contributions = out["contributions"].tolist()
+        item_share = out["intent_share"].tolist()
+        items = out["items"]
+    elif run is not None and run["spec"]["intent_set"] is not None:
         out = explain_users(model, test.inputs, test.lengths, cfg.top_n, cfg.mask_history)
         ids = latents if run["spec"]["intent_set"] == "judged" else np.arange(model.n_intents)
         personal = ids[out["personal"]].tolist()
@@ -61,7 +75,6 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
         items = out["items"]
     else:
         items = top_items(model, test.inputs, test.lengths, cfg.top_n, cfg.mask_history)
-        personal, public, weights = [[]] * len(test), [[]] * len(test), [[]] * len(test)
 
     def names(rows: list[list[int]]) -> list[list[str | None]]:
         return [[summaries.get(i) for i in row] for row in rows]
@@ -76,6 +89,10 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
         "public_intents": pa.array(public, pa.list_(pa.int64())),
         "public_summaries": pa.array(names(public), pa.list_(pa.string())),
         "branch_weights": pa.array(weights, pa.list_(pa.float32())),
+        "item_intents": pa.array(item_intents, pa.list_(pa.list_(pa.int64()))),
+        "item_intent_summaries": pa.array([names(row) for row in item_intents], pa.list_(pa.list_(pa.string()))),
+        "item_contributions": pa.array(item_contributions, pa.list_(pa.list_(pa.float32()))),
+        "item_intent_share": pa.array(item_share, pa.list_(pa.float32())),
     }, schema=schemas.RECOMMENDATIONS)
 
 
@@ -85,8 +102,9 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, late
     query = cfg.steering_query
     if not query:
         return {"skipped": "evaluate.steering_query is not set"}
-    if run is None or run["spec"]["intent_set"] != "judged":
-        return {"query": query, "skipped": "no SAERec model over judged intents was trained"}
+    if run is None or run["spec"]["intent_set"] != "judged" or is_grounded(run["spec"]):
+        return {"query": query, "skipped": "no SAERec model over judged intents was explained (steering of "
+                                           "grounded models is not built yet)"}
     matched = np.flatnonzero(match_texts([summaries.get(int(l)) for l in latents], query))
     flags = np.concatenate([[False], match_texts(item_texts, query)])
     base = {"query": query, "model": run["name"], "matched_intents": [int(latents[i]) for i in matched],

@@ -185,9 +185,20 @@ def _steering(doc: rp.Document, ctx: StageContext) -> None:
     rows = [[r["user"], r["target"], ", ".join(map(str, r["items"][:5])),
              "; ".join(s for s in r["personal_summaries"] if s) or "—",
              "; ".join(s for s in r["public_summaries"] if s) or "—"] for r in recs]
+    explained = evaluate.metrics.get("explained_model")
+    if any(r["item_intents"] for r in recs):
+        rows = [[r["user"], item, f"{share:.0%}",
+                 "; ".join(f"{s or f'intent {i}'} ({c:+.3f})" for i, s, c in zip(ids, names, parts) if i >= 0) or "—"]
+                for r in recs[:2] for item, ids, names, parts, share in
+                zip(r["items"][:5], r["item_intents"], r["item_intent_summaries"], r["item_contributions"],
+                    r["item_intent_share"])]
+        section.blocks.append(rp.Table(["user", "recommended item", "intent share of score", "strongest intents "
+                                        "(contribution to the score)"], rows,
+                                       f"Exact explanations of {explained}: each item's score is its ID part plus the "
+                                       "listed and remaining intents' contributions a_ji (h . E_i)"))
+        return
     section.blocks.append(rp.Table(["user", "held-out item", "top 5", "personal intents", "public intents"], rows,
-                                   f"Explanations of the first {len(rows)} test users' recommendations "
-                                   f"({evaluate.metrics.get('explained_model')})"))
+                                   f"Explanations of the first {len(rows)} test users' recommendations ({explained})"))
 
 
 def _wall_times(doc: rp.Document, ctx: StageContext) -> None:

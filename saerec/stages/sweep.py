@@ -28,11 +28,12 @@ from ray import tune
 from saerec import artifacts, tuning
 from saerec.config import Config, JudgeSection, RunSection, SweepSection
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
+from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import SELECT_METRIC, run_settings
 from saerec.rec.variants import intent_sets, variant
 from saerec.stages import load_stage
 
-UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge")
+UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge", "profile")
 SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge")
 # The keys of rec and evaluate that trials read: rec.models, rec.seeds or the steering settings
 # do not re-run the sweep.
@@ -99,14 +100,17 @@ def _publish_upstream(ctx: StageContext, run_name: str, log: list[str], **sectio
     return found
 
 
-def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], log: list[str]) -> dict[str, torch.Tensor]:
-    """Every intent matrix the grid needs, each built from the upstream outputs of its study point."""
+def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int, log: list[str]
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, ItemProfiles]]:
+    """Every intent matrix (and, for the grounded variants, item profiles) the grid needs, each built
+    from the upstream outputs of its study point."""
     cfg: SweepSection = ctx.sections["sweep"]
     base_drop = ctx.sections["data"].review_drop
     judges = dict({"": ctx.sections["judge"]},
                   **{choice: parse_judge(choice, ctx.sections["judge"], i) for i, choice in enumerate(cfg.judges)})
     points = sorted({(s.review_drop, s.judge) for s in specs if s.intents_key is not None})
     intents: dict[str, torch.Tensor] = {}
+    profiles: dict[str, ItemProfiles] = {}
     for drop, judge in points:
         if drop == base_drop and judge == "":
             inputs = ctx.inputs
@@ -125,8 +129,12 @@ def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], log: list[str
             raise StageError(f"sweep: {exc}") from exc
         for spec in specs:
             if (spec.review_drop, spec.judge) == (drop, judge) and spec.intents_key is not None:
-                intents[spec.intents_key] = sets[variant(spec.variant).intent_set]
-    return intents
+                found = variant(spec.variant)
+                intents[spec.intents_key] = sets[found.intent_set]
+                if found.grounded and spec.intents_key not in profiles:
+                    profiles[spec.intents_key] = ItemProfiles.from_lists(
+                        n_items, artifacts.read_profiles(inputs["profile"], found.intent_set))
+    return intents, profiles
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -140,7 +148,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     log: list[str] = []
     start = time.time()
     sequences = artifacts.read_sequences(ctx.input("prepare"))
-    intents = _intent_sets(ctx, specs, log)
+    intents, profiles = _intent_sets(ctx, specs, sequences.n_items, log)
     for line in log:
         print(line, flush=True)
     for spec in specs:
@@ -151,7 +159,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tune_start = time.time()
 
     settings = run_settings(rec, ctx.sections["evaluate"], cfg.max_epochs, cfg.patience)
-    data = tuning.SweepData(sequences=sequences.sequences, n_items=sequences.n_items, intents=intents)
+    data = tuning.SweepData(sequences=sequences.sequences, n_items=sequences.n_items, intents=intents,
+                            profiles=profiles)
     resources = {"cpu": cfg.cpus_per_trial, **({"gpu": cfg.gpus_per_trial} if cfg.gpus_per_trial else {})}
     storage_path, filesystem = ctx.train_storage()
     states = tuning.TrialStates(filesystem, posixpath.join(storage_path, "trial_states"))
@@ -181,5 +190,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"best_test_{SELECT_METRIC}": best[f"test_{SELECT_METRIC}_mean"]}
 
 
-STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge"), sections=SECTIONS,
+STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge", "profile"), sections=SECTIONS,
               only_keys={"rec": REC_KEYS, "evaluate": EVALUATE_KEYS})

@@ -7,7 +7,8 @@ the run folder is keyed by the stage fingerprint (``ctx.train_storage()``), so a
 re-run with the same inputs resumes mid-run instead of starting over.
 
 Reads: prepare (sequences), judge (the kept intents), train_sae (every latent, for ``noIde``),
-embed (text embeddings, for KMeans-Intent). Writes the artifacts ``MODELS``, ``INTENT_SETS`` and
+embed (text embeddings, for KMeans-Intent), profile (the items' intent profiles, for the grounded
+variants). Writes the artifacts ``MODELS``, ``INTENT_SETS`` and
 ``RUNS``. Under the strict protocol the test set is not read here: the evaluate stage reads it
 once. Under ``evaluate.protocol=paper`` epochs are selected on it, and every output says so.
 """
@@ -26,6 +27,7 @@ from ray.train.torch import TorchTrainer
 from saerec import artifacts
 from saerec.config import RecSection
 from saerec.pipeline import Stage, StageContext, StageError
+from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import SELECT_METRIC, RunSettings, run_settings, train_run
 from saerec.rec.variants import intent_sets, variant
 
@@ -71,8 +73,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         def wrap(model: torch.nn.Module, sparse: bool = variant(name_variant).intent_set is not None) -> Any:
             return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": sparse})
 
-        trained = train_run(name_variant, run["seed"], settings, split,
-                            config["intents"].get(variant(name_variant).intent_set), n_items=config["n_items"],
+        found = variant(name_variant)
+        trained = train_run(name_variant, run["seed"], settings, split, config["intents"].get(found.intent_set),
+                            n_items=config["n_items"],
+                            profiles=config["profiles"].get(found.intent_set) if found.grounded else None,
                             device=device, resume=resume, on_epoch=on_epoch, wrap=wrap if world > 1 else None,
                             shard=(rank, world))
         result = trained.result
@@ -84,7 +88,8 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 def train_all(ctx: StageContext, cfg: RecSection, settings: RunSettings, runs: list[dict[str, Any]],
-              sequences: list[np.ndarray], n_items: int, intents: dict[str, torch.Tensor]) -> dict[str, Any]:
+              sequences: list[np.ndarray], n_items: int, intents: dict[str, torch.Tensor],
+              profiles: dict[str, ItemProfiles]) -> dict[str, Any]:
     """Launch (or resume) the TorchTrainer run and return the finished runs from its last checkpoint.
 
     A dead worker restarts the worker group (up to ``rec.max_failures`` times) from the last
@@ -94,7 +99,7 @@ def train_all(ctx: StageContext, cfg: RecSection, settings: RunSettings, runs: l
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"runs": runs, "sequences": sequences, "n_items": n_items, "settings": settings,
-                           "intents": intents, "use_gpu": cfg.use_gpu,
+                           "intents": intents, "profiles": profiles, "use_gpu": cfg.use_gpu,
                            "threads": 1 if cfg.use_gpu else max(1, torch.get_num_threads() // cfg.num_workers)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=ray.train.RunConfig(name="train_rec", storage_path=storage_path, storage_filesystem=filesystem,
@@ -142,9 +147,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
                              f"({artifacts.INTENTS.uri(ctx.input('judge'))}); lower rec.k or keep more verdicts "
                              "(judge.keep)")
     artifacts.write_intent_sets(ctx.output, intents, judged_latents if "judged" in intents else None)
+    grounded_sets = {variant(v).intent_set for v in variants if variant(v).grounded}
+    profiles = {name: ItemProfiles.from_lists(data.n_items, artifacts.read_profiles(ctx.input("profile"), name))
+                for name in grounded_sets}
 
     runs = [{"name": f"{v}-seed{seed}", "variant": v, "seed": seed} for v in variants for seed in cfg.seeds]
-    done = train_all(ctx, cfg, settings, runs, data.sequences, data.n_items, intents)
+    done = train_all(ctx, cfg, settings, runs, data.sequences, data.n_items, intents, profiles)
 
     summary = []
     for run_info in runs:
@@ -168,5 +176,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return metrics
 
 
-STAGE = Stage(name="train_rec", run=run, inputs=("prepare", "embed", "train_sae", "judge"),
+STAGE = Stage(name="train_rec", run=run, inputs=("prepare", "embed", "train_sae", "judge", "profile"),
               sections=("rec", "evaluate"), only_keys={"evaluate": ("protocol", "ks", "mask_history")})

@@ -1,0 +1,87 @@
+"""Stage ``profile``: every item's intent profile, the SAE activations of its texts pooled per item.
+
+The embedding shards stream through the SAE on a Ray Data actor (which also maps each text to its
+item); the driver folds the sparse codes into one item x latent table as they come
+(``saerec.intents.profiles``), so memory follows the (item, latent) pairs that fire, not the
+corpus. The corpus holds an item's description and its TRAINING reviews only (prepare), so no
+valid or test text ever enters a profile.
+
+Reads: prepare (the corpus' text -> item map), embed (text embeddings), train_sae (the SAE),
+judge (the kept latents). Writes the artifact ``PROFILES``: for the ``judged`` set (the kept
+latents, in the judge's order) and the ``all`` set (every latent, for noIde) one row per item with
+text, its strongest ``profile.max_intents`` intents and their pooled weights. An item without
+text has no row: its profile is empty.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+from saerec import artifacts, schemas
+from saerec.config import ProfileSection
+from saerec.intents.profiles import ProfileAccumulator
+from saerec.pipeline import Stage, StageContext, StageError
+from saerec.sae.model import TopKSAE
+
+
+class EncodeTexts:
+    """Ray Data actor: the SAE codes of a batch of text embeddings, with each text's item."""
+
+    def __init__(self, sae_config: dict[str, Any], sae_state: dict[str, Any], corpus_path: str, filesystem: Any) -> None:
+        self.sae = TopKSAE.from_saved(sae_config, sae_state)
+        corpus = artifacts.dataset_at(corpus_path, filesystem).to_table(columns=["text_id", "item"])
+        order = np.argsort(corpus.column("text_id").to_numpy())
+        self.text_ids = corpus.column("text_id").to_numpy()[order]
+        self.items = corpus.column("item").to_numpy()[order]
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        kept = batch.filter(pc.greater(batch.column("tokens"), 0))
+        ids = kept.column("text_id").to_numpy()
+        where = np.searchsorted(self.text_ids, ids)
+        if len(ids) and (where.max() >= len(self.text_ids) or not np.array_equal(self.text_ids[where], ids)):
+            raise StageError("profile: an embedded text is not in prepare's corpus; embed and prepare outputs do not match")
+        vectors = torch.from_numpy(np.ascontiguousarray(
+            kept.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1), dtype=np.float32))
+        with torch.inference_mode():
+            values, latents = self.sae.encode(vectors) if len(ids) else (torch.zeros(0, self.sae.k),
+                                                                          torch.zeros(0, self.sae.k, dtype=torch.long))
+        return {"item": self.items[where], "values": values.numpy(), "latents": latents.numpy()}
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg: ProfileSection = ctx.sections["profile"]
+    embed, train_sae, prepare = ctx.input("embed"), ctx.input("train_sae"), ctx.input("prepare")
+    sae_config, sae_state = artifacts.read_sae_files(train_sae)
+    kept = artifacts.read_intent_set(ctx.input("judge")).latents
+    codes = ray.data.read_parquet(artifacts.EMBEDDINGS.path(embed), filesystem=ctx.store.fs,
+                                  columns=["text_id", "vector", "tokens"]).map_batches(
+        EncodeTexts, fn_constructor_kwargs={"sae_config": sae_config, "sae_state": sae_state,
+                                            "corpus_path": artifacts.CORPUS.path(prepare), "filesystem": ctx.store.fs},
+        compute=ray.data.ActorPoolStrategy(size=1), batch_size=4096, batch_format="pyarrow")
+    folded = ProfileAccumulator(int(sae_config["n_latents"]), cfg.pooling)
+    for batch in codes.iter_batches(batch_format="numpy", batch_size=None):
+        folded.add(torch.from_numpy(batch["item"]), torch.from_numpy(batch["values"]),
+                   torch.from_numpy(batch["latents"]))
+    n_items = int(artifacts.read_table(prepare, artifacts.ITEMS, ["item"]).column("item").to_numpy().max())
+    rows: dict[str, list] = {"set": [], "item": [], "intents": [], "weights": []}
+    metrics: dict[str, Any] = {"items": n_items, "items_with_text": len(folded.texts), "pooling": cfg.pooling}
+    for name, latents in (("judged", kept), ("all", np.arange(int(sae_config["n_latents"])))):
+        profiles = folded.profiles(latents, cfg.max_intents)
+        for item in sorted(profiles):
+            rows["set"].append(name)
+            rows["item"].append(item)
+            rows["intents"].append(profiles[item][0])
+            rows["weights"].append(profiles[item][1])
+        lengths = [len(p[0]) for p in profiles.values()]
+        metrics[f"{name}_items_with_intents"] = len(profiles)
+        metrics[f"{name}_mean_intents_per_item"] = round(float(np.mean(lengths)), 3) if lengths else 0.0
+    artifacts.write_table(ctx.output, artifacts.PROFILES, pa.table(rows, schema=schemas.ITEM_PROFILES))
+    return metrics
+
+
+STAGE = Stage(name="profile", run=run, inputs=("prepare", "embed", "train_sae", "judge"), sections=("profile",))

@@ -1,0 +1,48 @@
+"""Item intent profiles: streamed chunks of sparse codes pool into the same profiles as all at once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saerec.intents.profiles import ProfileAccumulator
+
+
+def _codes():
+    items = torch.tensor([1, 1, 2, 3, 3, 3])
+    values = torch.tensor([[0.5, 0.2], [0.3, 0.0], [0.9, 0.1], [0.4, 0.4], [0.2, 0.6], [0.1, 0.3]])
+    latents = torch.tensor([[0, 2], [2, 1], [4, 0], [1, 2], [1, 3], [3, 0]])
+    return items, values, latents
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_chunks_fold_into_the_pooled_profile_of_each_item(pooling):
+    items, values, latents = _codes()
+    whole, chunked = ProfileAccumulator(5, pooling), ProfileAccumulator(5, pooling)
+    whole.add(items, values, latents)
+    for start in range(0, 6, 2):
+        chunked.add(items[start:start + 2], values[start:start + 2], latents[start:start + 2])
+    kept = np.arange(5)
+    one, other = whole.profiles(kept, 10), chunked.profiles(kept, 10)
+    assert one.keys() == other.keys()
+    for item in one:
+        assert one[item][0] == other[item][0] and one[item][1] == pytest.approx(other[item][1])
+    dense = torch.zeros(6, 5).scatter(1, latents, values)
+    for item in (1, 2, 3):
+        rows = dense[items == item]
+        pooled = rows.mean(0) if pooling == "mean" else rows.max(0).values
+        ids, weights = whole.profiles(kept, 10)[item]
+        assert dict(zip(ids, weights)) == pytest.approx({i: float(v) for i, v in enumerate(pooled) if v > 0})
+        assert weights == sorted(weights, reverse=True), "strongest intent first"
+
+
+def test_profiles_keep_only_the_kept_latents_renumbered_and_the_strongest_first():
+    items, values, latents = _codes()
+    folded = ProfileAccumulator(5, "mean")
+    folded.add(items, values, latents)
+    profiles = folded.profiles(np.array([2, 1]), max_intents=1)
+    assert set(profiles) == {1, 3}, "item 2 fires neither kept latent"
+    assert profiles[1] == ([0], [pytest.approx(0.25)]), "latent 2 is intent 0; a zero value never fires"
+    assert profiles[3] == ([1], [pytest.approx(0.2)]), "item 3's strongest kept latent only (mean over 3 texts)"
+    with pytest.raises(ValueError, match="do not describe the same texts"):
+        folded.add(items[:2], values, latents)
