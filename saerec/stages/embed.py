@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import ray
 import torch
 
@@ -168,7 +167,7 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
 
 def _summarise(embeddings_dir: str, filesystem, dim: int) -> tuple[int, int, int, int]:
     """Stream the small per-text columns back (never the vectors) to count what was written."""
-    dataset = pads.dataset(embeddings_dir, filesystem=filesystem, format="parquet")
+    dataset = artifacts.dataset_at(embeddings_dir, filesystem)
     expected = schemas.embedding_table_schema(dim)
     if not dataset.schema.equals(expected, check_metadata=False):
         raise StageError(f"embed: wrote {dataset.schema}, expected {expected}")

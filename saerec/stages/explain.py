@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import ray
 import torch
 
@@ -55,7 +54,7 @@ def explain_latents(sae_config: dict[str, Any], sae_state: dict[str, Any], words
     text_ids: list[np.ndarray] = []
 
     def codes():
-        dataset = pads.dataset(embeddings_path, filesystem=filesystem, format="parquet")
+        dataset = artifacts.dataset_at(embeddings_path, filesystem)
         for batch in dataset.to_batches(columns=["text_id", "vector", "tokens"], batch_size=cfg.chunk_size):
             keep = batch.column("tokens").to_numpy() > 0
             if not keep.any():
@@ -90,7 +89,7 @@ def explain_latents(sae_config: dict[str, Any], sae_state: dict[str, Any], words
 
 
 def _corpus_texts(corpus_path: str, filesystem: Any) -> dict[int, str]:
-    table = pads.dataset(corpus_path, filesystem=filesystem, format="parquet").to_table(columns=["text_id", "text"])
+    table = artifacts.dataset_at(corpus_path, filesystem).to_table(columns=["text_id", "text"])
     return dict(zip(table.column("text_id").to_pylist(), table.column("text").to_pylist()))
 
 
