@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging
 import platform
 import posixpath
 import sys
@@ -31,6 +32,7 @@ from saerec.config import Config, result_settings
 from saerec.storage import MANIFEST, Store, StorageError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 ATTEMPT_PREFIX = "attempt-"
 TRAIN_DIR = "_train"
 
@@ -182,10 +184,9 @@ class Runner:
     folder and its attempt is looked up beside it, whatever root it was written under.
     """
 
-    def __init__(self, cfg: Config, store: Store, log: Callable[[str], None] = print):
+    def __init__(self, cfg: Config, store: Store):
         self.cfg = cfg
         self.store = store
-        self.log = log
 
     def stage_dir(self, stage: str) -> str:
         return self.store.join(self.cfg.run.name, stage)
@@ -273,9 +274,9 @@ class Runner:
                 raise self._unresolvable(stage.name, published)
             return {**published, "attempt": keep, "output_dir": posixpath.join(self.stage_dir(stage.name), keep),
                     "skipped": True}
-        self.log(f"[{stage.name}] running...")
+        log.info(f"[{stage.name}] running...")
         if self._clean_leftovers(stage.name, keep):
-            self.log(f"[{stage.name}] removed leftovers of an unfinished earlier run")
+            log.info(f"[{stage.name}] removed leftovers of an unfinished earlier run")
         attempt = f"{ATTEMPT_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         out_dir = posixpath.join(self.stage_dir(stage.name), attempt)
         ctx = StageContext(
@@ -318,7 +319,7 @@ class Runner:
         try:
             self.store.delete_dir(directory)
         except StorageError as exc:
-            self.log(f"could not remove {self.store.uri(directory)}: {exc}")
+            log.warning(f"could not remove {self.store.uri(directory)}: {exc}")
 
 
 # Counts of input left out (bad records, duplicates, empty texts): shown whenever they are not zero,
