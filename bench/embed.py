@@ -208,8 +208,7 @@ def child_stage(args: argparse.Namespace) -> dict:
     init_ray(None, os.cpu_count())
     with ActorSampler() as actors:
         start = time.perf_counter()
-        metrics = embed_corpus(str(args.corpus), str(args.workdir / "stage"), pafs.LocalFileSystem(), cfg,
-                               log=lambda _: None)
+        metrics = embed_corpus(str(args.corpus), str(args.workdir / "stage"), pafs.LocalFileSystem(), cfg)
         wall = time.perf_counter() - start
     # The corpus pool's actors are those that appeared before the corpus pass ended.
     corpus_actors = actors.before(start + metrics["count_words_s"] + metrics["embed_texts_s"])

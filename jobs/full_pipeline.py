@@ -8,6 +8,7 @@ cluster. Stages whose inputs and config are unchanged since their last published
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saerec.config import ConfigError, load_config  # noqa: E402
 from saerec.data.inputs import check_inputs  # noqa: E402
 from saerec.data.records import DataError  # noqa: E402
+from saerec.logs import show_job_messages  # noqa: E402
 from saerec.pipeline import Runner, StageError, summarise  # noqa: E402
 from saerec.runtime import RayStartError, cluster_address, init_ray  # noqa: E402
 from saerec.stages import STAGE_ORDER, load_stage  # noqa: E402
@@ -24,6 +26,7 @@ from saerec.storage import Store, StorageError  # noqa: E402
 
 KNOWN_ERRORS = (ConfigError, DataError, RayStartError, StageError, StorageError)
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+log = logging.getLogger("saerec.job")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,28 +59,29 @@ def select_stages(stages: str | None, until: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    show_job_messages()
     try:
         cfg = load_config(args.config, args.overrides)
         names = select_stages(args.stages, args.until)
         store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
         store.check()
-        print(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "
-              f"{store.uri(store.join(cfg.run.name))}", flush=True)
-        runner = Runner(cfg, store, log=lambda line: print(line, flush=True))
+        log.info(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "
+                 f"{store.uri(store.join(cfg.run.name))}")
+        runner = Runner(cfg, store)
         if "prepare" in names and (args.force or not runner.is_published(load_stage("prepare"))):
             check_inputs(cfg.data)  # seconds, where Ray's start-up takes tens of them
-        print(init_ray(cluster_address(cfg.ray.address), cfg.ray.num_cpus), flush=True)
+        log.info(init_ray(cluster_address(cfg.ray.address), cfg.ray.num_cpus))
         for name in names:
             start = time.time()
             manifest = runner.run_stage(load_stage(name), force=args.force)
             if manifest.get("skipped"):
-                print(f"[{name}] skipped: published output matches (use --force to re-run)", flush=True)
+                log.info(f"[{name}] skipped: published output matches (use --force to re-run)")
             else:
-                print(f"[{name}] done in {time.time() - start:.1f}s: {summarise(manifest['metrics'])}", flush=True)
+                log.info(f"[{name}] done in {time.time() - start:.1f}s: {summarise(manifest['metrics'])}")
     except KNOWN_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        log.error(f"error: {exc}")
         return 2
-    print("all selected stages are published.", flush=True)
+    log.info("all selected stages are published.")
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import posixpath
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -37,6 +38,7 @@ from saerec.rec.runs import RunSettings, train_run, with_k
 from saerec.rec.variants import FULL_MODEL, NAMES, variant
 from saerec.schemas import sweep_results_schema
 
+log = logging.getLogger(__name__)
 STUDIES = ("ablation", "sensitivity", "robustness", "judge")
 
 
@@ -198,12 +200,12 @@ def trial_progress(total: int) -> Any:
             self.finished += 1
             result = trial.last_result or {}
             spec = TrialSpec(**trial.config["trial"])
-            print(f"[sweep] trial {self.finished}/{total} {spec.trial_id}: {result.get('epochs', '?')} epochs, "
-                  f"test ndcg@20 {result.get('test_ndcg@20', float('nan')):.4f}", flush=True)
+            log.info(f"[sweep] trial {self.finished}/{total} {spec.trial_id}: {result.get('epochs', '?')} epochs, "
+                  f"test ndcg@20 {result.get('test_ndcg@20', float('nan')):.4f}")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            print(f"[sweep] trial {TrialSpec(**trial.config['trial']).trial_id} failed; Tune retries it from its "
-                  "saved state up to sweep.max_failures times", flush=True)
+            log.warning(f"[sweep] trial {TrialSpec(**trial.config['trial']).trial_id} failed; Tune retries it from its "
+                  "saved state up to sweep.max_failures times")
 
     return TrialProgress()
 

@@ -3,6 +3,7 @@ After each: nothing lost, duplicated or half-published, and no credential in any
 a Ray head, a killed driver among them, are in test_cluster.py, which owns the head.)"""
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import subprocess
@@ -41,10 +42,10 @@ def own_s3(tmp_path):
     server.stop()
 
 
-def _runner(server: SeaweedS3, logs: list[str]) -> Runner:
+def _runner(server: SeaweedS3) -> Runner:
     cfg = load_config(None, [f"storage.uri=s3://{server.bucket}/faults", "run.name=faults",
                              f"storage.endpoint_url={server.endpoint}"])
-    return Runner(cfg, Store(cfg.storage.uri, cfg.storage.endpoint_url), log=logs.append)
+    return Runner(cfg, Store(cfg.storage.uri, cfg.storage.endpoint_url))
 
 
 def _published_files(runner: Runner, stage: str) -> list[str]:
@@ -53,24 +54,24 @@ def _published_files(runner: Runner, stage: str) -> list[str]:
 
 
 def test_s3_restart_during_a_stage_is_retried(own_s3):
-    logs: list[str] = []
-    runner = _runner(own_s3, logs)
+    runner = _runner(own_s3)
     published = runner.run_stage(_two_part_stage(own_s3.restart))
     assert published["metrics"] == {"parts": 2}
     assert _published_files(runner, "parts") == ["one.parquet", "two.parquet"]
     assert runner.store.read_table(posixpath.join(published["output_dir"], "two.parquet")).num_rows == 2
 
 
-def test_s3_gone_during_a_stage_fails_clearly_and_publishes_nothing(own_s3):
-    logs: list[str] = []
-    runner = _runner(own_s3, logs)
+def test_s3_gone_during_a_stage_fails_clearly_and_publishes_nothing(own_s3, caplog):
+    caplog.set_level(logging.INFO, logger="saerec")
+    runner = _runner(own_s3)
     with pytest.raises(StorageError) as failure:
         runner.run_stage(_two_part_stage(own_s3.stop))
     message = str(failure.value)
     assert message.startswith(f"storage operation on s3://{own_s3.bucket}/faults/faults/parts/attempt-")
     assert "/two.parquet failed: " in message and "connect" in message.lower()
     assert SECRET_KEY not in message and ACCESS_KEY not in message
-    assert any(line.startswith("could not remove s3://") for line in logs), "the runner says what it left behind"
+    assert any(line.startswith("could not remove s3://") for line in caplog.messages), \
+        "the runner says what it left behind"
 
     own_s3.start()
     assert runner.manifest("parts") is None, "a failed stage is never published"

@@ -22,7 +22,7 @@ TINY_DATA = [o for o in TINY_DEMO if o.startswith("data.")]
 def run_prepare(tmp_path, *overrides):
     cfg = load_config(None, [f"storage.uri={tmp_path / 'out'}", *overrides])
     store = Store(cfg.storage.uri)
-    runner = Runner(cfg, store, log=lambda _: None)
+    runner = Runner(cfg, store)
     return runner, runner.run_stage(load_stage("prepare"))
 
 

@@ -135,7 +135,7 @@ STAND_INS = {
 
 def test_report_stage_reads_every_published_output(tmp_path):
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "report.example_intents=2"])
-    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner = Runner(cfg, Store(cfg.storage.uri))
     runner.run_stage(prepare.STAGE)
     for stage in STAND_INS.values():
         runner.run_stage(stage)
@@ -163,7 +163,7 @@ def test_report_stage_reads_every_published_output(tmp_path):
 
 def test_report_names_a_missing_column(tmp_path):
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO])
-    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner = Runner(cfg, Store(cfg.storage.uri))
     runner.run_stage(prepare.STAGE)
     broken = {**STAND_INS, "judge": _published("judge", ("explain",), lambda ctx: ctx.output.write_table(
         artifacts.FEATURES.name, pa.table({"latent": [1], "summary": ["x"], "kept": [True], "frequency": [0.1]})) or {})}
@@ -181,7 +181,7 @@ def _with_protocol(stage: Stage, protocol: str) -> Stage:
 
 def test_a_paper_protocol_run_says_so_and_protocols_are_never_mixed(tmp_path):
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "report.example_intents=2"])
-    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner = Runner(cfg, Store(cfg.storage.uri))
     runner.run_stage(prepare.STAGE)
     paper = {name: _with_protocol(s, "paper") if name in report_stage.PROTOCOL_STAGES else s
              for name, s in STAND_INS.items()}

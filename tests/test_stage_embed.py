@@ -38,7 +38,7 @@ def test_stage_on_s3_matches_the_encoder_and_skips_on_rerun(s3_server, s3_uri, r
                              f"embed.model={tiny_model}", "embed.num_actors=2", "embed.batch_size=200",
                              "embed.micro_batch_size=32", "embed.max_length=32", "embed.vocab_min_count=2"])
     store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
-    runner = Runner(cfg, store, log=lambda _: None)
+    runner = Runner(cfg, store)
     runner.run_stage(prepare.STAGE)
     manifest = runner.run_stage(embed.STAGE)
 
@@ -84,7 +84,7 @@ def test_edge_case_texts_are_counted_not_fatal(ray_local, tmp_path, tiny_model):
     cfg = load_config(None, [f"embed.model={tiny_model}", "embed.max_length=16", "embed.vocab_min_count=1"]).embed
     texts = ["", "   ", "🙂🙂", "cream " * 10_000, "lip balm", "face cream"]
     corpus = write_corpus(tmp_path / "corpus", texts)
-    metrics = embed.embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg, log=lambda _: None)
+    metrics = embed.embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
     assert (metrics["texts"], metrics["empty_texts"], metrics["truncated_texts"]) == (6, 2, 1)
     table = pq.read_table(tmp_path / "out" / embed.EMBEDDINGS_DIR).sort_by("text_id")
     assert table.column("tokens").to_pylist()[:2] == [0, 0] and table.column("tokens")[3].as_py() == 16
@@ -95,7 +95,7 @@ def test_null_text_names_the_row(ray_local, tmp_path, tiny_model):
     cfg = load_config(None, [f"embed.model={tiny_model}", "embed.max_length=32", "embed.vocab_min_count=1"]).embed
     corpus = write_corpus(tmp_path / "corpus", ["lip balm", None, "face cream"])
     with pytest.raises(Exception, match=r"'text_id': 1\}.*is null|is null.*text_id"):
-        embed.embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg, log=lambda _: None)
+        embed.embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
 
 
 @pytest.mark.parametrize("overrides, message", [

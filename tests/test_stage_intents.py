@@ -114,7 +114,7 @@ EXPLAIN = ["explain.top_words=5", "explain.top_texts=3", "explain.random_texts=3
 def explained(tmp_path_factory, ray_local):
     cfg = load_config(None, [f"storage.uri={tmp_path_factory.mktemp('store')}", "run.name=intents", *EXPLAIN])
     store = Store(cfg.storage.uri)
-    runner = Runner(cfg, store, log=lambda _: None)
+    runner = Runner(cfg, store)
     for stage in TOYS:
         runner.run_stage(stage)
     manifest = runner.run_stage(explain.STAGE)
@@ -151,7 +151,7 @@ def test_explain_rejects_an_sae_of_another_dimension(explained, tmp_path):
         return {}
 
     other = load_config(None, [f"storage.uri={tmp_path}", "run.name=wrong", *EXPLAIN])
-    runner = Runner(other, Store(other.storage.uri), log=lambda _: None)
+    runner = Runner(other, Store(other.storage.uri))
     for stage in TOYS[:2]:
         runner.run_stage(stage)
     runner.run_stage(Stage("train_sae", wrong_sae, ("embed",), ("sae",)))
@@ -184,7 +184,7 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
                              "judge.max_latents=3", "judge.batch_size=3", "judge.max_new_tokens=6",
                              "judge.domain=Amazon beauty products",
                              'judge.keep=["Yes", "Probably", "Maybe", "No"]'])
-    manifest = Runner(cfg, store, log=lambda _: None).run_stage(judge.STAGE)
+    manifest = Runner(cfg, store).run_stage(judge.STAGE)
     out = StageFiles(store, manifest["output_dir"])
     features = out.read_table(artifacts.FEATURES.name).to_pylist()
     metrics = manifest["metrics"]
@@ -274,7 +274,7 @@ def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained
                                  "judge.backend=http", "judge.model=smollm2", f"judge.base_url={server.base_url}",
                                  "judge.max_latents=2", "judge.batch_size=4",
                                  'judge.keep=["Yes", "Probably", "Maybe", "No"]'])
-        manifest = Runner(cfg, store, log=lambda _: None).run_stage(judge.STAGE)
+        manifest = Runner(cfg, store).run_stage(judge.STAGE)
     finally:
         server.close()
     features = StageFiles(store, manifest["output_dir"]).read_table(artifacts.FEATURES.name).to_pylist()

@@ -68,7 +68,7 @@ def _runner(uri: str, *overrides: str, endpoint: str | None = None) -> Runner:
     cfg = load_config(None, [f"storage.uri={uri}", *SMALL, *extra, *overrides])
     store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
     store.check()
-    runner = Runner(cfg, store, log=lambda _: None)
+    runner = Runner(cfg, store)
     for stage in (prepare.STAGE, EMBED, SAE, JUDGE, profile.STAGE):
         runner.run_stage(stage)
     return runner

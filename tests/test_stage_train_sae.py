@@ -58,7 +58,7 @@ def test_stage_on_s3_publishes_a_consistent_sae(s3_server, s3_uri, ray_local):
     cfg = load_config(None, [f"storage.uri={s3_uri}", f"storage.endpoint_url={s3_server.endpoint}",
                              "run.name=sae", *SAE_SETTINGS])
     store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
-    runner = Runner(cfg, store, log=lambda _: None)
+    runner = Runner(cfg, store)
     runner.run_stage(TOY_EMBED)
     manifest = runner.run_stage(train_sae.STAGE)
     out = StageFiles(store, manifest["output_dir"])

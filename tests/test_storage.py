@@ -24,7 +24,7 @@ def make_runner(uri, endpoint=None, *overrides):
     if endpoint:
         sets.append(f"storage.endpoint_url={endpoint}")
     cfg = load_config(None, sets)
-    return Runner(cfg, Store(cfg.storage.uri, cfg.storage.endpoint_url), log=lambda _: None)
+    return Runner(cfg, Store(cfg.storage.uri, cfg.storage.endpoint_url))
 
 
 def test_roundtrip_on_s3(s3_server, s3_uri):

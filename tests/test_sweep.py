@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +77,7 @@ def test_judge_choices():
 
 def _toy_runner(uri: str, *overrides: str) -> Runner:
     cfg = load_config(None, [f"storage.uri={uri}", "run.name=toy", "data.demo.users=30", *overrides])
-    return Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    return Runner(cfg, Store(cfg.storage.uri))
 
 
 def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
@@ -85,7 +86,7 @@ def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
     base.run_stage(DOUBLE)
 
     embed_changed = _toy_runner(str(tmp_path), "run.name=toy-embed", "embed.layer=3")
-    derived = sweep.DerivedRunner(embed_changed.cfg, embed_changed.store, base, log=lambda _: None)
+    derived = sweep.DerivedRunner(embed_changed.cfg, embed_changed.store, base)
     numbers = derived.run_stage(NUMBERS)
     assert numbers["reused_from"] == "toy" and numbers["output_dir"] == base.manifest("numbers")["output_dir"]
     doubled = derived.run_stage(DOUBLE)
@@ -95,10 +96,10 @@ def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
     assert embed_changed.manifest("numbers") is None, "a reused stage is not copied into the derived run"
 
     data_changed = _toy_runner(str(tmp_path), "run.name=toy-data", "data.demo.users=40")
-    derived = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base, log=lambda _: None)
+    derived = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base)
     assert derived.run_stage(NUMBERS)["metrics"] == {"rows": 40}
     assert derived.run_stage(DOUBLE)["metrics"] == {"rows": 40}
-    again = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base, log=lambda _: None)
+    again = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base)
     assert again.run_stage(NUMBERS).get("skipped") and "reused_from" not in again.run_stage(NUMBERS)
     assert base.manifest("double")["metrics"] == {"rows": 30}, "the base run is never touched"
 
@@ -265,17 +266,18 @@ STAND_INS = (Stage("embed", _stand_in_embed, ("prepare",), ("embed",)),
              profile.STAGE)
 
 
-def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capsys):
+def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, caplog):
+    caplog.set_level(logging.INFO, logger="saerec")
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
                              "rec.batch_size=64", "sweep.ablations=[saerec,noIde,kmeans,random,sasrec]", "sweep.ks=[3]",
                              "sweep.review_drops=[]", "sweep.seeds=[0]", "sweep.max_epochs=2",
                              "sweep.concurrency=2"])
-    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner = Runner(cfg, Store(cfg.storage.uri))
     for stage in (prepare.STAGE, *STAND_INS):
         runner.run_stage(stage)
     published = runner.run_stage(sweep.STAGE)
     assert published["metrics"]["trials"] == 6 and published["metrics"]["restored"] is False
-    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sweep] trial ")]
+    progress = [line for line in caplog.messages if line.startswith("[sweep] trial ")]
     assert [line.split()[2] for line in progress] == [f"{i}/6" for i in range(1, 7)], "a line per finished trial"
     out = published["output_dir"]
     results = runner.store.read_table(f"{out}/results.parquet")
@@ -302,7 +304,7 @@ def test_a_sweep_trial_and_train_rec_select_the_same_epoch(tmp_path, ray_local):
                              "rec.models=[sasrec,saerec]", "evaluate.mask_history=false",
                              "sweep.ablations=[sasrec,saerec]", "sweep.ks=[]", "sweep.review_drops=[]",
                              "sweep.max_epochs=null", "sweep.concurrency=1"])
-    runner = Runner(cfg, Store(cfg.storage.uri), log=lambda _: None)
+    runner = Runner(cfg, Store(cfg.storage.uri))
     for stage in (prepare.STAGE, *STAND_INS):
         runner.run_stage(stage)
     trained = artifacts.read_runs(StageInput(runner.store, runner.run_stage(train_rec.STAGE)))

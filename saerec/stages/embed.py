@@ -10,6 +10,7 @@ the words embedded by the same encoder and pooling as the texts (eq. 2 compares 
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from saerec.pipeline import Stage, StageContext, StageError
 from saerec.text import WordCounter, load_encoder
 from saerec.text.encoders import EncoderSpec, inspect_encoder
 
+log = logging.getLogger(__name__)
 WORD_COUNT_BATCH = 4096
 # Reading and writing Parquet reserve no CPU: an actor pool that holds every CPU of a small
 # cluster (2 actors on 2 cores) would otherwise starve them and the dataset would never finish.
@@ -115,8 +117,7 @@ def build_vocabulary_counts(ds, cfg: EmbedSection) -> list[tuple[str, int]]:
     return total.top(cfg.vocab_size, cfg.vocab_min_count)
 
 
-def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
-                 log=print) -> dict[str, Any]:
+def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection) -> dict[str, Any]:
     """The whole stage on explicit paths: what ``run`` does, reusable by the benchmark."""
     spec = check_settings(cfg)
     corpus = read_corpus(corpus_path, filesystem)
@@ -127,7 +128,7 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
         raise StageError(f"embed: no word of the corpus occurs embed.vocab_min_count={cfg.vocab_min_count} "
                          "times; lower it or use a larger corpus")
     count_s = time.perf_counter() - start
-    log(f"[embed] vocabulary: {len(vocabulary)} words (counted in {count_s:.1f}s)")
+    log.info(f"[embed] vocabulary: {len(vocabulary)} words (counted in {count_s:.1f}s)")
 
     start = time.perf_counter()
     embeddings_dir = artifacts.EMBEDDINGS.under(out_dir)
@@ -146,7 +147,7 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection,
     words_s = time.perf_counter() - start
 
     texts, empty, truncated, tokens = _summarise(embeddings_dir, filesystem, spec.dim)
-    log(f"[embed] {texts} texts embedded in {texts_s:.1f}s on {cfg.num_actors} actor(s); "
+    log.info(f"[embed] {texts} texts embedded in {texts_s:.1f}s on {cfg.num_actors} actor(s); "
         f"{empty} empty (zero vectors), {truncated} cut at {cfg.max_length} tokens")
     return {
         "texts": texts,

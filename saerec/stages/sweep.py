@@ -15,6 +15,7 @@ where each study point's upstream outputs came from).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import posixpath
 import re
 import time
@@ -33,6 +34,7 @@ from saerec.rec.runs import SELECT_METRIC, run_settings
 from saerec.rec.variants import intent_sets, variant
 from saerec.stages import load_stage
 
+log = logging.getLogger(__name__)
 UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge", "profile")
 SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge")
 # The keys of rec and evaluate that trials read: rec.models, rec.seeds or the steering settings
@@ -46,8 +48,8 @@ class DerivedRunner(Runner):
     """A Runner for a derived config that takes the base run's published stage whenever its
     fingerprint is the one this config would produce, and runs (and publishes) only the rest."""
 
-    def __init__(self, cfg: Config, store: Any, base: Runner, log: Any):
-        super().__init__(cfg, store, log)
+    def __init__(self, cfg: Config, store: Any, base: Runner):
+        super().__init__(cfg, store)
         self.base = base
         self.reused: dict[str, dict[str, Any]] = {}
 
@@ -85,22 +87,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "judge"
 
 
-def _publish_upstream(ctx: StageContext, run_name: str, log: list[str], **sections: Any) -> dict[str, StageInput]:
+def _publish_upstream(ctx: StageContext, run_name: str, notes: list[str], **sections: Any) -> dict[str, StageInput]:
     """Make sure a derived run's upstream stages are published; returns them as stage inputs."""
-    base = Runner(_config(ctx, ctx.run_name), ctx.store, log=log.append)
-    runner = DerivedRunner(_config(ctx, run_name, **sections), ctx.store, base, log=log.append)
+    base = Runner(_config(ctx, ctx.run_name), ctx.store)
+    runner = DerivedRunner(_config(ctx, run_name, **sections), ctx.store, base)
     found = {}
     for name in UPSTREAM:
         start = time.time()
         manifest = runner.run_stage(load_stage(name))
         how = (f"reused from {manifest['reused_from']}" if "reused_from" in manifest
                else "already published" if manifest.get("skipped") else f"ran in {time.time() - start:.1f}s")
-        log.append(f"[sweep] {run_name}/{name}: {how}")
+        notes.append(f"[sweep] {run_name}/{name}: {how}")
+        log.info(notes[-1])
         found[name] = StageInput(ctx.store, manifest)
     return found
 
 
-def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int, log: list[str]
+def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int, notes: list[str]
                  ) -> tuple[dict[str, torch.Tensor], dict[str, ItemProfiles]]:
     """Every intent matrix (and, for the grounded variants, item profiles) the grid needs, each built
     from the upstream outputs of its study point."""
@@ -115,10 +118,10 @@ def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int,
         if drop == base_drop and judge == "":
             inputs = ctx.inputs
         elif drop == base_drop:
-            inputs = _publish_upstream(ctx, f"{ctx.run_name}-judge-{_slug(judge)}", log, judge=judges[judge])
+            inputs = _publish_upstream(ctx, f"{ctx.run_name}-judge-{_slug(judge)}", notes, judge=judges[judge])
         else:
             data = dataclasses.replace(ctx.sections["data"], review_drop=drop)
-            inputs = _publish_upstream(ctx, f"{ctx.run_name}-drop{round(drop * 100)}", log, data=data)
+            inputs = _publish_upstream(ctx, f"{ctx.run_name}-drop{round(drop * 100)}", notes, data=data)
         needed = {variant(s.variant).intent_set for s in specs if (s.review_drop, s.judge) == (drop, judge)} - {None}
         try:
             sets = intent_sets(needed, judged=lambda: artifacts.read_intent_set(inputs["judge"]).vectors,
@@ -145,12 +148,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                   default_k=rec.k, default_drop=ctx.sections["data"].review_drop)
     except ValueError as exc:
         raise StageError(str(exc)) from exc
-    log: list[str] = []
+    notes: list[str] = []
     start = time.time()
     sequences = artifacts.read_sequences(ctx.input("prepare"))
-    intents, profiles = _intent_sets(ctx, specs, sequences.n_items, log)
-    for line in log:
-        print(line, flush=True)
+    intents, profiles = _intent_sets(ctx, specs, sequences.n_items, notes)
     for spec in specs:
         if spec.intents_key is not None and spec.k > len(intents[spec.intents_key]):
             raise StageError(f"sweep trial {spec.trial_id}: k={spec.k} exceeds its {len(intents[spec.intents_key])} "
@@ -180,7 +181,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     artifacts.write_table(ctx.output, artifacts.SWEEP_RESULTS, results)
     artifacts.write_table(ctx.output, artifacts.SWEEP_SUMMARY, summary)
     artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"protocol": settings.protocol,"trials": results.to_pylist(), "summary": summary.to_pylist(),
-                                           "upstream": log, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
+                                           "upstream": notes, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
     best = max(summary.to_pylist(), key=lambda r: r[f"test_{SELECT_METRIC}_mean"])
     return {"protocol": settings.protocol, "trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
             "upstream_seconds": round(upstream_seconds, 3), "tune_seconds": round(time.time() - tune_start, 3),
