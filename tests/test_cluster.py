@@ -34,10 +34,11 @@ def test_submitted_job_publishes_every_stage_in_the_bucket(submitted_demo, s3_se
     for stage in STAGE_ORDER:
         manifest = store.read_json(store.join("demo", stage, MANIFEST))
         assert manifest["stage"] == stage and manifest["run"] == "demo"
-        stored = store.list_files(manifest["output_dir"])
-        assert sorted(posixpath.relpath(p, manifest["output_dir"]) for p in stored) == sorted(manifest["outputs"])
+        attempt = store.join("demo", stage, manifest["attempt"])
+        stored = store.list_files(attempt)
+        assert sorted(posixpath.relpath(p, attempt) for p in stored) == sorted(manifest["outputs"])
         attempts = [d for d in store.list_dirs(store.join("demo", stage)) if d.startswith("attempt-")]
-        assert attempts == [posixpath.basename(manifest["output_dir"])], "exactly one published attempt"
+        assert attempts == [manifest["attempt"]], "exactly one published attempt"
 
 
 @PIPELINE_TIMEOUT
@@ -139,16 +140,16 @@ def _head_process(ray_head, match: Callable[[list[str]], bool]) -> psutil.Proces
 
 # Two trials, one at a time, saving their state every epoch, long enough to be caught in the middle.
 SLOW_SWEEP = ["sweep.ablations=[saerec,sasrec]", "sweep.ks=[]", "sweep.review_drops=[]", "sweep.seeds=[0]",
-              "sweep.concurrency=1", "sweep.patience=15", "sweep.checkpoint_seconds=0"]
+              "sweep.concurrency=1", "sweep.patience=15", "rec.checkpoint_seconds=0"]
 
 
 def _assert_complete_sweep(store: Store, run: str, trials: int) -> dict:
     manifest = store.read_json(store.join(run, "sweep", MANIFEST))
-    results = store.read_table(posixpath.join(manifest["output_dir"], "results.parquet"))
+    results = store.read_table(store.join(run, "sweep", manifest["attempt"], "results.parquet"))
     ids = results.column("trial_id").to_pylist()
     assert len(ids) == len(set(ids)) == trials == manifest["metrics"]["trials"]
     attempts = [d for d in store.list_dirs(store.join(run, "sweep")) if d.startswith("attempt-")]
-    assert attempts == [posixpath.basename(manifest["output_dir"])], "no half-published or duplicate attempt"
+    assert attempts == [manifest["attempt"]], "no half-published or duplicate attempt"
     return manifest
 
 
