@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.rec import read_sequences  # noqa: E402
+from bench.rec import read_sequence_file  # noqa: E402
 from bench.shared_data import shared_data_dir  # noqa: E402
 
 from saerec.rec import EncoderConfig, FitConfig, SASRec, leave_one_out  # noqa: E402
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    sequences, n_items = read_sequences(args.data_dir)
+    sequences, n_items = read_sequence_file(args.data_dir)
     examples = training_examples(leave_one_out(sequences, n_items, 50).train, 50)
     batches = list(bucketed_batches(examples, 256, np.random.default_rng(0)))[: args.batches]
     positions = [int(lengths.sum()) for _, lengths, _ in batches]

@@ -53,7 +53,7 @@ REFERENCE_SASREC = {"hr@10": 0.0912, "hr@20": 0.1269, "ndcg@10": 0.0537, "ndcg@2
 NAMES = {"sasrec": "SASRec", "saerec": "SAERec", "kmeans": "KMeans-Intent"}
 
 
-def read_sequences(data_dir: Path) -> tuple[list[list[int]], int]:
+def read_sequence_file(data_dir: Path) -> tuple[list[list[int]], int]:
     """ICLRec ``sequences.txt``: ``user item item ...`` per line, ids from 1."""
     path = data_dir / "sequences.txt"
     if not path.exists():
@@ -127,7 +127,7 @@ def device_of(args: argparse.Namespace) -> str:
 
 
 def step_train(args: argparse.Namespace) -> None:
-    seqs, n_items = read_sequences(args.data_dir)
+    seqs, n_items = read_sequence_file(args.data_dir)
     intents, meta = load_intents(args.work_dir)
     data = leave_one_out(seqs, n_items, args.max_len)
     device = device_of(args)
@@ -161,7 +161,7 @@ def step_timing(args: argparse.Namespace) -> None:
     Process CPU seconds are recorded beside wall seconds: on a shared CPU machine the wall
     clock measures the neighbours as much as the model.
     """
-    seqs, n_items = read_sequences(args.data_dir)
+    seqs, n_items = read_sequence_file(args.data_dir)
     intents, _ = load_intents(args.work_dir)
     data = leave_one_out(seqs, n_items, args.max_len)
     examples = training_examples(data.train, args.max_len)

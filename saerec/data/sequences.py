@@ -55,7 +55,7 @@ def _numbered(path: Path) -> Iterator[tuple[int, str]]:
         yield from enumerate(handle, start=1)
 
 
-def read_sequences(path: Path, known_items: dict[str, str], bad: BadRecords) -> Iterator[Interaction]:
+def read_interactions(path: Path, known_items: dict[str, str], bad: BadRecords) -> Iterator[Interaction]:
     """Stream interactions from ``sequences.txt``; positions stand in for timestamps."""
     if not path.exists():
         raise DataError(f"{path}: file not found")

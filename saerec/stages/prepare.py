@@ -29,7 +29,7 @@ def _amazon(reviews: Path, meta: Path | None, cfg: DataSection, bad: BadRecords,
 
 def _sequences(folder: Path, cfg: DataSection, bad: BadRecords, scratch: Path) -> Tables:
     items = sequences.read_items_tsv(folder / "items.tsv")
-    records: Iterator[Interaction] = sequences.read_sequences(folder / "sequences.txt", items, bad)
+    records: Iterator[Interaction] = sequences.read_interactions(folder / "sequences.txt", items, bad)
     tables = with_item_texts(collect(records, cfg.k_core, scratch, cfg.duplicates == "drop"), items)
     reviewers = sequences.read_user_ids(folder / "users.tsv")
     if reviewers:
