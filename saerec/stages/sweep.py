@@ -36,7 +36,7 @@ from saerec.stages import load_stage
 
 log = logging.getLogger(__name__)
 UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge", "profile")
-SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge")
+SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge", "profile")
 # The keys of rec and evaluate that trials read: rec.models, rec.seeds or the steering settings
 # do not re-run the sweep.
 REC_KEYS = ("d", "blocks", "heads", "max_len", "dropout", "ema_beta", "lr", "weight_decay", "batch_size",
