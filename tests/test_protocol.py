@@ -113,3 +113,18 @@ def test_the_public_code_variant_retrieves_every_intent():
     assert spec["intent_set"] == "all" and spec["intent"]["k"] == 37
     assert (spec["intent"]["query"], spec["intent"]["fusion_rule"]) == ("item", "residual")
     assert model_spec("saerec", enc, k=2, ema_beta=0.9, intent_shape=(37, 4))["intent"]["k"] == 2
+
+
+def test_retrieving_every_intent_attends_over_the_whole_set_whatever_the_order():
+    model = _code_model(query="item")
+    model.public_score.copy_(torch.linspace(0, 1, 6))
+    seqs, lengths = torch.tensor([[3, 7, 1, 0], [5, 2, 8, 9]]), torch.tensor([3, 4])
+    fast = model(seqs, lengths, last_only=True)
+    states = model.encode(seqs, lengths)
+    rows = torch.arange(2)
+    last, items = states[rows, lengths - 1], seqs[rows, lengths - 1]
+    projected = model.projected_intents()
+    ids = model.personal_ids(model.queries(last, items), projected)
+    per_query = model.personal_attn(last, projected, ids, model.steer_bias[ids])
+    public = model.public_attn(last, projected, model.public_ids(), model.steer_bias[model.public_ids()])
+    assert torch.allclose(fast, model.fuse([last, per_query, public])[0], atol=1e-5)

@@ -164,7 +164,12 @@ class SAERec(SASRec):
             self.update_public(self.queries(users, user_items), projected)
         out = [tokens]
         if self.icfg.personal:
-            ids = self.personal_ids(self.queries(tokens, items), projected)
+            if self.icfg.k >= self.n_intents:
+                # Every intent is retrieved: attention over a set does not depend on its order, so
+                # one shared index list replaces a gathered (N, k, d) table per query.
+                ids = torch.arange(self.n_intents, device=tokens.device)
+            else:
+                ids = self.personal_ids(self.queries(tokens, items), projected)
             out.append(self.personal_attn(tokens, projected, ids, self.steer_bias[ids]))
         if self.icfg.public:
             ids = self.public_ids()
