@@ -26,7 +26,7 @@ plus detection for the ~1k kept.
 Repeats (``--summaries latents.parquet``, an explain stage's output; only this is run): the
 summaries of the ``--latents`` most frequently firing latents (the judge stage's order), with
 the decoder's repetition control (``no_repeat_words``) off and on: the share of summaries that repeat a
-word or only copy list words, how many ``parse_summary`` turns into "Cannot Tell", the
+word or copy the word list back, how many ``parse_summary`` turns into "Cannot Tell", the
 likelihood verdicts, and with ``--planted`` (prepare's planted_intents.json) planted recovery
 among the kept latents.
 
@@ -134,7 +134,7 @@ def repeats(judge, latents_file: Path, planted_file: Path | None, count: int) ->
     import pyarrow.parquet as pq
 
     from saerec.intents.quality import planted_intent_recovery
-    from saerec.intents.verdicts import CANNOT_TELL, copies_words, parse_summary, repeats_a_word
+    from saerec.intents.verdicts import CANNOT_TELL, copies_the_list, parse_summary, repeats_a_word
 
     table = pq.read_table(latents_file, columns=["latent", "words", "frequency"])
     frequency = table.column("frequency").to_numpy()
@@ -155,7 +155,7 @@ def repeats(judge, latents_file: Path, planted_file: Path | None, count: int) ->
         kept = [w for w, v in zip(words, verdicts) if v == "Yes"]
         out[name] = {
             "repeated_word": round(float(np.mean([repeats_a_word(line) for line in lines[name]])), 3),
-            "copied_words_only": round(float(np.mean([copies_words(line, w) for line, w in zip(lines[name], words)])), 3),
+            "copied_list": round(float(np.mean([copies_the_list(line, w) for line, w in zip(lines[name], words)])), 3),
             "cannot_tell": sum(s == CANNOT_TELL for s in summaries),
             "verdicts": {v: verdicts.count(v) for v in sorted(set(verdicts))},
             "planted_recovered": planted_intent_recovery(kept, planted)["recovered"] if planted else None,

@@ -6,7 +6,7 @@ from saerec.intents import engine_requests as er
 from saerec.intents.prompts import JudgePrompts, load_likelihood_template, load_template
 from saerec.intents.verdicts import (
     CANNOT_TELL,
-    copies_words,
+    copies_the_list,
     parse_detection,
     parse_summary,
     parse_verdict,
@@ -109,12 +109,12 @@ def test_parse_summary(raw, expected):
 
 @pytest.mark.parametrize("raw,expected", [
     ("moisturizer, lotion", CANNOT_TELL),
-    ("Lotion", CANNOT_TELL),
-    ("Theme: dry-cream.", CANNOT_TELL),
-    ("dry skin care", "dry skin care"),
-    ("lotions", "lotions"),
+    ("Theme: Lotion, DRY, flaky cream.", CANNOT_TELL),
+    ("dry, skin care", "dry, skin care"),
+    ("lotion cream", "lotion cream"),
+    ("lotions, creams", "lotions, creams"),
 ])
-def test_parse_summary_rejects_a_summary_of_only_list_words(raw, expected):
+def test_parse_summary_rejects_the_word_list_copied_back(raw, expected):
     assert parse_summary(raw, words=["moisturizer", "lotion", "dry", "cream", "flaky"]) == expected
     assert parse_summary(raw) != CANNOT_TELL  # without the list, nothing to compare with
 
@@ -127,8 +127,8 @@ def test_the_summary_prompts_own_answers_pass_the_summary_rules():
 def test_repeats_and_copies_compare_words_of_two_or_more_letters_or_digits_in_any_case():
     assert not repeats_a_word("a b a b") and repeats_a_word("Nail NAIL") and repeats_a_word("50 ml, 50 ml")
     assert not repeats_a_word("word0 word1") and not repeats_a_word("")
-    assert copies_words("Dry, CREAM!", ["cream", "dry"]) and not copies_words("dry creams", ["cream", "dry"])
-    assert not copies_words("dry", [])
+    assert copies_the_list("Dry, CREAM!", ["cream", "dry"]) and not copies_the_list("dry, creams", ["cream", "dry"])
+    assert not copies_the_list("dry cream", ["cream", "dry"]) and not copies_the_list("dry, cream", [])
 
 
 def test_parse_summary_caps_length():

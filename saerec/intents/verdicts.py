@@ -26,9 +26,11 @@ def parse_summary(output: object, words: Iterable[str] = (), max_words: int = 12
     """First line of the answer, without labels or quotes, cut to ``max_words`` words.
 
     A summary that names no theme becomes "Cannot Tell": one that repeats a word
-    ("jellies, jellies", "de la, de lait") or one whose every word is one of the latent's
-    ``words`` (the list copied back, "moisturizer, lotion"). Words here are runs of two or more
-    letters or digits, compared case-insensitively, after the cut.
+    ("jellies, jellies", "de la, de lait"), or the latent's ``words`` copied back as a list
+    (``copies_the_list``: "acne, pimples, zits"). Words here are runs of two or more letters or
+    digits, compared case-insensitively, after the cut. A phrase of list words ("nail polish",
+    "sunscreen sun protection") is kept: on the demo, rejecting every summary made only of list
+    words turned 52 of 256 summaries into "Cannot Tell", 41 of them of latents with a Yes.
     """
     if not isinstance(output, str):
         return CANNOT_TELL
@@ -39,7 +41,7 @@ def parse_summary(output: object, words: Iterable[str] = (), max_words: int = 12
     if _CANNOT_TELL.search(text.lower()) or not _WORD.search(text):
         return CANNOT_TELL
     summary = " ".join(text.split()[:max_words])
-    if repeats_a_word(summary) or copies_words(summary, words):
+    if repeats_a_word(summary) or copies_the_list(summary, words):
         return CANNOT_TELL
     return summary
 
@@ -50,10 +52,12 @@ def repeats_a_word(text: str) -> bool:
     return len(found) != len(set(found))
 
 
-def copies_words(text: str, words: Iterable[str]) -> bool:
-    """Whether every word of ``text`` is a word of the list ``words`` (so it adds nothing to it)."""
+def copies_the_list(text: str, words: Iterable[str]) -> bool:
+    """Whether ``text`` is the word list in the prompt's own form: two or more comma-separated
+    items, every word of which is one of ``words``."""
     listed = {found for word in words for found in words_of(str(word))}
-    return bool(listed) and set(words_of(text)) <= listed
+    items = [item for item in text.split(",") if words_of(item)]
+    return bool(listed) and len(items) >= 2 and set(words_of(text)) <= listed
 
 
 def words_of(text: str) -> list[str]:
