@@ -76,10 +76,15 @@ class IntentAttention(nn.Module):
         """queries (N, d); table (n_intents, d); ids (N, k) per query or (k,) shared; bias like ids."""
         n, d = queries.shape
         h, dh = self.heads, d // self.heads
-        q = self.query(queries).view(n, h, 1, dh)
         k, v = self.key_value(table)[ids].chunk(2, dim=-1)
         if ids.dim() == 1:
-            k, v, bias = k.unsqueeze(0), v.unsqueeze(0), bias.unsqueeze(0)
+            # Shared keys: one (h, N, dh) x (h, dh, k) product per head, never an (N, h, k, dh) copy.
+            q = self.query(queries).view(n, h, dh).transpose(0, 1)
+            k, v = k.view(-1, h, dh).transpose(0, 1), v.view(-1, h, dh).transpose(0, 1)
+            logits = (q @ k.transpose(-1, -2)) / dh ** 0.5 + bias
+            att = self.attn_drop(torch.softmax(logits, dim=-1))
+            return self.drop(self.out((att @ v).transpose(0, 1).reshape(n, d)))
+        q = self.query(queries).view(n, h, 1, dh)
         k = k.reshape(k.shape[0], -1, h, dh).transpose(1, 2)
         v = v.reshape(v.shape[0], -1, h, dh).transpose(1, 2)
         logits = (q @ k.transpose(-1, -2)) / dh ** 0.5 + bias.unsqueeze(1).unsqueeze(2)
