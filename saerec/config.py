@@ -139,6 +139,7 @@ class JudgeSection:
     device: Literal["cpu", "cuda"] = "cpu"  # local backend; it asks Ray for GPUs only with "cuda"
     cpus_per_actor: float = _bounded(1.0, lo=0.0, lo_open=True, resource=True)
     max_new_tokens: int = _bounded(12, lo=1)  # summary length (local backend)
+    no_repeat_words: bool = True  # local backend: the decoder never writes a word twice in a summary
     gpu_memory_utilization: float = _bounded(0.85, lo=0.0, hi=1.0, lo_open=True, resource=True)  # vllm backend
     enable_prefix_caching: bool = _bounded(True, resource=True)  # vllm backend
     detection: bool = True  # held-out detection score for every kept latent

@@ -72,7 +72,8 @@ class LocalJudgeActor:
         self.keep = set(cfg.keep)
         self.detection = cfg.detection
         self.judge = LocalJudge(JudgePrompts.load(cfg.domain), model=model, batch_size=cfg.batch_size,
-                                max_new_tokens=cfg.max_new_tokens, device=cfg.device, scoring=cfg.scoring,
+                                max_new_tokens=cfg.max_new_tokens, no_repeat_words=cfg.no_repeat_words,
+                                device=cfg.device, scoring=cfg.scoring,
                                 null_pool=null_pool, null_lists=cfg.null_lists, seed=seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -110,10 +111,10 @@ def judge_served(ds: Any, cfg: JudgeSection, model: str) -> Any:
     keep = set(cfg.keep)
 
     summarised = rounds.run(ds, lambda r: er.summary_row(prompts, list(r["words"]), settings.max_summary_tokens),
-                            "summary", parse_summary)
+                            "summary", lambda text, row: parse_summary(text, words=list(row["words"])))
     todo = summarised.filter(lambda r: r["summary"] != CANNOT_TELL)
     verdicts = rounds.run(todo, lambda r: er.verdict_row(prompts, r["summary"], list(r["words"])),
-                          "verdict", parse_verdict)
+                          "verdict", lambda text, _row: parse_verdict(text))
     skipped = summarised.filter(lambda r: r["summary"] == CANNOT_TELL).map(lambda r: {**r, "verdict": CANNOT_TELL})
     judged = verdicts.union(skipped).materialize()
     if not cfg.detection:
@@ -126,7 +127,7 @@ def judge_served(ds: Any, cfg: JudgeSection, model: str) -> Any:
                 for label, texts in ((1, row["top_texts"]), (0, row["random_texts"])) for text in texts]
 
     checks = rounds.run(judged.flat_map(pairs), lambda r: er.detection_row(prompts, r["summary"], r["text"]),
-                        "fits", parse_detection)
+                        "fits", lambda text, _row: parse_detection(text))
     scores = _detection_by_latent(checks)
     return judged.map(lambda r: {**_result(r), "detection": scores.get(int(r["latent"]))})
 
@@ -139,7 +140,9 @@ class ServedRounds:
         self.settings = settings
 
     def run(self, ds: Any, request: Callable[[dict[str, Any]], dict[str, Any]], column: str,
-            parse: Callable[[str], Any]) -> Any:
+            parse: Callable[[str, dict[str, Any]], Any]) -> Any:
+        """``parse(answer, row)`` turns the engine's answer into ``column`` (the row gives context,
+        e.g. the latent's words, which a summary must not merely copy)."""
         # ray.data.llm needs the optional `gpu` extra (ray[llm]); only a served judge imports it.
         from ray.data.llm import HttpRequestProcessorConfig, build_processor, vLLMEngineProcessorConfig
 
@@ -165,7 +168,7 @@ class ServedRounds:
 
         def post(row: dict[str, Any]) -> dict[str, Any]:
             kept = {k: row[k] for k in (*JUDGE_COLUMNS, "summary", "verdict", "text", "label") if k in row}
-            return {**kept, column: parse(answer(row))}
+            return {**kept, column: parse(answer(row), row)}
 
         return build_processor(config, preprocess=pre, postprocess=post)(ds).materialize()
 
