@@ -1,0 +1,195 @@
+"""Benchmark: why our Beauty numbers differ from the paper's, one protocol change at a time.
+
+Every cell trains one model with one seed through the job's own training path
+(``saerec.rec.runs.train_run``) on the same Beauty sequences and reports its test metrics:
+
+  sasrec/strict          our protocol: train on all but the last two items, select on valid
+  sasrec/select-test     the same training, epochs selected on the test item
+  sasrec/paper           + training sequences end at the valid item (the public code's protocol)
+  sasrec/paper-augment   + every prefix a training example (ICSRec's recipe, in the public code)
+  saerec/{strict,paper}        SAERec as the paper's eqs. (3)-(8) write it, over the judged intents
+  saerec-code/{strict,paper}   SAERec as the public code builds it (every latent, residual fusion)
+
+The decomposition reads the SASRec cells in order (each step adds one change) and then the
+model: the public code's SAERec against SASRec under the paper protocol.
+
+Steps: ``--step chain`` runs the job's stages prepare .. judge on ``--data-dir`` (the ICLRec
+layout) into ``--work-dir`` (published stages are reused); ``--step train --cells ...`` trains
+cells and writes one JSON part per cell (a finished part is not trained again); ``--step
+report`` merges the parts into ``bench/results/protocol_beauty.json`` and prints the tables.
+Example (CPU, two cells at a time):
+  python bench/protocol.py --step chain
+  python bench/protocol.py --step train --cells sasrec/strict sasrec/select-test ... &
+  python bench/protocol.py --step train --cells saerec/strict saerec/paper ... &
+  python bench/protocol.py --step report
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.shared_data import shared_data_dir  # noqa: E402
+
+from saerec import artifacts  # noqa: E402
+from saerec.config import load_config  # noqa: E402
+from saerec.pipeline import Runner, StageInput  # noqa: E402
+from saerec.rec import evaluate  # noqa: E402
+from saerec.rec.runs import RunSettings, train_run  # noqa: E402
+from saerec.rec.variants import variant  # noqa: E402
+from saerec.runtime import init_ray  # noqa: E402
+from saerec.storage import Store  # noqa: E402
+
+CHAIN = ("prepare", "embed", "train_sae", "explain", "judge")
+CELLS = ("sasrec/strict", "sasrec/select-test", "sasrec/paper", "sasrec/paper-augment",
+         "saerec/strict", "saerec/paper", "saerec-code/strict", "saerec-code/paper")
+PAPER = {"SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, "ndcg@20": 0.0386},
+         "SAERec": {"hr@10": 0.1055, "hr@20": 0.1427, "ndcg@10": 0.0643, "ndcg@20": 0.0737}}
+METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
+STEPS = (("the paper protocol (both changes below)", "sasrec/strict", "sasrec/paper"),
+         ("selection on the test item", "sasrec/strict", "sasrec/select-test"),
+         ("training on the valid item", "sasrec/select-test", "sasrec/paper"),
+         ("prefix augmentation", "sasrec/paper", "sasrec/paper-augment"),
+         ("the public code's SAERec instead of SASRec (paper protocol)", "sasrec/paper", "saerec-code/paper"),
+         ("the paper's SAERec instead of SASRec (paper protocol)", "sasrec/paper", "saerec/paper"),
+         ("the paper's SAERec instead of SASRec (strict protocol)", "sasrec/strict", "saerec/strict"))
+
+
+def _runner(args: argparse.Namespace) -> tuple[Runner, Store]:
+    cfg = load_config(REPO / "configs" / "beauty.yaml",
+                      [f"data.path={args.data_dir.resolve()}", f"storage.uri={(args.work_dir / 'pipeline').resolve()}"])
+    store = Store(cfg.storage.uri)
+    store.check()
+    return Runner(cfg, store), store
+
+
+def step_chain(args: argparse.Namespace) -> None:
+    init_ray(None, None)
+    runner, _ = _runner(args)
+    for name in CHAIN:
+        start = time.time()
+        manifest = runner.run_stage(importlib.import_module(f"saerec.stages.{name}").STAGE)
+        print(f"[{name}] {'reused' if manifest.get('skipped') else f'{time.time() - start:.0f}s'}", flush=True)
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, StageInput]:
+    runner, store = _runner(args)
+    found = {}
+    for name in CHAIN:
+        manifest = runner.manifest(name)
+        if manifest is None:
+            raise SystemExit(f"stage {name} is not published under {args.work_dir}: run --step chain first")
+        found[name] = StageInput(store, manifest)
+    return found
+
+
+def settings_of(cell: str, args: argparse.Namespace) -> tuple[str, RunSettings, str]:
+    """(variant, run settings, split kind) of a cell; split kind: strict, select-test or paper."""
+    name, _, protocol = cell.partition("/")
+    base = RunSettings(d=64, blocks=2, heads=2, max_len=50, dropout=0.5, k=args.k, lr=1e-3, batch_size=256,
+                       max_epochs=args.max_epochs, patience=args.patience, checkpoint_seconds=float("inf"))
+    split = "paper" if protocol.startswith("paper") else protocol
+    settings = dataclasses.replace(base, protocol="paper" if split == "paper" else "strict",
+                                   prefix_augment=protocol == "paper-augment",
+                                   max_epochs=args.augment_max_epochs if protocol == "paper-augment" else args.max_epochs)
+    return name, settings, split
+
+
+def step_train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    inputs = _inputs(args)
+    data = artifacts.read_sequences(inputs["prepare"])
+    intents = {"judged": artifacts.read_intent_set(inputs["judge"]).vectors,
+               "all": artifacts.read_sae(inputs["train_sae"]).intent_vectors().detach()}
+    args.parts.mkdir(parents=True, exist_ok=True)
+    for cell in args.cells:
+        out = args.parts / f"{cell.replace('/', '__')}.json"
+        if out.exists():
+            print(f"{cell}: done earlier ({out})", flush=True)
+            continue
+        name, settings, split_kind = settings_of(cell, args)
+        split = settings.split(data.sequences, data.n_items)
+        if split_kind == "select-test":
+            split = dataclasses.replace(split, valid=split.test)
+        start = time.time()
+
+        def progress(metrics: dict, _snapshot: dict | None, cell: str = cell) -> None:
+            print(f"{cell} epoch {metrics['epoch']} loss {metrics['loss']:.3f} selection ndcg@20 "
+                  f"{metrics['valid_ndcg@20']:.4f} ({metrics['train_seconds']:.0f}s)", flush=True)
+
+        trained = train_run(name, 0, settings, split, intents.get(variant(name).intent_set), n_items=data.n_items,
+                            on_epoch=progress)
+        test = evaluate(trained.model, split.test, settings.ks, settings.mask_history)
+        result = trained.result
+        row = {"cell": cell, "variant": name, "split": split_kind, "prefix_augment": settings.prefix_augment,
+               "seed": 0, "best_epoch": result.best_epoch, "epochs": len(result.history),
+               "mean_epoch_seconds": result.mean_epoch_seconds, "wall_seconds": round(time.time() - start, 1),
+               "n_intents": int(getattr(trained.model, "n_intents", 0)), "selection": result.best_valid,
+               "test": test, "settings": dataclasses.asdict(settings), "threads": args.threads}
+        out.write_text(json.dumps(row, indent=2))
+        print(json.dumps({k: row[k] for k in ("cell", "best_epoch", "epochs", "test")}), flush=True)
+
+
+def step_report(args: argparse.Namespace) -> None:
+    rows = {json.loads(p.read_text())["cell"]: json.loads(p.read_text()) for p in sorted(args.parts.glob("*.json"))}
+    missing = [c for c in CELLS if c not in rows]
+    table = [[c, rows[c]["best_epoch"], rows[c]["epochs"], *[rows[c]["test"][m] for m in METRICS]]
+             for c in CELLS if c in rows]
+    steps = []
+    for what, before, after in STEPS:
+        if before in rows and after in rows:
+            delta = rows[after]["test"]["ndcg@20"] - rows[before]["test"]["ndcg@20"]
+            steps.append({"change": what, "from": before, "to": after, "ndcg@20_from": rows[before]["test"]["ndcg@20"],
+                          "ndcg@20_to": rows[after]["test"]["ndcg@20"], "delta_ndcg@20": delta})
+    print(f"{'cell':24} {'best':>4} {'ep':>3} " + " ".join(f"{m:>8}" for m in METRICS))
+    for row in table:
+        print(f"{row[0]:24} {row[1]:4d} {row[2]:3d} " + " ".join(f"{v:8.4f}" for v in row[3:]))
+    for name, values in PAPER.items():
+        print(f"{'paper ' + name:24} {'':4} {'':3} " + " ".join(f"{values[m]:8.4f}" for m in METRICS))
+    print("\nNDCG@20, one change at a time:")
+    for s in steps:
+        print(f"  {s['change']:58} {s['ndcg@20_from']:.4f} -> {s['ndcg@20_to']:.4f} ({s['delta_ndcg@20']:+.4f})")
+    if missing:
+        print(f"\ncells not run yet: {', '.join(missing)}")
+    out = {"dataset": "Amazon Beauty (ICLRec sequences, item titles as text)", "seed": 0,
+           "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "cells": rows, "steps": steps, "paper": PAPER, "missing": missing,
+           "commands": args.commands or []}
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--step", choices=("chain", "train", "report"), required=True)
+    data = shared_data_dir()
+    p.add_argument("--data-dir", type=Path, default=data / "beauty" if data else None,
+                   help="folder with the ICLRec sequences.txt and items.tsv (default: SAEREC_DATA_DIR/beauty)")
+    p.add_argument("--work-dir", type=Path, default=REPO / "saerec-output" / "bench-protocol")
+    p.add_argument("--parts", type=Path, default=None, help="folder of per-cell JSON parts (default: work dir/parts)")
+    p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS))
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--max-epochs", type=int, default=60)
+    p.add_argument("--augment-max-epochs", type=int, default=20)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--commands", nargs="*", help="the commands that produced the parts, stored in the JSON")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "protocol_beauty.json")
+    args = p.parse_args()
+    if args.data_dir is None or not (args.data_dir / "sequences.txt").exists():
+        raise SystemExit("--data-dir must hold sequences.txt and items.tsv (the ICLRec Beauty layout)")
+    args.parts = args.parts or args.work_dir / "parts"
+    {"chain": step_chain, "train": step_train, "report": step_report}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
