@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from saerec import schemas
+from saerec import artifacts, schemas
 from saerec.config import load_config
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageFiles
 from saerec.sae import TopKSAE, TrainState, build_optimizer, evaluate, train_epoch
@@ -40,7 +40,7 @@ def _toy_embed(ctx: StageContext) -> dict:
             "tokens": pa.array(tokens[rows]),
             "truncated": pa.array(np.zeros(len(rows), bool)),
         }, schema=schemas.embedding_table_schema(DIM))
-        ctx.output.write_table(f"{train_sae.EMBEDDINGS_DIR}/part-{part:05d}.parquet", table)
+        ctx.output.write_table(f"{artifacts.EMBEDDINGS.name}part-{part:05d}.parquet", table)
     return {"texts": N_TEXTS, "empty_texts": len(EMPTY_IDS), "dim": DIM}
 
 
@@ -138,7 +138,7 @@ def test_crashed_run_resumes_from_its_checkpoint_and_matches_uninterrupted(tmp_p
     spec = replace(spec, pre_bias=train_sae.pre_bias_from_sample(ds, "mean"))
 
     def fit(dataset, name):
-        return train_sae.fit(dataset, spec, str(tmp_path / "train"), fs, name, num_workers=1, use_gpu=False)
+        return train_sae.train_on_ray(dataset, spec, str(tmp_path / "train"), fs, name, num_workers=1, use_gpu=False)
 
     whole = train_sae.read_final(fit(ds, "whole").checkpoint)
 
