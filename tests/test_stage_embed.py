@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from saerec import schemas
+from saerec import artifacts, schemas
 from saerec.config import load_config
 from saerec.pipeline import Runner, StageError
 from saerec.stages import embed, prepare
@@ -44,7 +44,7 @@ def test_stage_on_s3_matches_the_encoder_and_skips_on_rerun(s3_server, s3_uri, r
 
     corpus = read_folder(store, f"{runner.manifest('prepare')['output_dir']}/corpus")
     out = manifest["output_dir"]
-    texts = read_folder(store, f"{out}/{embed.EMBEDDINGS_DIR}")
+    texts = read_folder(store, artifacts.EMBEDDINGS.under(out))
     assert texts.schema.equals(schemas.embedding_table_schema(16), check_metadata=False)
     assert sorted(texts.column("text_id").to_pylist()) == sorted(corpus.column("text_id").to_pylist())
     metrics = manifest["metrics"]
@@ -59,7 +59,7 @@ def test_stage_on_s3_matches_the_encoder_and_skips_on_rerun(s3_server, s3_uri, r
     for text_id, vector in zip(sample.column("text_id").to_pylist(), expected):
         np.testing.assert_allclose(vectors[text_id], vector, atol=1e-5)
 
-    vocabulary = read_folder(store, f"{out}/{embed.VOCABULARY_DIR}")
+    vocabulary = read_folder(store, artifacts.VOCABULARY.under(out))
     assert vocabulary.schema.equals(schemas.vocabulary_schema(16), check_metadata=False)
     wanted = build_vocabulary(corpus.column("text").to_pylist(), cfg.embed.vocab_size, 2)
     assert sorted(zip(vocabulary.column("word").to_pylist(), vocabulary.column("count").to_pylist())) == sorted(wanted)
@@ -86,7 +86,7 @@ def test_edge_case_texts_are_counted_not_fatal(ray_local, tmp_path, tiny_model):
     corpus = write_corpus(tmp_path / "corpus", texts)
     metrics = embed.embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
     assert (metrics["texts"], metrics["empty_texts"], metrics["truncated_texts"]) == (6, 2, 1)
-    table = pq.read_table(tmp_path / "out" / embed.EMBEDDINGS_DIR).sort_by("text_id")
+    table = pq.read_table(artifacts.EMBEDDINGS.under(str(tmp_path / "out"))).sort_by("text_id")
     assert table.column("tokens").to_pylist()[:2] == [0, 0] and table.column("tokens")[3].as_py() == 16
     assert not np.any(np.stack(table.column("vector").to_numpy(zero_copy_only=False)[:2]))
 
