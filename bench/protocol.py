@@ -13,7 +13,7 @@ Every cell trains one model with one seed through the job's own training path
 The decomposition reads the SASRec cells in order (each step adds one change) and then the
 model: the public code's SAERec against SASRec under the paper protocol.
 
-Steps: ``--step chain`` runs the job's stages prepare .. judge on ``--data-dir`` (the ICLRec
+Steps: ``--step chain`` runs the job's stages prepare .. profile on ``--data-dir`` (the ICLRec
 layout) into ``--work-dir`` (published stages are reused); ``--step train --cells ...`` trains
 cells and writes one JSON part per cell (a finished part is not trained again); ``--step
 report`` merges the parts into ``bench/results/protocol_beauty.json`` and prints the tables.
@@ -27,34 +27,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import (METRICS, WORK_DIR, Published, beauty_config, each_cell, read_parts, run_chain,  # noqa: E402
+                           train_cell)  # noqa: E402
 from bench.shared_data import shared_data_dir  # noqa: E402
 
-from saerec import artifacts  # noqa: E402
-from saerec.config import load_config  # noqa: E402
-from saerec.pipeline import Runner, StageInput  # noqa: E402
-from saerec.rec import evaluate  # noqa: E402
-from saerec.rec.runs import RunSettings, train_run  # noqa: E402
-from saerec.rec.variants import variant  # noqa: E402
-from saerec.runtime import init_ray  # noqa: E402
-from saerec.storage import Store  # noqa: E402
+from saerec.rec.runs import RunSettings  # noqa: E402
 
-CHAIN = ("prepare", "embed", "train_sae", "explain", "judge")
 CELLS = ("sasrec/strict", "sasrec/select-test", "sasrec/paper", "sasrec/paper-augment",
          "saerec/strict", "saerec/paper", "saerec-code/strict", "saerec-code/paper")
 PAPER = {"SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, "ndcg@20": 0.0386},
          "SAERec": {"hr@10": 0.1055, "hr@20": 0.1427, "ndcg@10": 0.0643, "ndcg@20": 0.0737}}
-METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
 STEPS = (("the paper protocol (both changes below)", "sasrec/strict", "sasrec/paper"),
          ("selection on the test item", "sasrec/strict", "sasrec/select-test"),
          ("training on the valid item", "sasrec/select-test", "sasrec/paper"),
@@ -62,34 +53,6 @@ STEPS = (("the paper protocol (both changes below)", "sasrec/strict", "sasrec/pa
          ("the public code's SAERec instead of SASRec (paper protocol)", "sasrec/paper", "saerec-code/paper"),
          ("the paper's SAERec instead of SASRec (paper protocol)", "sasrec/paper", "saerec/paper"),
          ("the paper's SAERec instead of SASRec (strict protocol)", "sasrec/strict", "saerec/strict"))
-
-
-def _runner(args: argparse.Namespace) -> tuple[Runner, Store]:
-    cfg = load_config(REPO / "configs" / "beauty.yaml",
-                      [f"data.path={args.data_dir.resolve()}", f"storage.uri={(args.work_dir / 'pipeline').resolve()}"])
-    store = Store(cfg.storage.uri)
-    store.check()
-    return Runner(cfg, store), store
-
-
-def step_chain(args: argparse.Namespace) -> None:
-    init_ray(None, None)
-    runner, _ = _runner(args)
-    for name in CHAIN:
-        start = time.time()
-        manifest = runner.run_stage(importlib.import_module(f"saerec.stages.{name}").STAGE)
-        print(f"[{name}] {'reused' if manifest.get('skipped') else f'{time.time() - start:.0f}s'}", flush=True)
-
-
-def _inputs(args: argparse.Namespace) -> dict[str, StageInput]:
-    runner, store = _runner(args)
-    found = {}
-    for name in CHAIN:
-        manifest = runner.manifest(name)
-        if manifest is None:
-            raise SystemExit(f"stage {name} is not published under {args.work_dir}: run --step chain first")
-        found[name] = StageInput(store, manifest)
-    return found
 
 
 def settings_of(cell: str, args: argparse.Namespace) -> tuple[str, RunSettings, str]:
@@ -106,41 +69,24 @@ def settings_of(cell: str, args: argparse.Namespace) -> tuple[str, RunSettings, 
 
 def step_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    inputs = _inputs(args)
-    data = artifacts.read_sequences(inputs["prepare"])
-    intents = {"judged": artifacts.read_intent_set(inputs["judge"]).vectors,
-               "all": artifacts.read_sae(inputs["train_sae"]).intent_vectors().detach()}
-    args.parts.mkdir(parents=True, exist_ok=True)
-    for cell in args.cells:
-        out = args.parts / f"{cell.replace('/', '__')}.json"
-        if out.exists():
-            print(f"{cell}: done earlier ({out})", flush=True)
-            continue
+    published = Published(beauty_config(args.data_dir, args.work_dir))
+    data = published.sequences()
+
+    def train(cell: str, out: Path) -> None:
         name, settings, split_kind = settings_of(cell, args)
         split = settings.split(data.sequences, data.n_items)
         if split_kind == "select-test":
             split = dataclasses.replace(split, valid=split.test)
-        start = time.time()
+        intents, profiles = published.inputs_of([name], data.n_items, 0)
+        train_cell(cell, name, 0, settings, split, intents, profiles, data.n_items, out,
+                   extra={"split": split_kind, "prefix_augment": settings.prefix_augment})
 
-        def progress(metrics: dict, _snapshot: dict | None, cell: str = cell) -> None:
-            print(f"{cell} epoch {metrics['epoch']} loss {metrics['loss']:.3f} selection ndcg@20 "
-                  f"{metrics['valid_ndcg@20']:.4f} ({metrics['train_seconds']:.0f}s)", flush=True)
-
-        trained = train_run(name, 0, settings, split, intents.get(variant(name).intent_set), n_items=data.n_items,
-                            on_epoch=progress)
-        test = evaluate(trained.model, split.test, settings.ks, settings.mask_history)
-        result = trained.result
-        row = {"cell": cell, "variant": name, "split": split_kind, "prefix_augment": settings.prefix_augment,
-               "seed": 0, "best_epoch": result.best_epoch, "epochs": len(result.history),
-               "mean_epoch_seconds": result.mean_epoch_seconds, "wall_seconds": round(time.time() - start, 1),
-               "n_intents": int(getattr(trained.model, "n_intents", 0)), "selection": result.best_valid,
-               "test": test, "settings": dataclasses.asdict(settings), "threads": args.threads}
-        out.write_text(json.dumps(row, indent=2))
-        print(json.dumps({k: row[k] for k in ("cell", "best_epoch", "epochs", "test")}), flush=True)
+    each_cell(args.cells, args.parts, train)
 
 
 def step_report(args: argparse.Namespace) -> None:
-    rows = {json.loads(p.read_text())["cell"]: json.loads(p.read_text()) for p in sorted(args.parts.glob("*.json"))}
+    earlier = json.loads(args.out.read_text())["cells"] if args.out.exists() else {}
+    rows = {**earlier, **read_parts(args.parts)}  # cells measured in earlier sessions stay, new parts win
     missing = [c for c in CELLS if c not in rows]
     table = [[c, rows[c]["best_epoch"], rows[c]["epochs"], *[rows[c]["test"][m] for m in METRICS]]
              for c in CELLS if c in rows]
@@ -174,7 +120,8 @@ def main() -> None:
     data = shared_data_dir()
     p.add_argument("--data-dir", type=Path, default=data / "beauty" if data else None,
                    help="folder with the ICLRec sequences.txt and items.tsv (default: SAEREC_DATA_DIR/beauty)")
-    p.add_argument("--work-dir", type=Path, default=REPO / "saerec-output" / "bench-protocol")
+    p.add_argument("--work-dir", type=Path, default=WORK_DIR,
+                   help="the job's outputs go to WORK_DIR/pipeline, shared with bench/rec.py")
     p.add_argument("--parts", type=Path, default=None, help="folder of per-cell JSON parts (default: work dir/parts)")
     p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS))
     p.add_argument("--k", type=int, default=5)
@@ -188,7 +135,10 @@ def main() -> None:
     if args.data_dir is None or not (args.data_dir / "sequences.txt").exists():
         raise SystemExit("--data-dir must hold sequences.txt and items.tsv (the ICLRec Beauty layout)")
     args.parts = args.parts or args.work_dir / "parts"
-    {"chain": step_chain, "train": step_train, "report": step_report}[args.step](args)
+    if args.step == "chain":
+        run_chain(beauty_config(args.data_dir, args.work_dir))
+    else:
+        {"train": step_train, "report": step_report}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -1,299 +1,199 @@
-"""Benchmark: SASRec vs SAERec vs KMeans-Intent on Amazon Beauty, several seeds each.
+"""Benchmark: grounded items against SASRec, the paper's SAERec and the controls on Amazon Beauty.
 
-Step 1 (``--step chain``, needs Ray and the text encoder): runs the pipeline's own stages
-(prepare -> embed -> train_sae -> explain -> judge) on ``--data-dir`` with the item descriptions
-as the corpus, and caches the intent sets in ``--work-dir/intents.safetensors``: the judged
-latents, plus k-means centroids of the text embeddings (as many as intents). Step 2 (``--step
-train``, plain PyTorch, GPU if present) trains and tests every (model, seed) in the same harness (strict
-leave-one-out, selection on valid NDCG@20, test read once) and writes one JSON part. ``--step
-timing`` trains each model alone for a few epochs to compare epoch times fairly, and ``--step
-report`` merges parts into ``bench/results/rec_beauty.json`` and prints the table.
+Every cell (``variant/seed``) trains through the job's training path (``saerec.rec.runs``) on
+the job's own published outputs, under the strict protocol (selection on valid NDCG@20, the test
+item read once, after selection), with the job's ``rec`` settings from ``configs/beauty.yaml``
+except ``--max-epochs`` and ``--patience``. A cell's JSON part and selected weights go to
+``--work-dir/rec-parts``; a finished cell is not trained again.
 
-The stored bench/results/rec_beauty.json predates the judge stage: its intent set is every live
-SAE latent (its ``chain.intent_source``), i.e. the noIde variant. Commands that produced it
-(train/timing ran on one H200 through the device tool, 9 runs concurrently per configuration;
-the chain and the CPU timing ran here):
-  python bench/rec.py --step chain
-  python bench/rec.py --step timing --timing-epochs 5 --out timing_gpu.json
-  python bench/rec.py --step timing --device cpu --timing-epochs 2 --out timing_cpu.json
-  for m in sasrec saerec kmeans; do for s in 0 1 2; do
-    python bench/rec.py --step train --models $m --seeds $s --max-epochs 100 --patience 15 --out C/part_${m}_$s.json
-    python bench/rec.py --step train --models $m --seeds $s --max-epochs 100 --patience 15 --emb-scale \
-      --out B/part_${m}_$s.json
-  done; done
-  python bench/rec.py --step report --parts C/part_*.json --extra "B=..." --timing timing_*.json \
-    --chain saerec-output/bench-rec/chain.json
+Steps:
+  python bench/rec.py --step chain                      # the job's prepare .. profile (reused when published)
+  python bench/rec.py --step train --cells sasrec/0 grounded/0 grounded-random/0 ...
+  python bench/rec.py --step steer --cell grounded/0 --query "nail polish"
+  python bench/rec.py --step report                     # -> bench/results/rec_beauty.json
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import platform
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import (METRICS, WORK_DIR, Published, beauty_config, each_cell, mean_std, read_parts,  # noqa: E402
+                           run_chain, train_cell)
 from bench.shared_data import shared_data_dir  # noqa: E402
 
-from saerec.rec import (EncoderConfig, FitConfig, IntentConfig, SAERec, SASRec, final_test, fit,  # noqa: E402
-                        leave_one_out)
-from saerec.rec.batching import training_examples  # noqa: E402
-from saerec.rec.training import make_optimizer, seed_everything, train_epoch  # noqa: E402
+from saerec import artifacts  # noqa: E402
+from saerec.rec.explain import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
+from saerec.rec.runs import run_settings  # noqa: E402
+from saerec.rec.variants import NAMES, label, restore_model, variant  # noqa: E402
 
-PAPER_BEAUTY = {"SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, "ndcg@20": 0.0386},
-                "SAERec": {"hr@10": 0.1055, "hr@20": 0.1427, "ndcg@10": 0.0643, "ndcg@20": 0.0737},
-                "KMeans-Intent": {"hr@20": 0.1349, "ndcg@20": 0.0671}}
-REFERENCE_SASREC = {"hr@10": 0.0912, "hr@20": 0.1269, "ndcg@10": 0.0537, "ndcg@20": 0.0627}
-NAMES = {"sasrec": "SASRec", "saerec": "SAERec", "kmeans": "KMeans-Intent"}
+BSAREC = {"hr@10": 0.1008, "hr@20": 0.1373, "ndcg@10": 0.0611, "ndcg@20": 0.0703}  # best honest published, this split
+PAPER = {"SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, "ndcg@20": 0.0386},
+         "SAERec": {"hr@10": 0.1055, "hr@20": 0.1427, "ndcg@10": 0.0643, "ndcg@20": 0.0737}}
 
 
-def read_sequence_file(data_dir: Path) -> tuple[list[list[int]], int]:
-    """ICLRec ``sequences.txt``: ``user item item ...`` per line, ids from 1."""
-    path = data_dir / "sequences.txt"
-    if not path.exists():
-        raise SystemExit(f"{path} not found: pass --data-dir with the Beauty sequences.txt and items.tsv")
-    seqs = [[int(x) for x in line.split()[1:]] for line in path.read_text().splitlines() if line.strip()]
-    return seqs, max(max(s) for s in seqs)
+def _settings(published: Published, args: argparse.Namespace):
+    cfg = published.cfg
+    return dataclasses.replace(run_settings(cfg.rec, cfg.evaluate, args.max_epochs, args.patience),
+                               checkpoint_seconds=float("inf"))
 
 
-def run_chain(data_dir: Path, work_dir: Path) -> dict[str, object]:
-    """Run the pipeline stages up to the intent set and cache the intent matrices."""
-    from safetensors.torch import save_file
-
-    from saerec.config import load_config
-    from saerec.pipeline import Runner, StageInput
-    from saerec.rec.kmeans import kmeans
-    from saerec.runtime import init_ray
-    from saerec.artifacts import read_intent_set, read_text_embeddings
-    from saerec.storage import Store
-
-    cfg = load_config(REPO / "configs" / "beauty.yaml",
-                      [f"data.path={data_dir.resolve()}", f"storage.uri={(work_dir / 'pipeline').resolve()}"])
-    init_ray(None, None)
-    store = Store(cfg.storage.uri)
-    store.check()
-    runner = Runner(cfg, store)
-    names = ["prepare", "embed", "train_sae", "explain", "judge"]
-    manifests = {}
-    for name in names:
-        start = time.time()
-        manifests[name] = runner.run_stage(importlib.import_module(f"saerec.stages.{name}").STAGE)
-        print(f"[{name}] {time.time() - start:.0f}s", flush=True)
-
-    texts = read_text_embeddings(StageInput(store, manifests["embed"]))
-    judged = read_intent_set(StageInput(store, manifests["judge"]))
-    vectors, latents = judged.vectors, judged.latents
-    source = "judged SAE latents (judge stage)"
-    centroids = kmeans(texts, len(vectors), seed=cfg.seed)[0]
-    work_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"judged": vectors.contiguous(), "latents": torch.as_tensor(latents, dtype=torch.long),
-               "kmeans": centroids.contiguous()}, str(work_dir / "intents.safetensors"),
-              metadata={"source": source, "texts": str(len(texts))})
-    info = {"intent_source": source, "n_intents": len(vectors), "corpus_texts": len(texts),
-            "sae_metrics": manifests["train_sae"]["metrics"]}
-    (work_dir / "chain.json").write_text(json.dumps(info, indent=2, default=str))
-    return info
-
-
-def load_intents(work_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    path = work_dir / "intents.safetensors"
-    if not path.exists():
-        raise SystemExit(f"{path} not found: run --step chain first")
-    with safe_open(str(path), "pt") as handle:
-        return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
-
-
-def build(model: str, n_items: int, intents: dict[str, torch.Tensor], args: argparse.Namespace) -> torch.nn.Module:
-    enc = EncoderConfig(n_items=n_items, d=64, blocks=2, heads=2, max_len=args.max_len, dropout=args.dropout,
-                        scale_embeddings=args.emb_scale)
-    if model == "sasrec":
-        return SASRec(enc)
-    icfg = IntentConfig(k=args.k, ema_beta=args.ema_beta)
-    return SAERec(enc, intents["kmeans" if model == "kmeans" else "judged"], icfg)
-
-
-def device_of(args: argparse.Namespace) -> str:
-    if args.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return args.device
+def _cell(cell: str) -> tuple[str, int]:
+    name, _, seed = cell.partition("/")
+    variant(name)
+    if not seed.isdigit():
+        raise SystemExit(f"cell {cell!r}: write variant/seed, e.g. grounded/0")
+    return name, int(seed)
 
 
 def step_train(args: argparse.Namespace) -> None:
-    seqs, n_items = read_sequence_file(args.data_dir)
-    intents, meta = load_intents(args.work_dir)
-    data = leave_one_out(seqs, n_items, args.max_len)
-    device = device_of(args)
-    rows = []
-    for model_name in args.models:
-        for seed in args.seeds:
-            seed_everything(seed)
-            model = build(model_name, n_items, intents, args).to(device)
-            cfg = FitConfig(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                            max_epochs=args.max_epochs, patience=args.patience, seed=seed,
-                            bucket=not args.no_bucket, token_weighted=not args.batch_weighted)
-            start = time.time()
-            result = fit(model, data, cfg, args.max_len, device=device,
-                         on_epoch=lambda st, _s, m=model_name, s=seed: print(
-                             f"{m} seed{s} epoch {st.epoch} loss {st.history[-1]['loss']:.3f} "
-                             f"valid ndcg@20 {st.history[-1]['valid_ndcg@20']:.4f}", flush=True)
-                         if st.epoch % 10 == 0 else None)
-            test = final_test(model, result, data, cfg.ks, cfg.mask_history, device=device)
-            rows.append({"model": model_name, "seed": seed, "best_epoch": result.best_epoch,
-                         "epochs": len(result.history), "mean_epoch_seconds": result.mean_epoch_seconds,
-                         "wall_seconds": time.time() - start, "valid": result.best_valid, "test": test})
-            print(json.dumps(rows[-1]), flush=True)
-    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "intents": meta, "settings": vars_of(args), "runs": rows}
-    args.out.write_text(json.dumps(out, indent=2))
+    torch.set_num_threads(args.threads)
+    published = Published(beauty_config(args.data_dir, args.work_dir))
+    data = published.sequences()
+    settings = _settings(published, args)
+    split = settings.split(data.sequences, data.n_items)
+
+    def train(cell: str, out: Path) -> None:
+        name, seed = _cell(cell)
+        intents, profiles = published.inputs_of([name], data.n_items, seed)
+        train_cell(cell, name, seed, settings, split, intents, profiles, data.n_items, out,
+                   extra={"protocol": settings.protocol}, save_model=True)
+
+    each_cell(args.cells, args.parts, train)
 
 
-def step_timing(args: argparse.Namespace) -> None:
-    """Each model alone, same batches, a few epochs: the fair epoch-time comparison.
-
-    Process CPU seconds are recorded beside wall seconds: on a shared CPU machine the wall
-    clock measures the neighbours as much as the model.
-    """
-    seqs, n_items = read_sequence_file(args.data_dir)
-    intents, _ = load_intents(args.work_dir)
-    data = leave_one_out(seqs, n_items, args.max_len)
-    examples = training_examples(data.train, args.max_len)
-    device = device_of(args)
-    times = {}
-    for model_name in args.models:
-        seed_everything(0)
-        model = build(model_name, n_items, intents, args).to(device)
-        opt = make_optimizer(model, FitConfig(lr=args.lr))
-        rng = np.random.default_rng(0)
-        train_epoch(model, opt, examples, args.batch_size, rng, device, bucket=not args.no_bucket)
-        epochs, cpu = [], []
-        for _ in range(args.timing_epochs):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            train_epoch(model, opt, examples, args.batch_size, rng, device, bucket=not args.no_bucket)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            epochs.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-        times[model_name] = {"epoch_seconds": epochs, "median": float(np.median(epochs)),
-                             "cpu_seconds": cpu, "median_cpu": float(np.median(cpu))}
-        print(model_name, times[model_name], flush=True)
-    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-           "threads": torch.get_num_threads(), "timing": times}
-    args.out.write_text(json.dumps(out, indent=2))
+def _load(args: argparse.Namespace, cell: str) -> torch.nn.Module:
+    path = args.parts / f"{cell.replace('/', '__')}.pt"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: train {cell} first (--step train --cells {cell})")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    return restore_model(saved["spec"], saved["state"])
 
 
-def vars_of(args: argparse.Namespace) -> dict[str, object]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("parts",)}
+def step_steer(args: argparse.Namespace) -> None:
+    """The dose-response of steering a grounded cell toward the intents whose summary matches
+    ``--query``, on the test users, plus ten explained recommendations."""
+    torch.set_num_threads(args.threads)
+    published = Published(beauty_config(args.data_dir, args.work_dir))
+    data = published.sequences()
+    model = _load(args, args.cell)
+    settings = _settings(published, args)
+    split = settings.split(data.sequences, data.n_items)
+    kept = artifacts.read_intent_set(published["judge"]).latents
+    summaries = artifacts.read_summaries(published["judge"])
+    names = [summaries.get(int(l)) for l in kept]
+    matched = np.flatnonzero(match_texts(names, args.query)).tolist()
+    if not matched:
+        raise SystemExit(f"no judged intent's summary mentions {args.query!r}")
+    study = grounded_steering_study(model, split.test, matched, args.strengths, 20)
+    study["within_1pct_cost"] = cheapest_effect(study["dose_response"], "ndcg@20")
+    texts = artifacts.read_item_texts(published["prepare"], data.n_items)
+    users = np.random.default_rng(0).choice(len(split.test), size=10, replace=False)
+    out = explain_grounded(model, split.test.inputs[users], split.test.lengths[users], 3, 3)
+    examples = []
+    for row, user in enumerate(users):
+        history = split.test.inputs[user][:split.test.lengths[user]].tolist()
+        examples.append({"user": int(split.test.users[user]), "last_items": [texts[i] for i in history[-3:]],
+                         "recommended": [{"item": texts[int(item)], "intent_share": float(out["intent_share"][row, j]),
+                                          "intents": [{"summary": names[int(i)], "contribution": float(c)}
+                                                      for i, c in zip(out["intents"][row, j], out["contributions"][row, j])
+                                                      if i >= 0]}
+                                         for j, item in enumerate(out["items"][row])]})
+    result = {"cell": args.cell, "query": args.query, "matched_summaries": [names[i] for i in matched], **study,
+              "examples": examples}
+    path = args.parts / f"steer__{args.cell.replace('/', '__')}__{args.query.replace(' ', '_')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"{args.cell}: steering toward {len(matched)} intents matching {args.query!r} "
+          f"({study['items_carrying']} items carry one)")
+    print(f"{'strength':>8} {'carrying':>9} {'NDCG@20':>8} {'HR@20':>7} {'changed':>8}")
+    for r in study["dose_response"]:
+        print(f"{r['strength']:8.2f} {r['carrying_share']:9.4f} {r['ndcg@20']:8.4f} {r['hr@20']:7.4f} {r['users_changed']:8.3f}")
+    print(f"within 1% NDCG@20 cost: {study['within_1pct_cost']}\nwrote {path}")
 
 
-def summarise(runs: list[dict]) -> dict[str, dict]:
-    """Mean ± std over seeds of each model's test metrics, with its valid score and epoch times."""
-    summary = {}
-    known = [m for m in NAMES if any(r["model"] == m for r in runs)]
-    for model in dict.fromkeys(known + [r["model"] for r in runs]):
-        rows = [r for r in runs if r["model"] == model]
-        summary[model] = {
-            "seeds": [r["seed"] for r in rows],
-            "best_epochs": [r["best_epoch"] for r in rows],
-            "valid_ndcg@20": float(np.mean([r["valid"]["ndcg@20"] for r in rows])),
-            **{m: {"mean": float(np.mean([r["test"][m] for r in rows])), "std": float(np.std([r["test"][m] for r in rows]))}
-               for m in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20")},
-            "epoch_seconds_in_run": float(np.mean([r["mean_epoch_seconds"] for r in rows])),
-        }
-    return summary
-
-
-def _read_parts(paths: list[str]) -> tuple[list[dict], dict]:
-    parts = [json.loads(Path(p).read_text()) for p in paths]
-    runs = [dict(r, device=p.get("device")) for p in parts for r in p.get("runs", [])]
-    return runs, (parts[0].get("settings", {}) if parts else {})
-
-
-def print_table(title: str, summary: dict[str, dict]) -> None:
-    print(f"\n{title}")
-    print(f"{'model':<14} {'HR@10':>16} {'HR@20':>16} {'NDCG@10':>16} {'NDCG@20':>16} {'valid N@20':>10}")
-    for model, s in summary.items():
-        cells = " ".join(f"{s[m]['mean']:.4f}±{s[m]['std']:.4f}".rjust(16) for m in ("hr@10", "hr@20", "ndcg@10", "ndcg@20"))
-        print(f"{NAMES.get(model, model):<14} {cells} {s['valid_ndcg@20']:10.4f}")
+def _beats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Whether ``a``'s mean beats ``b``'s by more than 2 std (the larger of the two) on every metric."""
+    margins = {m: a[m]["mean"] - b[m]["mean"] - 2 * max(a[m]["std"], b[m]["std"]) for m in METRICS}
+    return {"all_beyond_2std": all(v > 0 for v in margins.values()), "margin_minus_2std": margins,
+            "seeds": [a[METRICS[0]]["n"], b[METRICS[0]]["n"]]}
 
 
 def step_report(args: argparse.Namespace) -> None:
-    """Merge parts: the main configuration, labelled alternatives, epoch timings, the chain info."""
-    runs, settings = _read_parts(args.parts)
-    main = summarise(runs)
-    extras = {}
-    for spec in args.extra:
-        label, _, paths = spec.partition("=")
-        extra_runs, extra_settings = _read_parts(paths.split(","))
-        extras[label] = {"settings": extra_settings, "summary": summarise(extra_runs), "runs": extra_runs}
-    chain = json.loads(Path(args.chain).read_text()) if args.chain else None
-    timings = [json.loads(Path(p).read_text()) for p in args.timing]
-    result = {"dataset": "Amazon Beauty (ICLRec 5-core)",
-              "protocol": "leave-one-out (valid = 2nd-to-last, test = last), selection on valid NDCG@20, "
-                          "test read once per run, full ranking over all items, history masked",
-              "chain": chain, "settings": settings, "summary": main, "runs": runs, "alternatives": extras,
-              "timing": timings, "paper_beauty": PAPER_BEAUTY, "reference_sasrec_ce": REFERENCE_SASREC}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2))
-    print_table("main configuration", main)
-    for label, extra in extras.items():
-        print_table(label, extra["summary"])
-    for t in timings:
-        print(f"\nepoch time alone on {t['device']}: " + ", ".join(
-            f"{m} {v['median']:.2f}s wall" + (f" / {v['median_cpu']:.1f}s CPU" if "median_cpu" in v else "")
-            for m, v in t["timing"].items()))
-    print(f"written {args.results}")
+    rows = {c: r for c, r in read_parts(args.parts).items() if not c.startswith("steer")}
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for row in rows.values():
+        by_variant.setdefault(row["variant"], []).append(row)
+    summary = {}
+    for name in [n for n in NAMES if n in by_variant]:
+        runs = sorted(by_variant[name], key=lambda r: r["seed"])
+        summary[name] = {"label": label(name), "seeds": [r["seed"] for r in runs],
+                         "best_epochs": [r["best_epoch"] for r in runs], "epochs": [r["epochs"] for r in runs],
+                         "epoch_seconds": float(np.mean([r["mean_epoch_seconds"] for r in runs])),
+                         "valid_ndcg@20": float(np.mean([r["selection"]["ndcg@20"] for r in runs])),
+                         **mean_std(runs)}
+    grounded = [n for n in summary if variant(n).grounded and variant(n).intent_set in ("judged", "all")]
+    best = max(grounded, key=lambda n: summary[n]["valid_ndcg@20"], default=None)
+    targets: dict[str, Any] = {"best_grounded_on_valid": best}
+    if best and "sasrec" in summary:
+        targets["best_grounded_vs_sasrec"] = _beats(summary[best], summary["sasrec"])
+    if "grounded" in summary and "grounded-random" in summary:
+        targets["judged_vs_random_profiles"] = _beats(summary["grounded"], summary["grounded-random"])
+    if best and "dense" in summary:
+        targets["best_grounded_minus_dense"] = {m: summary[best][m]["mean"] - summary["dense"][m]["mean"] for m in METRICS}
+    if best:
+        targets["best_grounded_minus_bsarec"] = {m: summary[best][m]["mean"] - BSAREC[m] for m in METRICS}
+    steering = [json.loads(p.read_text()) for p in sorted(args.parts.glob("steer__*.json"))]
+    out = {"dataset": "Amazon Beauty (ICLRec 5-core, item titles as text)", "protocol": "strict",
+           "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "summary": summary, "targets": targets, "runs": rows,
+           "steering": [{k: s[k] for k in s if k != "examples"} for s in steering],
+           "example_explanations": steering[0]["examples"] if steering else [],
+           "bsarec": BSAREC, "paper": PAPER, "commands": args.commands or []}
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"{'variant':18} {'seeds':>5} {'best ep':>9} {'s/ep':>5} " + " ".join(f"{m:>15}" for m in METRICS))
+    for name, s in summary.items():
+        cells = " ".join(f"{s[m]['mean']:.4f}±{s[m]['std']:.4f}" for m in METRICS)
+        print(f"{name:18} {len(s['seeds']):5d} {','.join(map(str, s['best_epochs'])):>9} {s['epoch_seconds']:5.0f} {cells}")
+    print(f"{'BSARec (published)':18} " + " " * 22 + " ".join(f"{BSAREC[m]:15.4f}" for m in METRICS))
+    print(json.dumps(targets, indent=2))
+    print(f"wrote {args.out}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--step", choices=("chain", "train", "timing", "report"), required=True)
-    p.add_argument("--data-dir", type=Path, default=shared_data_dir() / "beauty")
-    p.add_argument("--work-dir", type=Path, default=REPO / "saerec-output" / "bench-rec")
-    p.add_argument("--models", type=lambda s: s.split(","), default=["sasrec", "saerec", "kmeans"])
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=20)
-    p.add_argument("--timing-epochs", type=int, default=3)
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--ema-beta", type=float, default=0.9)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--no-bucket", action="store_true", help="random batches instead of length buckets")
-    p.add_argument("--batch-weighted", action="store_true", help="plain per-batch mean loss (no token weighting)")
-    p.add_argument("--emb-scale", action="store_true", help="scale item embeddings by sqrt(d) (original SASRec)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=REPO / "saerec-output" / "bench-rec" / "part.json")
-    p.add_argument("--parts", nargs="*", default=[], help="train parts of the main configuration")
-    p.add_argument("--extra", nargs="*", default=[], help="LABEL=part1.json,part2.json,... alternative configurations")
-    p.add_argument("--timing", nargs="*", default=[], help="timing step outputs")
-    p.add_argument("--chain", help="chain.json written by --step chain")
-    p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "rec_beauty.json")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    p.add_argument("--step", choices=("chain", "train", "steer", "report"), required=True)
+    data = shared_data_dir()
+    p.add_argument("--data-dir", type=Path, default=data / "beauty" if data else None,
+                   help="folder with the ICLRec sequences.txt and items.tsv (default: SAEREC_DATA_DIR/beauty)")
+    p.add_argument("--work-dir", type=Path, default=WORK_DIR,
+                   help="the job's outputs go to WORK_DIR/pipeline, shared with bench/protocol.py")
+    p.add_argument("--parts", type=Path, default=None, help="per-cell parts (default: work dir/rec-parts)")
+    p.add_argument("--cells", nargs="+", default=["sasrec/0", "grounded/0"], help="variant/seed ...")
+    p.add_argument("--cell", default="grounded/0", help="the trained grounded cell to steer")
+    p.add_argument("--query", default="skin", help="steer toward the judged intents whose summary has this word")
+    p.add_argument("--strengths", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0])
+    p.add_argument("--max-epochs", type=int, default=60)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--commands", nargs="*", help="the commands that produced the parts, stored in the JSON")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rec_beauty.json")
+    args = p.parse_args()
+    if args.data_dir is None or not (args.data_dir / "sequences.txt").exists():
+        raise SystemExit("--data-dir must hold sequences.txt and items.tsv (the ICLRec Beauty layout)")
+    args.parts = args.parts or args.work_dir / "rec-parts"
     if args.step == "chain":
-        print(json.dumps(run_chain(args.data_dir, args.work_dir), indent=2, default=str))
-    elif args.step == "train":
-        step_train(args)
-    elif args.step == "timing":
-        step_timing(args)
+        run_chain(beauty_config(args.data_dir, args.work_dir))
     else:
-        step_report(args)
+        {"train": step_train, "steer": step_steer, "report": step_report}[args.step](args)
 
 
 if __name__ == "__main__":

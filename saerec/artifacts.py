@@ -26,7 +26,7 @@ from torch import nn
 
 from saerec import schemas
 from saerec.pipeline import StageError, StageFiles
-from saerec.rec.variants import restore_model
+from saerec.rec.variants import Sources, restore_model
 from saerec.sae.model import TopKSAE
 
 
@@ -74,6 +74,8 @@ FEATURES = Artifact("judge", "features.parquet", "per latent: summary, verdict, 
 INTENTS = Artifact("judge", "intents.safetensors", "the kept latents' vectors and ids (summaries, words in metadata)")
 PROFILES = Artifact("profile", "item_profiles.parquet", "per intent set and item: its intents and pooled weights",
                     schemas.ITEM_PROFILES)
+ITEM_TEXT_VECTORS = Artifact("profile", "item_text_vectors.parquet", "per item with text: its texts' mean embedding",
+                             schemas.ITEM_TEXT_VECTORS)
 MODELS = Artifact("train_rec", "models/", "one safetensors file per (variant, seed), the spec in its metadata")
 INTENT_SETS = Artifact("train_rec", "intent_sets.safetensors", "the intent matrices the trained variants read")
 RUNS = Artifact("train_rec", "runs.json", "per run: spec, selected epoch, valid metrics, epoch times")
@@ -299,6 +301,27 @@ def read_profiles(profile: StageFiles, intent_set: str) -> dict[int, tuple[list[
         raise _fail(PROFILES, profile, f"holds no profile of the {intent_set!r} intent set")
     return {int(i): (ids, weights) for i, ids, weights in zip(
         table.column("item").to_pylist(), table.column("intents").to_pylist(), table.column("weights").to_pylist())}
+
+
+def read_item_text_vectors(profile: StageFiles, n_items: int) -> torch.Tensor:
+    """(n_items + 1, D) each item's mean text embedding; zero rows for items without text (and row 0)."""
+    table = read_table(profile, ITEM_TEXT_VECTORS, ["item", "vector"])
+    matrix = _matrix(table.column("vector"))
+    items = table.column("item").to_numpy()
+    if len(items) and (items.min() < 1 or items.max() > n_items):
+        raise _fail(ITEM_TEXT_VECTORS, profile, f"names items outside 1..{n_items}")
+    out = torch.zeros(n_items + 1, matrix.shape[1] if len(items) else 1)
+    out[torch.from_numpy(items.astype(np.int64))] = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
+    return out
+
+
+def sources(stages: Any, n_items: int) -> Sources:
+    """What the variants read, from published stages (``stages[name]`` -> StageFiles), read lazily."""
+    return Sources(judged=lambda: read_intent_set(stages["judge"]).vectors,
+                   all_latents=lambda: read_sae(stages["train_sae"]).intent_vectors().detach(),
+                   texts=lambda: read_text_embeddings(stages["embed"]),
+                   item_texts=lambda: read_item_text_vectors(stages["profile"], n_items),
+                   profiles=lambda name: read_profiles(stages["profile"], name))
 
 
 # -- train_rec -------------------------------------------------------------------------------------

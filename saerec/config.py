@@ -194,7 +194,9 @@ class EvaluateSection:
     mask_history: bool = True
     top_n: int = _bounded(20, lo=1)
     steering_query: str | None = None
-    steering_boost: float = _bounded(2.0, lo=0.0)
+    steering_boost: float = _bounded(2.0, lo=0.0)  # SAERec: + boost on the matched intents' retrieval and attention
+    # grounded models: the dose-response levels, in units of each user's score spread (see rec/explain.py)
+    steering_strengths: list[float] = _listof(0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass

@@ -99,6 +99,12 @@ ITEM_PROFILES = pa.schema([
     ("weights", pa.list_(pa.float32())),
 ])
 
+# profile: each item with text, the mean embedding of its texts (the dense-text control's input)
+ITEM_TEXT_VECTORS = pa.schema([
+    ("item", pa.int32()),
+    ("vector", pa.list_(pa.float32())),
+])
+
 # judge: one row per SAE latent; summary/verdict are null for latents beyond judge.max_latents,
 # detection (held-out balanced accuracy) is null for latents that were not kept
 JUDGED_FEATURES = pa.schema([

@@ -65,3 +65,39 @@ def test_match_texts_finds_whole_words_case_insensitively():
     assert match_texts(texts, "skin care").tolist() == [True, False, False, True]
     with pytest.raises(ValueError, match="empty"):
         match_texts(texts, "  ")
+
+
+def _grounded():
+    from saerec.rec.grounded import GroundedSASRec, ItemProfiles
+
+    torch.manual_seed(0)
+    data = leave_one_out(chain_sequences(n_users=12, n_items=N_ITEMS), N_ITEMS, max_len=10)
+    rows = {item: ([item % 4, 4 + item % 2], [0.5, 0.2]) for item in range(1, N_ITEMS + 1)}
+    cfg = EncoderConfig(n_items=N_ITEMS, d=16, heads=2, blocks=1, max_len=10, dropout=0.0)
+    return data, GroundedSASRec(cfg, ItemProfiles.from_lists(N_ITEMS, rows), 6).eval()
+
+
+def test_grounded_steering_raises_the_share_of_listed_items_carrying_the_boosted_intent():
+    from saerec.rec.explain import cheapest_effect, grounded_steering_study
+    from saerec.rec.metrics import evaluate
+
+    data, model = _grounded()
+    study = grounded_steering_study(model, data.test, [3], [0.5, 100.0], top_n=5)
+    levels = study["dose_response"]
+    assert [r["strength"] for r in levels] == [0.0, 0.5, 100.0]
+    assert study["items_carrying"] == 6  # items 3, 7, ..., 23 carry intent 3
+    assert levels[0]["users_changed"] == 0.0
+    assert levels[0]["ndcg@5"] == pytest.approx(evaluate(model, data.test, [5])["ndcg@5"]), \
+        "strength 0 is the model's own ranking"
+    carrying = set(range(3, N_ITEMS + 1, 4))
+    unseen = [min(5, len(carrying - set(h[:n].tolist()))) for h, n in zip(data.test.inputs, data.test.lengths)]
+    assert levels[-1]["carrying_share"] == pytest.approx(sum(unseen) / (5 * len(unseen))), \
+        "a huge boost fills every list with the unseen carrying items"
+    assert levels[-1]["carrying_share"] >= levels[1]["carrying_share"] >= levels[0]["carrying_share"]
+    assert levels[-1]["users_changed"] > 0
+    cheap = cheapest_effect(levels, "ndcg@5", max_cost=1.0)
+    assert cheap is not None and cheap["strength"] == 100.0
+    with pytest.raises(ValueError, match="non-empty subset"):
+        grounded_steering_study(model, data.test, [6], [1.0], top_n=5)
+    with pytest.raises(ValueError, match=">= 0"):
+        grounded_steering_study(model, data.test, [1], [-1.0], top_n=5)

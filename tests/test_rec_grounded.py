@@ -50,3 +50,54 @@ def test_intent_vectors_learn_through_inputs_and_outputs():
     model(seqs, lengths, torch.tensor([[2, 7, 1, 0]])).backward()
     grad = model.intent_emb.grad
     assert grad is not None and torch.all(grad[[0, 1, 2, 3, 4]].abs().sum(1) > 0)
+
+
+def _sources(profiles: dict, item_texts: torch.Tensor, judged: torch.Tensor):
+    from saerec.rec.variants import Sources
+
+    return Sources(judged=lambda: judged, all_latents=lambda: judged, texts=lambda: item_texts[1:],
+                   item_texts=lambda: item_texts, profiles=lambda name: profiles)
+
+
+def test_control_profiles_keep_each_items_count_and_weights_and_change_only_which_intents():
+    from saerec.rec.variants import build_inputs
+
+    torch.manual_seed(0)
+    item_texts = torch.randn(N_ITEMS + 1, 6)
+    item_texts[[0, 3]] = 0.0
+    rows = {1: ([0, 3], [0.5, 0.25]), 2: ([3], [1.0]), 7: ([4, 1, 2], [0.2, 0.3, 0.1])}
+    sources = _sources(rows, item_texts, torch.randn(N_INTENTS, 6))
+    intents, profiles = build_inputs(["grounded", "grounded-random", "grounded-kmeans"], N_ITEMS, 0, sources, None)
+    judged = profiles["judged"]
+    for control in ("random", "kmeans"):
+        got = profiles[control]
+        assert torch.equal(got.weights, judged.weights), control
+        assert int(got.ids.max()) < len(intents[control]) == N_INTENTS
+        for item in (1, 7):
+            active = got.ids[item][got.weights[item] > 0]
+            assert len(set(active.tolist())) == len(active), f"{control}: an intent twice in item {item}'s profile"
+    assert not torch.equal(profiles["random"].ids, judged.ids)
+    centroids = torch.nn.functional.normalize(intents["kmeans"], dim=1)
+    nearest = (torch.nn.functional.normalize(item_texts[7], dim=0) @ centroids.T).argmax()
+    assert int(profiles["kmeans"].ids[7, 0]) == int(nearest), "the nearest centroid comes first"
+
+
+def test_the_dense_control_adds_a_projection_of_the_items_text_and_survives_a_save():
+    from saerec.rec.variants import build_inputs, build_model, model_spec, restore_model
+
+    torch.manual_seed(0)
+    item_texts = torch.randn(N_ITEMS + 1, 6)
+    item_texts[0] = 0.0
+    intents, _ = build_inputs(["dense"], N_ITEMS, 0, _sources({}, item_texts, torch.randn(N_INTENTS, 6)), None)
+    cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0)
+    spec = model_spec("dense", cfg, 5, 0.9, tuple(intents["text"].shape))
+    model = build_model(spec, intents["text"]).eval()
+    ids = torch.tensor([2, 5])
+    assert torch.allclose(model.item_vectors(ids), model.item_emb(ids) + model.text_proj(item_texts[ids]))
+    assert torch.allclose(model.item_table()[ids], model.item_vectors(ids))
+    restored = restore_model(spec, model.state_dict())
+    seqs, lengths = torch.tensor([[1, 2, 7, 0]]), torch.tensor([3])
+    assert torch.allclose(restored.item_scores(restored(seqs, lengths, last_only=True)),
+                          model.item_scores(model(seqs, lengths, last_only=True)))
+    with pytest.raises(ValueError, match="item text vectors must be"):
+        build_model(spec, torch.zeros(N_ITEMS, 6))

@@ -59,7 +59,7 @@ PLANTED: dict[str, list[str]] = {
     "hair color": ["dye", "color", "roots", "gray", "blonde", "brunette", "highlights", "bleach",
                    "toner", "brassy", "coverage-gray", "shade"],
     "tools brushes": ["brush", "brushes", "sponge", "bristle", "applicator", "blender", "handle",
-                      "synthetic", "tool", "dense", "fluffy", "angled"],
+                      "synthetic", "tool", "tapered", "fluffy", "angled"],
     "eye area": ["eye", "puffiness", "circles", "undereye", "bags", "dark", "depuffing", "roller",
                  "tired", "lids", "caffeine", "brighten"],
     "long lasting wear": ["lasting", "hours", "allday", "stays", "wears", "fade", "budge", "durable",

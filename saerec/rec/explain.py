@@ -7,7 +7,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from saerec.rec.batching import RankingSet, ranking_batches
 from saerec.rec.grounded import GroundedSASRec
+from saerec.rec.metrics import hr_ndcg, target_ranks
 from saerec.rec.saerec_model import SAERec, steering
 
 
@@ -110,3 +112,71 @@ def steering_study(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, inten
             "flagged_after": int(item_flags[after].sum()),
             "users_changed": float(np.mean((before != after).any(axis=1))),
             "mean_overlap": float(overlap)}
+
+
+@torch.no_grad()
+def grounded_steering_study(model: GroundedSASRec, data: RankingSet, intent_ids: Sequence[int],
+                            strengths: Sequence[float], top_n: int, mask_history: bool = True,
+                            batch_size: int = 1024, device: torch.device | str = "cpu") -> dict[str, object]:
+    """Dose-response of steering a grounded model toward ``intent_ids``.
+
+    The steered score of item j for user u is ``s_uj + strength * std_u(s) * b_j``, where b_j is
+    item j's total weight on the boosted intents (its profile's a_ji summed over them), scaled to
+    at most 1. The boost is in units of the user's own score spread, so a strength means the same
+    for every user; an item that carries none of the intents is never moved, and at strength 0
+    the lists are the model's own. Per strength: the share of top-N items that carry a boosted
+    intent, HR and NDCG at N on ``data``'s held-out items, and the share of users whose list changed.
+    """
+    ids = torch.as_tensor(list(intent_ids), dtype=torch.long)
+    if ids.numel() == 0 or ids.min() < 0 or ids.max() >= model.n_intents:
+        raise ValueError(f"boosted intent ids must be a non-empty subset of [0, {model.n_intents}), got {ids.tolist()}")
+    if any(s < 0 for s in strengths):
+        raise ValueError(f"steering strengths must be >= 0, got {list(strengths)}")
+    levels = [0.0, *sorted({float(s) for s in strengths} - {0.0})]
+    model.eval()
+    boosted = torch.isin(model.profile_ids, ids.to(model.profile_ids.device)) & (model.profile_weights > 0)
+    boost = (model.profile_weights * boosted).sum(1)
+    boost = boost / boost.max().clamp_min(1e-12)
+    carrying = (boost > 0).cpu()
+    ranks = np.zeros((len(levels), len(data)), dtype=np.int64)
+    carried = np.zeros(len(levels))
+    changed = np.zeros(len(levels))
+    for rows, seqs, lengths, targets in ranking_batches(data, batch_size):
+        seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
+        scores = model.item_scores(model(seqs, lengths, last_only=True))
+        spread = scores[:, 1:].std(dim=1, keepdim=True)
+        base = None
+        for level, strength in enumerate(levels):
+            steered = scores + strength * spread * boost.to(scores.device)
+            ranks[level, rows] = target_ranks(steered, targets, seqs if mask_history else None).cpu().numpy()
+            steered[:, 0] = float("-inf")
+            if mask_history:
+                steered.scatter_(1, seqs, float("-inf"))
+            top = steered.topk(top_n, dim=1).indices.cpu()
+            carried[level] += float(carrying[top].sum())
+            if base is None:
+                base = top
+            changed[level] += float((top.sort(dim=1).values != base.sort(dim=1).values).any(dim=1).sum())
+    rows_out = []
+    for level, strength in enumerate(levels):
+        quality = hr_ndcg(ranks[level], [top_n])
+        rows_out.append({"strength": strength, "carrying_share": carried[level] / (len(data) * top_n),
+                         f"hr@{top_n}": quality[f"hr@{top_n}"], f"ndcg@{top_n}": quality[f"ndcg@{top_n}"],
+                         "users_changed": changed[level] / len(data)})
+    return {"boosted_intents": int(ids.numel()), "items_carrying": int(carrying[1:].sum()), "top_n": top_n,
+            "users": len(data), "dose_response": rows_out}
+
+
+def cheapest_effect(dose_response: Sequence[dict[str, float]], metric: str, max_cost: float = 0.01
+                    ) -> dict[str, float] | None:
+    """The strongest steering level whose relative loss of ``metric`` is at most ``max_cost``, with
+    its relative rise of the carrying share; None when no boosted level is that cheap."""
+    base = dose_response[0]
+    cheap = [r for r in dose_response[1:] if base[metric] - r[metric] <= max_cost * base[metric]]
+    if not cheap:
+        return None
+    best = cheap[-1]
+    rise = best["carrying_share"] / base["carrying_share"] - 1 if base["carrying_share"] > 0 else float("inf")
+    return {"strength": best["strength"], f"{metric}_cost": 1 - best[metric] / base[metric] if base[metric] else 0.0,
+            "carrying_share_before": base["carrying_share"], "carrying_share_after": best["carrying_share"],
+            "carrying_share_rise": rise}

@@ -4,12 +4,19 @@ A variant is a model class, the intent set it reads and its ablation switches. t
 evaluate, the sweep, the report and config validation all take names and labels from here;
 adding a variant is one entry below plus its model code.
 
-Models: ``sasrec`` (no intents), ``saerec`` (SASRec states refined by intent attention) and
-``grounded`` (items built from their intent profiles, ``saerec.rec.grounded``).
+Model kinds: none (SASRec, no intents), ``attention`` (SAERec: SASRec states refined by intent
+attention), ``grounded`` (items built from their intent profiles, ``saerec.rec.grounded``) and
+``dense-text`` (items = ID + a projection of their mean text embedding, ``saerec.rec.dense``).
 
 Intent sets: ``judged`` (the kept SAE latents), ``all`` (every SAE latent, no judge),
-``kmeans`` (k-means centroids of the same text embeddings) and ``random`` (Gaussian vectors with
-the judged set's count and norms: the control for whether the text matters at all).
+``kmeans`` (k-means centroids of the same text embeddings), ``random`` (Gaussian vectors with
+the judged set's count and norms: the control for whether the text matters at all) and ``text``
+(each item's mean text embedding, for the ``dense`` variant; not intents).
+
+Item profiles (grounded variants), one per intent set: ``judged`` and ``all`` are the profile
+stage's; ``random`` and ``kmeans`` are controls derived from the judged profiles that keep each
+item's number of intents and their weights and change only WHICH intents an item carries: drawn
+at random, or the k-means centroids nearest the item's mean text embedding.
 """
 from __future__ import annotations
 
@@ -20,12 +27,14 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from saerec.rec.dense import DenseTextSASRec
 from saerec.rec.grounded import GroundedSASRec, ItemProfiles
 from saerec.rec.kmeans import kmeans
 from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig, SASRec
 
-INTENT_SETS = ("judged", "all", "kmeans", "random")
+INTENT_SETS = ("judged", "all", "kmeans", "random", "text")
+ProfileRows = dict[int, tuple[list[int], list[float]]]
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,18 @@ class Variant:
     switches: Mapping[str, Any] = field(default_factory=dict)
     paper_row: str | None = None
     every_intent: bool = False  # retrieve every intent of the set (k = its size), as the public code does
-    model: str = "saerec"  # saerec or grounded when an intent set is read; sasrec reads none
+    model: str = "attention"  # attention (SAERec), grounded or dense-text when an intent set is read
     projected: bool = False  # grounded: E_i = W_m v_i from the intent vectors instead of a free vector
 
     @property
     def grounded(self) -> bool:
         """Whether the model reads the items' intent profiles."""
         return self.model == "grounded"
+
+    @property
+    def attends(self) -> bool:
+        """Whether the model is SAERec's intent attention over an intent set (k of them retrieved)."""
+        return self.intent_set is not None and self.model == "attention"
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -64,12 +78,19 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             model="grounded"),
     Variant("grounded-proj", "Grounded SASRec (items = ID + their judged intents, projected SAE directions)",
             "judged", model="grounded", projected=True),
+    Variant("grounded-all", "Grounded SASRec over every SAE latent (no judge)", "all", model="grounded"),
+    Variant("grounded-random", "Grounded SASRec, random profiles (control: same counts and weights)", "random",
+            model="grounded"),
+    Variant("grounded-kmeans", "Grounded SASRec, k-means profiles (control: same counts and weights)", "kmeans",
+            model="grounded"),
+    Variant("dense", "Dense-text SASRec (items = ID + W x text embedding; not interpretable)", "text",
+            model="dense-text"),
 )}
 NAMES: tuple[str, ...] = tuple(VARIANTS)
 # The model whose k, review drop and judge the sweep's one-factor studies vary.
 FULL_MODEL = "saerec"
 # Which trained variant's lists evaluate explains and steers: the first of these that was trained.
-EXPLAIN_ORDER = ("grounded", "grounded-proj", "saerec", "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans",
+EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "saerec", "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans",
                  "random")
 
 
@@ -82,6 +103,11 @@ def variant(name: str) -> Variant:
 def label(name: str) -> str:
     """The report's name of a variant (unknown names are shown as they are)."""
     return VARIANTS[name].label if name in VARIANTS else name
+
+
+def attends(spec: Mapping[str, Any]) -> bool:
+    """Whether a stored model spec is of a SAERec (specs from before other model kinds say none)."""
+    return spec["intent_set"] is not None and spec.get("model", "attention") in ("attention", "saerec")
 
 
 def is_grounded(spec: Mapping[str, Any]) -> bool:
@@ -100,6 +126,8 @@ def model_spec(name: str, encoder: EncoderConfig, k: int, ema_beta: float,
     if intent_shape is None:
         raise ValueError(f"model {name} needs the {found.intent_set} intent set")
     spec["intent_shape"] = [int(n) for n in intent_shape]
+    if found.model == "dense-text":
+        return spec
     if found.grounded:
         if profiles is None:
             raise ValueError(f"model {name} needs the items' {found.intent_set} intent profiles")
@@ -118,6 +146,8 @@ def build_model(spec: Mapping[str, Any], intents: Tensor | None, profiles: ItemP
         return SASRec(enc)
     if intents is None:
         raise ValueError(f"model {spec['variant']} needs the {spec['intent_set']} intent set")
+    if spec.get("model") == "dense-text":
+        return DenseTextSASRec(enc, intents)
     if is_grounded(spec):
         if profiles is None:
             raise ValueError(f"model {spec['variant']} needs the items' intent profiles")
@@ -148,9 +178,19 @@ def random_like(intents: Tensor, seed: int) -> Tensor:
     return nn.functional.normalize(noise, dim=1) * intents.norm(dim=1, keepdim=True)
 
 
-def intent_sets(needed: set[str], judged: Callable[[], Tensor], all_latents: Callable[[], Tensor],
-                texts: Callable[[], Tensor], seed: int, clusters: int | None) -> dict[str, Tensor]:
-    """Every intent matrix in ``needed``, each read or computed once (the loaders are called lazily).
+@dataclass(frozen=True)
+class Sources:
+    """Loaders of what the variants read; each is called only when a variant needs it."""
+
+    judged: Callable[[], Tensor]  # the kept latents' intent vectors
+    all_latents: Callable[[], Tensor]  # every SAE latent's vector
+    texts: Callable[[], Tensor]  # every non-empty corpus text's embedding (for k-means)
+    item_texts: Callable[[], Tensor]  # (n_items + 1, D) each item's mean text embedding
+    profiles: Callable[[str], ProfileRows]  # the profile stage's rows of one intent set
+
+
+def intent_sets(needed: set[str], sources: Sources, seed: int, clusters: int | None) -> dict[str, Tensor]:
+    """Every intent matrix in ``needed``, each read or computed once.
 
     ``clusters`` is the k-means size; ``None`` = as many as judged intents, for a fair comparison.
     """
@@ -159,15 +199,59 @@ def intent_sets(needed: set[str], judged: Callable[[], Tensor], all_latents: Cal
         raise ValueError(f"unknown intent set {unknown[0]!r}; known: {', '.join(INTENT_SETS)}")
     out: dict[str, Tensor] = {}
     if needed & {"judged", "random"} or ("kmeans" in needed and clusters is None):
-        out["judged"] = judged()
+        out["judged"] = sources.judged()
     if "all" in needed:
-        out["all"] = all_latents()
+        out["all"] = sources.all_latents()
     if "random" in needed:
         out["random"] = random_like(out["judged"], seed)
     if "kmeans" in needed:
-        corpus = texts()
+        corpus = sources.texts()
         n = clusters or len(out["judged"])
         if n > len(corpus):
             raise ValueError(f"rec.kmeans_clusters={n} exceeds the {len(corpus)} non-empty corpus texts")
         out["kmeans"] = kmeans(corpus, n, seed=seed)[0]
+    if "text" in needed:
+        out["text"] = sources.item_texts()
     return {name: out[name] for name in needed}
+
+
+def random_profiles(judged: ItemProfiles, n_intents: int, seed: int) -> ItemProfiles:
+    """Each item keeps its number of intents and their weights; the intents are drawn at random."""
+    if judged.ids.shape[1] > n_intents:
+        raise ValueError(f"profiles of {judged.ids.shape[1]} intents cannot be drawn from {n_intents}")
+    draws = torch.rand(judged.ids.shape[0], n_intents, generator=torch.Generator().manual_seed(seed))
+    ids = draws.argsort(dim=1)[:, :judged.ids.shape[1]]
+    return ItemProfiles(torch.where(judged.weights > 0, ids, 0), judged.weights.clone())
+
+
+def nearest_profiles(judged: ItemProfiles, item_texts: Tensor, centroids: Tensor) -> ItemProfiles:
+    """Each item keeps its number of intents and their weights; the intents are the k-means
+    centroids nearest (by cosine) the item's mean text embedding, nearest first."""
+    width = min(judged.ids.shape[1], len(centroids))
+    sims = nn.functional.normalize(item_texts.float(), dim=1) @ nn.functional.normalize(centroids.float(), dim=1).T
+    ids = sims.topk(width, dim=1).indices
+    weights = judged.weights[:, :width].clone()
+    return ItemProfiles(torch.where(weights > 0, ids, 0), weights)
+
+
+def profile_set(name: str, n_items: int, sources: Sources, intents: dict[str, Tensor], seed: int) -> ItemProfiles:
+    """The item profiles over intent set ``name`` (see the module docstring)."""
+    if name in ("judged", "all"):
+        return ItemProfiles.from_lists(n_items, sources.profiles(name))
+    judged = ItemProfiles.from_lists(n_items, sources.profiles("judged"))
+    if name == "random":
+        return random_profiles(judged, len(intents["random"]), seed)
+    if name == "kmeans":
+        return nearest_profiles(judged, sources.item_texts(), intents["kmeans"])
+    raise ValueError(f"no item profiles over the {name!r} intent set")
+
+
+def build_inputs(names: list[str], n_items: int, seed: int, sources: Sources, clusters: int | None
+                 ) -> tuple[dict[str, Tensor], dict[str, ItemProfiles]]:
+    """The intent matrices and (for the grounded variants) item profiles that ``names`` read,
+    both keyed by intent set: what train_rec, the sweep and the benchmarks train on."""
+    found = [variant(n) for n in names]
+    intents = intent_sets({v.intent_set for v in found} - {None}, sources, seed, clusters)
+    profiles = {s: profile_set(s, n_items, sources, intents, seed)
+                for s in sorted({v.intent_set for v in found if v.grounded})}
+    return intents, profiles

@@ -3,7 +3,8 @@
 Reads: train_rec (selected models), prepare (sequences, item texts), judge (intent summaries).
 Writes the artifacts ``TEST_METRICS`` (per run and mean ± std per variant over seeds),
 ``RECOMMENDATIONS`` (per test user: top-N items, the held-out item, the personal and public
-intents with their summaries, the branch weights) and ``STEERING``.
+intents with their summaries, the branch weights; for a grounded model each item's intents by
+contribution) and ``STEERING`` (for a grounded model a dose-response over steering strengths).
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from saerec import artifacts, schemas
 from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import evaluate, leave_one_out
-from saerec.rec.explain import explain_grounded, explain_users, match_texts, steering_study, top_items
-from saerec.rec.variants import EXPLAIN_ORDER, is_grounded
+from saerec.rec.explain import (cheapest_effect, explain_grounded, explain_users, grounded_steering_study,
+                                match_texts, steering_study, top_items)
+from saerec.rec.variants import EXPLAIN_ORDER, attends, is_grounded
 
 EXPLAINED_INTENTS_PER_ITEM = 3
 
@@ -61,12 +63,12 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
     if run is not None and is_grounded(run["spec"]):
         out = explain_grounded(model, test.inputs, test.lengths, cfg.top_n, EXPLAINED_INTENTS_PER_ITEM,
                                cfg.mask_history)
-        ids = np.append(latents, -1)  # -1 (an empty slot) stays -1
+        ids = np.append(np.arange(model.n_intents) if latents is None else latents, -1)  # -1: an empty slot
         item_intents = ids[out["intents"]].tolist()
         item_contributions = out["contributions"].tolist()
         item_share = out["intent_share"].tolist()
         items = out["items"]
-    elif run is not None and run["spec"]["intent_set"] is not None:
+    elif run is not None and attends(run["spec"]):
         out = explain_users(model, test.inputs, test.lengths, cfg.top_n, cfg.mask_history)
         ids = latents if run["spec"]["intent_set"] == "judged" else np.arange(model.n_intents)
         personal = ids[out["personal"]].tolist()
@@ -98,22 +100,29 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
 
 def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, latents: np.ndarray | None,
              summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection) -> dict[str, Any]:
-    """Boost the intents whose summaries match ``evaluate.steering_query``; count matching items in lists."""
+    """Boost the intents whose summaries match ``evaluate.steering_query``: for SAERec, count the
+    items whose text matches in the lists; for a grounded model, the dose-response over
+    ``evaluate.steering_strengths`` of the share of listed items carrying the boosted intents."""
     query = cfg.steering_query
     if not query:
         return {"skipped": "evaluate.steering_query is not set"}
-    if run is None or run["spec"]["intent_set"] != "judged" or is_grounded(run["spec"]):
-        return {"query": query, "skipped": "no SAERec model over judged intents was explained (steering of "
-                                           "grounded models is not built yet)"}
+    if run is None or latents is None:
+        return {"query": query, "skipped": "the explained model reads no judged or SAE intents"}
     matched = np.flatnonzero(match_texts([summaries.get(int(l)) for l in latents], query))
-    flags = np.concatenate([[False], match_texts(item_texts, query)])
     base = {"query": query, "model": run["name"], "matched_intents": [int(latents[i]) for i in matched],
-            "matching_items": int(flags.sum())}
+            "matched_summaries": [summaries.get(int(latents[i])) for i in matched]}
     if len(matched) == 0:
         return {**base, "skipped": f"no intent summary mentions {query!r}"}
+    if is_grounded(run["spec"]):
+        study = grounded_steering_study(model, test, matched.tolist(), cfg.steering_strengths, cfg.top_n,
+                                        cfg.mask_history)
+        metric = f"ndcg@{cfg.top_n}"
+        return {**base, **study, "kind": "grounded dose-response", "within_1pct_cost": cheapest_effect(
+            study["dose_response"], metric)}
+    flags = np.concatenate([[False], match_texts(item_texts, query)])
     study = steering_study(model, test.inputs, test.lengths, matched.tolist(), cfg.steering_boost, flags,
                            cfg.top_n, cfg.mask_history)
-    return {**base, **study}
+    return {**base, "kind": "SAERec boost", "matching_items": int(flags.sum()), **study}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -153,6 +162,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if explained["spec"]["intent_set"] == "judged":
         latents = artifacts.read_judged_latents(train_rec)
         summaries = artifacts.read_summaries(ctx.input("judge"))
+    elif explained["spec"]["intent_set"] == "all":  # intent i is SAE latent i
+        latents = np.arange(explained["spec"]["intent_shape"][0])
+        summaries = artifacts.read_summaries(ctx.input("judge"))
     table = recommendations_table(model, explained, np.asarray(data.users), split.test, latents, summaries, cfg)
     artifacts.write_table(ctx.output, artifacts.RECOMMENDATIONS, table)
 
@@ -166,6 +178,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for k in cfg.ks:
             for m in ("hr", "ndcg"):
                 metrics[f"{v}_test_{m}@{k}"] = summary[v]["test"][f"{m}@{k}"]["mean"]
+    if study.get("within_1pct_cost"):
+        metrics["steering_strength_within_1pct"] = study["within_1pct_cost"]["strength"]
+        metrics["steering_carrying_share_rise"] = study["within_1pct_cost"]["carrying_share_rise"]
     if "flagged_before" in study:
         metrics["steering_flagged_before"] = study["flagged_before"]
         metrics["steering_flagged_after"] = study["flagged_after"]

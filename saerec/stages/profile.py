@@ -7,7 +7,8 @@ corpus. The corpus holds an item's description and its TRAINING reviews only (pr
 valid or test text ever enters a profile.
 
 Reads: prepare (the corpus' text -> item map), embed (text embeddings), train_sae (the SAE),
-judge (the kept latents). Writes the artifact ``PROFILES``: for the ``judged`` set (the kept
+judge (the kept latents). Writes the artifacts ``ITEM_TEXT_VECTORS`` (each item's mean text
+embedding, the dense-text control's input) and ``PROFILES``: for the ``judged`` set (the kept
 latents, in the judge's order) and the ``all`` set (every latent, for noIde) one row per item with
 text, its strongest ``profile.max_intents`` intents and their pooled weights. An item without
 text has no row: its profile is empty.
@@ -50,7 +51,8 @@ class EncodeTexts:
         with torch.inference_mode():
             values, latents = self.sae.encode(vectors) if len(ids) else (torch.zeros(0, self.sae.k),
                                                                           torch.zeros(0, self.sae.k, dtype=torch.long))
-        return {"item": self.items[where], "values": values.numpy(), "latents": latents.numpy()}
+        return {"item": self.items[where], "values": values.numpy(), "latents": latents.numpy(),
+                "vector": vectors.numpy()}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -63,11 +65,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         EncodeTexts, fn_constructor_kwargs={"sae_config": sae_config, "sae_state": sae_state,
                                             "corpus_path": artifacts.CORPUS.path(prepare), "filesystem": ctx.store.fs},
         compute=ray.data.ActorPoolStrategy(size=1), batch_size=4096, batch_format="pyarrow")
-    folded = ProfileAccumulator(int(sae_config["n_latents"]), cfg.pooling)
-    for batch in codes.iter_batches(batch_format="numpy", batch_size=None):
-        folded.add(torch.from_numpy(batch["item"]), torch.from_numpy(batch["values"]),
-                   torch.from_numpy(batch["latents"]))
     n_items = int(artifacts.read_table(prepare, artifacts.ITEMS, ["item"]).column("item").to_numpy().max())
+    folded = ProfileAccumulator(int(sae_config["n_latents"]), cfg.pooling)
+    text_sums: torch.Tensor | None = None
+    for batch in codes.iter_batches(batch_format="numpy", batch_size=None):
+        items = torch.from_numpy(batch["item"]).long()
+        folded.add(items, torch.from_numpy(batch["values"]), torch.from_numpy(batch["latents"]))
+        vectors = torch.from_numpy(batch["vector"]).float()
+        if text_sums is None:
+            text_sums = torch.zeros(n_items + 1, vectors.shape[1], dtype=torch.float64)
+        text_sums.index_add_(0, items, vectors.double())
     rows: dict[str, list] = {"set": [], "item": [], "intents": [], "weights": []}
     metrics: dict[str, Any] = {"items": n_items, "items_with_text": len(folded.texts), "pooling": cfg.pooling}
     for name, latents in (("judged", kept), ("all", np.arange(int(sae_config["n_latents"])))):
@@ -81,6 +88,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics[f"{name}_items_with_intents"] = len(profiles)
         metrics[f"{name}_mean_intents_per_item"] = round(float(np.mean(lengths)), 3) if lengths else 0.0
     artifacts.write_table(ctx.output, artifacts.PROFILES, pa.table(rows, schema=schemas.ITEM_PROFILES))
+    with_text = sorted(folded.texts)
+    means = [] if text_sums is None else [
+        (text_sums[item] / folded.texts[item]).float().tolist() for item in with_text]
+    artifacts.write_table(ctx.output, artifacts.ITEM_TEXT_VECTORS,
+                          pa.table({"item": with_text, "vector": means}, schema=schemas.ITEM_TEXT_VECTORS))
     return metrics
 
 

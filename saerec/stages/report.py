@@ -175,6 +175,8 @@ def _steering(doc: rp.Document, ctx: StageContext) -> None:
     section = doc.section("Steering study")
     if "skipped" in study:
         section.blocks.append(f"Skipped: {study['skipped']}.")
+    elif "dose_response" in study:
+        _dose_response(section, study)
     else:
         section.blocks.append(rp.Table(["quantity", "value"],
                                        [[k, ", ".join(map(str, v)) if isinstance(v, list) else v]
@@ -199,6 +201,37 @@ def _steering(doc: rp.Document, ctx: StageContext) -> None:
         return
     section.blocks.append(rp.Table(["user", "held-out item", "top 5", "personal intents", "public intents"], rows,
                                    f"Explanations of the first {len(rows)} test users' recommendations ({explained})"))
+
+
+def _dose_response(section: rp.Section, study: dict[str, Any]) -> None:
+    """A grounded model steered toward the query's intents: how lists and quality move with strength."""
+    n = study["top_n"]
+    levels = study["dose_response"]
+    section.blocks.append(
+        f"Steering {study['model']} toward the {study['boosted_intents']} intents whose summary mentions "
+        f"{study['query']!r} ({'; '.join(s or '?' for s in study['matched_summaries'])}); {study['items_carrying']} "
+        f"items carry one of them. Each item's score is raised by strength x the user's score spread x its weight "
+        "on those intents, so strength 0 is the model's own ranking.")
+    section.blocks.append(rp.Table(
+        ["strength", f"share of top-{n} items carrying them", f"NDCG@{n}", f"HR@{n}", "users whose list changed"],
+        [[r["strength"], round(r["carrying_share"], 4), round(r[f"ndcg@{n}"], 4), round(r[f"hr@{n}"], 4),
+          round(r["users_changed"], 4)] for r in levels], "Steering dose-response on the test users"))
+    cheap = study.get("within_1pct_cost")
+    section.blocks.append(
+        f"At the strongest level costing at most 1 % NDCG@{n} (strength {cheap['strength']}), the carrying share "
+        f"rises {cheap['carrying_share_rise']:+.1%} relative." if cheap else
+        f"Every steering level costs more than 1 % NDCG@{n}.")
+    base = levels[0]
+
+    def relative(key: str) -> list[float]:
+        return [r[key] / base[key] if base[key] else 0.0 for r in levels]
+
+    section.blocks.append(rp.Figure(rp.line_chart(
+        [r["strength"] for r in levels],
+        {"carrying share": (relative("carrying_share"), [0.0] * len(levels)),
+         f"NDCG@{n}": (relative(f"ndcg@{n}"), [0.0] * len(levels))},
+        "Steering dose-response", "strength (x the user's score spread)", "relative to strength 0"),
+        f"Share of top-{n} items carrying the boosted intents, and NDCG@{n}, relative to the unsteered lists"))
 
 
 def _wall_times(doc: rp.Document, ctx: StageContext) -> None:

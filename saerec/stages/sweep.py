@@ -31,7 +31,7 @@ from saerec.config import Config, JudgeSection, RunSection, SweepSection
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import SELECT_METRIC, run_settings
-from saerec.rec.variants import intent_sets, variant
+from saerec.rec.variants import build_inputs, variant
 from saerec.stages import load_stage
 
 log = logging.getLogger(__name__)
@@ -122,21 +122,18 @@ def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int,
         else:
             data = dataclasses.replace(ctx.sections["data"], review_drop=drop)
             inputs = _publish_upstream(ctx, f"{ctx.run_name}-drop{round(drop * 100)}", notes, data=data)
-        needed = {variant(s.variant).intent_set for s in specs if (s.review_drop, s.judge) == (drop, judge)} - {None}
+        names = sorted({s.variant for s in specs if (s.review_drop, s.judge) == (drop, judge)})
         try:
-            sets = intent_sets(needed, judged=lambda: artifacts.read_intent_set(inputs["judge"]).vectors,
-                               all_latents=lambda: artifacts.read_sae(inputs["train_sae"]).intent_vectors().detach(),
-                               texts=lambda: artifacts.read_text_embeddings(inputs["embed"]), seed=ctx.seed,
-                               clusters=ctx.sections["rec"].kmeans_clusters)
+            sets, point_profiles = build_inputs(names, n_items, ctx.seed, artifacts.sources(inputs, n_items),
+                                                ctx.sections["rec"].kmeans_clusters)
         except ValueError as exc:
             raise StageError(f"sweep: {exc}") from exc
         for spec in specs:
             if (spec.review_drop, spec.judge) == (drop, judge) and spec.intents_key is not None:
                 found = variant(spec.variant)
                 intents[spec.intents_key] = sets[found.intent_set]
-                if found.grounded and spec.intents_key not in profiles:
-                    profiles[spec.intents_key] = ItemProfiles.from_lists(
-                        n_items, artifacts.read_profiles(inputs["profile"], found.intent_set))
+                if found.grounded:
+                    profiles[spec.intents_key] = point_profiles[found.intent_set]
     return intents, profiles
 
 
@@ -153,7 +150,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sequences = artifacts.read_sequences(ctx.input("prepare"))
     intents, profiles = _intent_sets(ctx, specs, sequences.n_items, notes)
     for spec in specs:
-        if spec.intents_key is not None and spec.k > len(intents[spec.intents_key]):
+        if variant(spec.variant).attends and spec.k > len(intents[spec.intents_key]):
             raise StageError(f"sweep trial {spec.trial_id}: k={spec.k} exceeds its {len(intents[spec.intents_key])} "
                              "intents; lower sweep.ks / rec.k or keep more verdicts (judge.keep)")
     upstream_seconds = time.time() - start

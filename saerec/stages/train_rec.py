@@ -8,7 +8,7 @@ re-run with the same inputs resumes mid-run instead of starting over.
 
 Reads: prepare (sequences), judge (the kept intents), train_sae (every latent, for ``noIde``),
 embed (text embeddings, for KMeans-Intent), profile (the items' intent profiles, for the grounded
-variants). Writes the artifacts ``MODELS``, ``INTENT_SETS`` and
+variants, and their mean text embeddings, for ``dense``). Writes the artifacts ``MODELS``, ``INTENT_SETS`` and
 ``RUNS``. Under the strict protocol the test set is not read here: the evaluate stage reads it
 once. Under ``evaluate.protocol=paper`` epochs are selected on it, and every output says so.
 """
@@ -29,7 +29,7 @@ from saerec.config import RecSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import SELECT_METRIC, RunSettings, run_settings, train_run
-from saerec.rec.variants import intent_sets, variant
+from saerec.rec.variants import build_inputs, variant
 
 CHECKPOINT_FILE = "train_rec_state.pt"
 
@@ -116,20 +116,6 @@ def train_all(ctx: StageContext, cfg: RecSection, settings: RunSettings, runs: l
     return {name: {**out, "trainer_restores": state.get("restores", 0)} for name, out in state["done"].items()}
 
 
-def read_intent_sets(ctx: StageContext, needed: set[str], seed: int, clusters: int | None
-                     ) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
-    """The intent matrices the variants read, and the judged set's SAE latent ids."""
-    judged = artifacts.read_intent_set(ctx.input("judge")) if needed else None
-    try:
-        sets = intent_sets(needed, judged=lambda: judged.vectors,
-                           all_latents=lambda: artifacts.read_sae(ctx.input("train_sae")).intent_vectors().detach(),
-                           texts=lambda: artifacts.read_text_embeddings(ctx.input("embed")), seed=seed,
-                           clusters=clusters)
-    except ValueError as exc:
-        raise StageError(f"train_rec: {exc}") from exc
-    return sets, None if judged is None else judged.latents
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: RecSection = ctx.sections["rec"]
     if not cfg.seeds:
@@ -139,17 +125,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     variants = list(dict.fromkeys(cfg.models))
     settings = run_settings(cfg, ctx.sections["evaluate"])
     data = artifacts.read_sequences(ctx.input("prepare"))
-    needed = {variant(v).intent_set for v in variants} - {None}
-    intents, judged_latents = read_intent_sets(ctx, needed, ctx.seed, cfg.kmeans_clusters)
-    for name, matrix in intents.items():
-        if cfg.k > len(matrix):
-            raise StageError(f"rec.k={cfg.k} exceeds the {len(matrix)} intents of the {name} set "
+    try:
+        intents, profiles = build_inputs(variants, data.n_items, ctx.seed, artifacts.sources(ctx.inputs, data.n_items),
+                                         cfg.kmeans_clusters)
+    except ValueError as exc:
+        raise StageError(f"train_rec: {exc}") from exc
+    for name in sorted({variant(v).intent_set for v in variants if variant(v).attends}):
+        if cfg.k > len(intents[name]):
+            raise StageError(f"rec.k={cfg.k} exceeds the {len(intents[name])} intents of the {name} set "
                              f"({artifacts.INTENTS.uri(ctx.input('judge'))}); lower rec.k or keep more verdicts "
                              "(judge.keep)")
-    artifacts.write_intent_sets(ctx.output, intents, judged_latents if "judged" in intents else None)
-    grounded_sets = {variant(v).intent_set for v in variants if variant(v).grounded}
-    profiles = {name: ItemProfiles.from_lists(data.n_items, artifacts.read_profiles(ctx.input("profile"), name))
-                for name in grounded_sets}
+    judged_latents = artifacts.read_intent_set(ctx.input("judge")).latents if "judged" in intents else None
+    artifacts.write_intent_sets(ctx.output, {k: v for k, v in intents.items() if k != "text"}, judged_latents)
 
     runs = [{"name": f"{v}-seed{seed}", "variant": v, "seed": seed} for v in variants for seed in cfg.seeds]
     done = train_all(ctx, cfg, settings, runs, data.sequences, data.n_items, intents, profiles)

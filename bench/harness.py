@@ -1,0 +1,128 @@
+"""What the Beauty benchmarks share: the job's own stages as inputs, and one JSON part per trained cell.
+
+The chain is the job itself (``configs/beauty.yaml`` with ``data.path`` and ``storage.uri``
+pointed at the benchmark's folders), so a benchmark trains on exactly what a user's run
+publishes. Cells train through the job's training path (``saerec.rec.runs.train_run``) with the
+intent sets and item profiles built the way train_rec builds them (``saerec.rec.variants``). A
+finished cell's part is never trained again, so a killed benchmark resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from saerec import artifacts
+from saerec.config import Config, load_config
+from saerec.pipeline import Runner, StageInput
+from saerec.rec import evaluate
+from saerec.rec.runs import RunSettings, train_run
+from saerec.rec.variants import build_inputs, variant
+from saerec.runtime import init_ray
+from saerec.storage import Store
+
+REPO = Path(__file__).resolve().parents[1]
+WORK_DIR = REPO / "saerec-output" / "bench-beauty"
+CHAIN = ("prepare", "embed", "train_sae", "explain", "judge", "profile")
+METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
+
+
+def beauty_config(data_dir: Path, work_dir: Path, overrides: list[str] | None = None) -> Config:
+    return load_config(REPO / "configs" / "beauty.yaml",
+                       [f"data.path={data_dir.resolve()}", f"storage.uri={(work_dir / 'pipeline').resolve()}",
+                        *(overrides or [])])
+
+
+def run_chain(cfg: Config, stages: tuple[str, ...] = CHAIN) -> None:
+    """Run (or reuse) the job's stages up to the profiles."""
+    init_ray(None, None)
+    store = Store(cfg.storage.uri)
+    store.check()
+    runner = Runner(cfg, store)
+    for name in stages:
+        start = time.time()
+        manifest = runner.run_stage(importlib.import_module(f"saerec.stages.{name}").STAGE)
+        print(f"[{name}] {'reused' if manifest.get('skipped') else f'{time.time() - start:.0f}s'}", flush=True)
+
+
+class Published:
+    """The chain's published stages, opened on first use (a SASRec cell needs prepare only)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.store = Store(cfg.storage.uri)
+        self.runner = Runner(cfg, self.store)
+        self._open: dict[str, StageInput] = {}
+
+    def __getitem__(self, stage: str) -> StageInput:
+        if stage not in self._open:
+            manifest = self.runner.manifest(stage)
+            if manifest is None:
+                raise SystemExit(f"stage {stage} is not published under {self.cfg.storage.uri}: run --step chain first")
+            self._open[stage] = StageInput(self.store, manifest)
+        return self._open[stage]
+
+    def sequences(self) -> artifacts.Sequences:
+        return artifacts.read_sequences(self["prepare"])
+
+    def inputs_of(self, names: list[str], n_items: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The intent sets and item profiles the variants ``names`` read, as train_rec builds them."""
+        return build_inputs(names, n_items, seed, artifacts.sources(self, n_items), self.cfg.rec.kmeans_clusters)
+
+
+def train_cell(cell: str, name: str, seed: int, settings: RunSettings, split: Any, intents: dict[str, torch.Tensor],
+               profiles: dict[str, Any], n_items: int, out: Path, extra: dict[str, Any] | None = None,
+               save_model: bool = False) -> dict[str, Any]:
+    """Train one cell, test it once and write its part (and with ``save_model`` its selected
+    weights and spec beside it, ``.pt``, for later steering and explanation)."""
+    found = variant(name)
+    start = time.time()
+
+    def progress(metrics: dict, _snapshot: dict | None) -> None:
+        print(f"{cell} epoch {metrics['epoch']} loss {metrics['loss']:.3f} selection ndcg@20 "
+              f"{metrics['valid_ndcg@20']:.4f} ({metrics['train_seconds']:.0f}s)", flush=True)
+
+    trained = train_run(name, seed, settings, split, intents.get(found.intent_set), n_items=n_items,
+                        profiles=profiles.get(found.intent_set) if found.grounded else None, on_epoch=progress)
+    result = trained.result
+    row = {"cell": cell, "variant": name, "seed": seed, "best_epoch": result.best_epoch,
+           "epochs": len(result.history), "mean_epoch_seconds": result.mean_epoch_seconds,
+           "wall_seconds": round(time.time() - start, 1), "n_intents": int(getattr(trained.model, "n_intents", 0)),
+           "selection": result.best_valid,
+           "test": evaluate(trained.model, split.test, settings.ks, settings.mask_history),
+           "settings": dataclasses.asdict(settings), "threads": torch.get_num_threads(), **(extra or {})}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if save_model:
+        torch.save({"spec": trained.spec, "state": trained.model.state_dict()}, out.with_suffix(".pt"))
+    out.write_text(json.dumps(row, indent=2))
+    print(json.dumps({k: row[k] for k in ("cell", "best_epoch", "epochs", "test")}), flush=True)
+    return row
+
+
+def read_parts(folder: Path) -> dict[str, dict[str, Any]]:
+    return {row["cell"]: row for row in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))}
+
+
+def mean_std(rows: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, float]]:
+    return {m: {"mean": float(np.mean([r["test"][m] for r in rows])), "std": float(np.std([r["test"][m] for r in rows])),
+                "n": len(rows)} for m in metrics}
+
+
+def part_path(folder: Path, cell: str) -> Path:
+    return folder / f"{cell.replace('/', '__')}.json"
+
+
+def each_cell(cells: list[str], folder: Path, train: Callable[[str, Path], None]) -> None:
+    """Train the cells whose part is missing, in order."""
+    for cell in cells:
+        out = part_path(folder, cell)
+        if out.exists():
+            print(f"{cell}: done earlier ({out})", flush=True)
+            continue
+        train(cell, out)
