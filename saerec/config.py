@@ -162,7 +162,7 @@ def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> No
 
 @dataclass
 class RecSection:
-    models: list[str] = _listof("sasrec", "saerec", "kmeans")
+    models: list[str] = _listof("sasrec", "saerec", "grounded")
     d: int = _bounded(64, lo=1)
     blocks: int = _bounded(2, lo=1)
     heads: int = _bounded(2, lo=1)
@@ -201,7 +201,8 @@ class EvaluateSection:
 
 @dataclass
 class SweepSection:
-    ablations: list[str] = _listof("saerec", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec")
+    ablations: list[str] = _listof("saerec", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec",
+                                   "grounded", "grounded-all", "grounded-random", "grounded-kmeans", "dense")
     ks: list[int] = _listof(3, 4, 5, 6, 7)
     review_drops: list[float] = _listof(0.0, 0.1, 0.2, 0.3)
     judges: list[str] = _listof()  # "model" or "backend:model" per judge; empty = the configured judge only

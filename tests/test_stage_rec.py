@@ -178,7 +178,7 @@ def test_a_paper_protocol_run_is_marked_in_every_manifest_and_metrics_file(tmp_p
 
 
 def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explained_exactly(tmp_path, ray_local):
-    runner = _runner(str(tmp_path / "out"), "rec.models=[grounded]")
+    runner = _runner(str(tmp_path / "out"), "rec.models=[grounded, grounded-random, dense]")
     prep, emb = StageInput(runner.store, runner.manifest("prepare")), StageInput(runner.store, runner.manifest("embed"))
     corpus = artifacts.dataset(prep, artifacts.CORPUS).to_table().to_pandas()
     splits = artifacts.read_table(prep, artifacts.INTERACTIONS).to_pandas()
@@ -200,6 +200,9 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
     expected = {i: float(dense[latent]) for i, latent in enumerate(LATENTS) if dense[latent] > 0}
     ids, weights = profiles[item]
     assert dict(zip(ids, weights)) == pytest.approx(expected, rel=1e-5)
+    n_items = int(splits["item"].max())
+    text_vectors = artifacts.read_item_text_vectors(StageInput(runner.store, runner.manifest("profile")), n_items)
+    assert torch.allclose(text_vectors[item], texts.mean(0), atol=1e-5), "dense control: the mean of the item's texts"
 
     trained = runner.run_stage(train_rec.STAGE)
     evaluated = runner.run_stage(evaluate.STAGE)
@@ -213,3 +216,11 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
         for ids, names, share in zip(row["item_intents"], row["item_intent_summaries"], row["item_intent_share"]):
             assert set(ids) <= set(LATENTS) | {-1} and 0.0 <= share <= 1.0
             assert names == [SUMMARIES[LATENTS.index(i)] if i >= 0 else None for i in ids]
+    study = runner.store.read_json(f"{evaluated['output_dir']}/steering.json")
+    levels = study["dose_response"]
+    assert study["kind"] == "grounded dose-response" and study["matched_summaries"] == ["acne treatment"]
+    assert levels[0]["strength"] == 0.0 and levels[0]["users_changed"] == 0.0
+    assert levels[0]["ndcg@5"] == pytest.approx(evaluated["metrics"]["grounded_test_ndcg@5"], abs=1e-6), \
+        "strength 0 is the model's own test ranking"
+    assert {r["variant"] for r in artifacts.read_runs(StageInput(runner.store, trained))} == \
+        {"grounded", "grounded-random", "dense"}
