@@ -71,8 +71,12 @@ def step_train(args: argparse.Namespace) -> None:
     each_cell(args.cells, args.parts, train)
 
 
+def _model_path(args: argparse.Namespace, cell: str) -> Path:
+    return args.parts / f"{cell.replace('/', '__')}.pt"
+
+
 def _load(args: argparse.Namespace, cell: str) -> torch.nn.Module:
-    path = args.parts / f"{cell.replace('/', '__')}.pt"
+    path = _model_path(args, cell)
     if not path.exists():
         raise SystemExit(f"{path} not found: train {cell} first (--step train --cells {cell})")
     saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -81,19 +85,22 @@ def _load(args: argparse.Namespace, cell: str) -> torch.nn.Module:
 
 def step_steer(args: argparse.Namespace) -> None:
     """The dose-response of steering a grounded cell toward the intents whose summary matches
-    ``--query``, on the test users, plus ten explained recommendations."""
+    ``--query`` (judged intents, or every latent for grounded-all), on the test users, plus ten
+    explained recommendations."""
     torch.set_num_threads(args.threads)
     published = Published(beauty_config(args.data_dir, args.work_dir))
     data = published.sequences()
     model = _load(args, args.cell)
     settings = _settings(published, args)
     split = settings.split(data.sequences, data.n_items)
-    kept = artifacts.read_intent_set(published["judge"]).latents
+    saved = torch.load(_model_path(args, args.cell), map_location="cpu", weights_only=False)["spec"]
+    latents = (artifacts.read_intent_set(published["judge"]).latents if saved["intent_set"] == "judged"
+               else np.arange(model.n_intents))  # grounded-all: intent i is SAE latent i
     summaries = artifacts.read_summaries(published["judge"])
-    names = [summaries.get(int(l)) for l in kept]
+    names = [summaries.get(int(l)) for l in latents]
     matched = np.flatnonzero(match_texts(names, args.query)).tolist()
     if not matched:
-        raise SystemExit(f"no judged intent's summary mentions {args.query!r}")
+        raise SystemExit(f"no intent summary of {args.cell} mentions {args.query!r}")
     study = grounded_steering_study(model, split.test, matched, args.strengths, 20)
     study["within_1pct_cost"] = cheapest_effect(study["dose_response"], "ndcg@20")
     texts = artifacts.read_item_texts(published["prepare"], data.n_items)

@@ -311,7 +311,7 @@ def read_item_text_vectors(profile: StageFiles, n_items: int) -> torch.Tensor:
     if len(items) and (items.min() < 1 or items.max() > n_items):
         raise _fail(ITEM_TEXT_VECTORS, profile, f"names items outside 1..{n_items}")
     out = torch.zeros(n_items + 1, matrix.shape[1] if len(items) else 1)
-    out[torch.from_numpy(items.astype(np.int64))] = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
+    out[torch.from_numpy(items.astype(np.int64))] = torch.from_numpy(np.array(matrix, dtype=np.float32))
     return out
 
 

@@ -1,0 +1,40 @@
+"""On a sparse demo (many items, the planted intents driving choices) the text must reach the items:
+at the same small training budget, the grounded model, whose items are built from their texts'
+SAE codes, is far ahead of SASRec, which has to learn every item's intent from its ID.
+
+The whole chain runs for real (the demo generator, MiniLM, the SAE on Ray Train, the profile
+stage on Ray Data, train_rec on Ray Train, evaluate), with the item descriptions as the only
+text (one text per item, so embedding takes seconds) and a judge cut to a few latents
+(``grounded-all`` reads every latent, not the judged ones). Seeded; the margin is on test
+metrics after a fixed number of epochs, never on time.
+
+Measured on this setting (2 CPU cores, seed 0): after 8 epochs valid NDCG@20 is 0.036 for SASRec
+and 0.135 for grounded-all. Trained to convergence SASRec catches up and passes it (best valid
+NDCG@20 0.149 against 0.138), which is why this test fixes the budget: it checks that the text's
+intent evidence reaches the items, not that the grounded model wins at convergence.
+"""
+from __future__ import annotations
+
+from saerec.config import load_config
+from saerec.pipeline import Runner
+from saerec.stages import embed, evaluate, explain, judge, prepare, profile, train_rec, train_sae
+from saerec.storage import Store
+
+SPARSE_DEMO = ["data.demo.users=1500", "data.demo.items=2000", "data.text=items"]
+EPOCHS = 8
+MARGIN = 1.5  # grounded-all's test NDCG@20 and HR@20 at least this many times SASRec's
+
+
+def test_text_reaches_the_items_grounded_learns_intents_sasrec_must_learn_per_item(tmp_path, ray_local):
+    cfg = load_config(None, [f"storage.uri={tmp_path / 'out'}", *SPARSE_DEMO, "sae.epochs=10", "judge.max_latents=4",
+                             "judge.max_new_tokens=6", "judge.null_lists=16",
+                             'judge.keep=["Yes", "Probably", "Maybe", "No"]', "rec.models=[sasrec, grounded-all]",
+                             f"rec.max_epochs={EPOCHS}", f"rec.patience={EPOCHS}", "evaluate.steering_query=null"])
+    store = Store(cfg.storage.uri)
+    runner = Runner(cfg, store)
+    for stage in (prepare, embed, train_sae, explain, judge, profile, train_rec, evaluate):
+        runner.run_stage(stage.STAGE)
+    metrics = runner.manifest("evaluate")["metrics"]
+    for metric in ("ndcg@20", "hr@20"):
+        sasrec, grounded = metrics[f"sasrec_test_{metric}"], metrics[f"grounded-all_test_{metric}"]
+        assert grounded >= sasrec * MARGIN, f"{metric}: grounded-all {grounded:.4f} vs SASRec {sasrec:.4f}"
