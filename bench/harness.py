@@ -106,7 +106,9 @@ def train_cell(cell: str, name: str, seed: int, settings: RunSettings, split: An
 
 
 def read_parts(folder: Path) -> dict[str, dict[str, Any]]:
-    return {row["cell"]: row for row in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))}
+    """The trained cells' parts (other JSON files in the folder, e.g. steering studies, are not cells)."""
+    rows = (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+    return {row["cell"]: row for row in rows if "best_epoch" in row}
 
 
 def mean_std(rows: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, float]]:

@@ -46,7 +46,7 @@ class EncodeTexts:
         where = np.searchsorted(self.text_ids, ids)
         if len(ids) and (where.max() >= len(self.text_ids) or not np.array_equal(self.text_ids[where], ids)):
             raise StageError("profile: an embedded text is not in prepare's corpus; embed and prepare outputs do not match")
-        vectors = torch.from_numpy(np.ascontiguousarray(
+        vectors = torch.from_numpy(np.array(  # a copy: the arrow buffer is read-only
             kept.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1), dtype=np.float32))
         with torch.inference_mode():
             values, latents = self.sae.encode(vectors) if len(ids) else (torch.zeros(0, self.sae.k),
