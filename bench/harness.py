@@ -8,6 +8,7 @@ finished cell's part is never trained again, so a killed benchmark resumes where
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import json
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bench.shared_data import shared_data_dir
 from saerec import artifacts
 from saerec.config import Config, load_config
 from saerec.pipeline import Runner, StageInput
@@ -128,3 +130,17 @@ def each_cell(cells: list[str], folder: Path, train: Callable[[str, Path], None]
             print(f"{cell}: done earlier ({out})", flush=True)
             continue
         train(cell, out)
+
+
+def add_beauty_args(p: argparse.ArgumentParser) -> None:
+    """The data and work folders every Beauty benchmark takes (one chain serves them all)."""
+    data = shared_data_dir()
+    p.add_argument("--data-dir", type=Path, default=data / "beauty" if data else None,
+                   help="folder with the ICLRec sequences.txt and items.tsv (default: SAEREC_DATA_DIR/beauty)")
+    p.add_argument("--work-dir", type=Path, default=WORK_DIR,
+                   help="the job's outputs go to WORK_DIR/pipeline, shared by bench/rec.py and bench/protocol.py")
+
+
+def check_beauty_args(args: argparse.Namespace) -> None:
+    if args.data_dir is None or not (args.data_dir / "sequences.txt").exists():
+        raise SystemExit("--data-dir must hold sequences.txt and items.tsv (the ICLRec Beauty layout)")

@@ -27,9 +27,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.harness import (METRICS, WORK_DIR, Published, beauty_config, each_cell, mean_std, read_parts,  # noqa: E402
-                           run_chain, train_cell)
-from bench.shared_data import shared_data_dir  # noqa: E402
+from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
+                           each_cell, mean_std, read_parts, run_chain, train_cell)
 
 from saerec import artifacts  # noqa: E402
 from saerec.rec.explain import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
@@ -179,11 +178,7 @@ def step_report(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--step", choices=("chain", "train", "steer", "report"), required=True)
-    data = shared_data_dir()
-    p.add_argument("--data-dir", type=Path, default=data / "beauty" if data else None,
-                   help="folder with the ICLRec sequences.txt and items.tsv (default: SAEREC_DATA_DIR/beauty)")
-    p.add_argument("--work-dir", type=Path, default=WORK_DIR,
-                   help="the job's outputs go to WORK_DIR/pipeline, shared with bench/protocol.py")
+    add_beauty_args(p)
     p.add_argument("--parts", type=Path, default=None, help="per-cell parts (default: work dir/rec-parts)")
     p.add_argument("--cells", nargs="+", default=["sasrec/0", "grounded/0"], help="variant/seed ...")
     p.add_argument("--cell", default="grounded/0", help="the trained grounded cell to steer")
@@ -195,8 +190,7 @@ def main() -> None:
     p.add_argument("--commands", nargs="*", help="the commands that produced the parts, stored in the JSON")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rec_beauty.json")
     args = p.parse_args()
-    if args.data_dir is None or not (args.data_dir / "sequences.txt").exists():
-        raise SystemExit("--data-dir must hold sequences.txt and items.tsv (the ICLRec Beauty layout)")
+    check_beauty_args(args)
     args.parts = args.parts or args.work_dir / "rec-parts"
     if args.step == "chain":
         run_chain(beauty_config(args.data_dir, args.work_dir))
