@@ -134,7 +134,8 @@ def _beats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_report(args: argparse.Namespace) -> None:
-    rows = read_parts(args.parts)
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
+    rows = {**earlier.get("runs", {}), **read_parts(args.parts)}  # cells of earlier sessions stay, new parts win
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for row in rows.values():
         by_variant.setdefault(row["variant"], []).append(row)
@@ -158,13 +159,16 @@ def step_report(args: argparse.Namespace) -> None:
         targets["best_grounded_minus_dense"] = {m: summary[best][m]["mean"] - summary["dense"][m]["mean"] for m in METRICS}
     if best:
         targets["best_grounded_minus_bsarec"] = {m: summary[best][m]["mean"] - BSAREC[m] for m in METRICS}
-    steering = [json.loads(p.read_text()) for p in sorted(args.parts.glob("steer__*.json"))]
+    new_steering = [json.loads(p.read_text()) for p in sorted(args.parts.glob("steer__*.json"))]
+    steering = {(s["cell"], s["query"]): s for s in [*earlier.get("steering", []), *new_steering]}
+    examples = new_steering[0]["examples"] if new_steering else earlier.get("example_explanations", [])
     out = {"dataset": "Amazon Beauty (ICLRec 5-core, item titles as text)", "protocol": "strict",
            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
            "summary": summary, "targets": targets, "runs": rows,
-           "steering": [{k: s[k] for k in s if k != "examples"} for s in steering],
-           "example_explanations": steering[0]["examples"] if steering else [],
-           "bsarec": BSAREC, "paper": PAPER, "commands": args.commands or []}
+           "steering": [{k: s[k] for k in s if k != "examples"} for s in steering.values()],
+           "example_explanations": examples,
+           "bsarec": BSAREC, "paper": PAPER, "commands": [*earlier.get("commands", []),
+                                                          *[c for c in args.commands or [] if c not in earlier.get("commands", [])]]}
     args.out.write_text(json.dumps(out, indent=2))
     print(f"{'variant':18} {'seeds':>5} {'best ep':>9} {'s/ep':>5} " + " ".join(f"{m:>15}" for m in METRICS))
     for name, s in summary.items():

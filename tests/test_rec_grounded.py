@@ -101,3 +101,27 @@ def test_the_dense_control_adds_a_projection_of_the_items_text_and_survives_a_sa
                           model.item_scores(model(seqs, lengths, last_only=True)))
     with pytest.raises(ValueError, match="item text vectors must be"):
         build_model(spec, torch.zeros(N_ITEMS, 6))
+
+
+@pytest.mark.parametrize("projected", [False, True])
+def test_saerec_over_grounded_items_attends_to_the_vectors_its_items_are_built_from(projected):
+    from saerec.rec.variants import build_model, model_spec, restore_model
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0)
+    intents, profiles = torch.randn(N_INTENTS, 4), _profiles()
+    spec = model_spec("saerec-grounded", cfg, 2, 0.9, tuple(intents.shape), profiles)
+    spec["grounded"]["projected"] = projected
+    model = build_model(spec, intents, profiles)
+    assert torch.equal(model.projected_intents(), model.intent_table())
+    seqs, lengths = torch.tensor([[1, 2, 7, 0], [3, 4, 5, 6]]), torch.tensor([3, 4])
+    model(seqs, lengths, torch.tensor([[2, 7, 1, 0], [4, 5, 6, 1]])).backward()
+    learned = model.intent_proj.weight if projected else model.intent_emb
+    assert learned.grad is not None and learned.grad.abs().sum() > 0
+    assert model.personal_attn.key_value.weight.grad.abs().sum() > 0, "the intent attention is in the loss"
+    model.eval()
+    reps = model(seqs, lengths, last_only=True)
+    parts = model.score_parts(reps, torch.arange(1, N_ITEMS + 1).expand(2, -1))
+    assert torch.allclose(parts["id"] + parts["contributions"].sum(-1), model.item_scores(reps)[:, 1:], atol=1e-5)
+    restored = restore_model(spec, model.state_dict())
+    assert torch.allclose(restored.item_scores(restored(seqs, lengths, last_only=True)), model.item_scores(reps))

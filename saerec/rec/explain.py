@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from saerec.rec.batching import RankingSet, ranking_batches
-from saerec.rec.grounded import GroundedSASRec
+from saerec.rec.grounded import GroundedSAERec, GroundedSASRec
 from saerec.rec.metrics import hr_ndcg, target_ranks
 from saerec.rec.saerec_model import SAERec, steering
 
@@ -65,7 +65,7 @@ def explain_users(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, top_n:
 
 
 @torch.no_grad()
-def explain_grounded(model: GroundedSASRec, inputs: np.ndarray, lengths: np.ndarray, top_n: int,
+def explain_grounded(model: GroundedSASRec | GroundedSAERec, inputs: np.ndarray, lengths: np.ndarray, top_n: int,
                      per_item: int, mask_history: bool = True, batch_size: int = 1024,
                      device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Top-N items with each item's ``per_item`` strongest intents by contribution a_ji (h . E_i),
@@ -115,7 +115,7 @@ def steering_study(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, inten
 
 
 @torch.no_grad()
-def grounded_steering_study(model: GroundedSASRec, data: RankingSet, intent_ids: Sequence[int],
+def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: RankingSet, intent_ids: Sequence[int],
                             strengths: Sequence[float], top_n: int, mask_history: bool = True,
                             batch_size: int = 1024, device: torch.device | str = "cpu") -> dict[str, object]:
     """Dose-response of steering a grounded model toward ``intent_ids``.

@@ -13,6 +13,9 @@ without text has an empty profile and is its ID embedding alone.
 
 Profiles are padded to ``m`` intents per item: ``ids`` (n_items + 1, m) and ``weights`` of the
 same shape, weight 0 marking padding; row 0 is the padding item.
+
+``GroundedSASRec`` is SASRec over such items; ``GroundedSAERec`` is the full SAERec (intent
+attention and fusion) over them, its attention reading the same E_i.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig, SASRec
 
 
@@ -51,35 +55,26 @@ class ItemProfiles:
         return cls(ids, weights)
 
 
-class GroundedSASRec(SASRec):
-    """SASRec over grounded items (see the module docstring)."""
+class GroundedItems:
+    """Grounded item representations for a SASRec-family model (see the module docstring).
 
-    def __init__(self, cfg: EncoderConfig, profiles: ItemProfiles, n_intents: int,
-                 intents: Tensor | None = None) -> None:
-        if profiles.ids.shape[0] != cfg.n_items + 1:
-            raise ValueError(f"profiles cover {profiles.ids.shape[0] - 1} items, the model {cfg.n_items}")
+    A mixin placed before the model class: it keeps the profiles as buffers and overrides the
+    item table; the model supplies ``item_emb`` and ``intent_table()``: E, one d-dimensional
+    vector per intent, (n_intents, d).
+    """
+
+    profile_ids: Tensor
+    profile_weights: Tensor
+    item_emb: nn.Embedding
+    cfg: EncoderConfig
+
+    def _keep_profiles(self, profiles: ItemProfiles, n_intents: int) -> None:
+        if profiles.ids.shape[0] != self.cfg.n_items + 1:
+            raise ValueError(f"profiles cover {profiles.ids.shape[0] - 1} items, the model {self.cfg.n_items}")
         if profiles.ids.numel() and int(profiles.ids.max()) >= n_intents:
             raise ValueError(f"a profile names intent {int(profiles.ids.max())}, but there are {n_intents}")
-        super().__init__(cfg)
         self.register_buffer("profile_ids", profiles.ids.clone())
         self.register_buffer("profile_weights", profiles.weights.float().clone())
-        if intents is None:
-            self.intent_emb = nn.Parameter(torch.randn(n_intents, cfg.d) * cfg.init_std)
-            self.intent_proj = None
-        else:
-            if intents.shape[0] != n_intents:
-                raise ValueError(f"{intents.shape[0]} intent vectors for {n_intents} intents")
-            self.register_buffer("intent_vectors", intents.detach().float().clone())
-            self.intent_proj = nn.Linear(intents.shape[1], cfg.d, bias=False)
-            nn.init.normal_(self.intent_proj.weight, 0.0, cfg.init_std * intents.shape[1] ** -0.5)
-
-    @property
-    def n_intents(self) -> int:
-        return self.intent_emb.shape[0] if self.intent_proj is None else self.intent_vectors.shape[0]
-
-    def intent_table(self) -> Tensor:
-        """E: one d-dimensional vector per intent, (n_intents, d)."""
-        return self.intent_emb if self.intent_proj is None else self.intent_proj(self.intent_vectors)
 
     def _intent_part(self, ids: Tensor) -> Tensor:
         flat = ids.reshape(-1)
@@ -105,3 +100,50 @@ class GroundedSASRec(SASRec):
         contributions = weights * per_intent.gather(1, ids.reshape(len(reps), -1)).view_as(weights)
         own = (self.item_emb(items) * reps.unsqueeze(1)).sum(-1)
         return {"id": own, "intents": ids, "weights": weights, "contributions": contributions}
+
+
+class GroundedSASRec(GroundedItems, SASRec):
+    """SASRec over grounded items (see the module docstring)."""
+
+    def __init__(self, cfg: EncoderConfig, profiles: ItemProfiles, n_intents: int,
+                 intents: Tensor | None = None) -> None:
+        super().__init__(cfg)
+        self._keep_profiles(profiles, n_intents)
+        if intents is None:
+            self.intent_emb = nn.Parameter(torch.randn(n_intents, cfg.d) * cfg.init_std)
+            self.intent_proj = None
+        else:
+            if intents.shape[0] != n_intents:
+                raise ValueError(f"{intents.shape[0]} intent vectors for {n_intents} intents")
+            self.register_buffer("intent_vectors", intents.detach().float().clone())
+            self.intent_proj = nn.Linear(intents.shape[1], cfg.d, bias=False)
+            nn.init.normal_(self.intent_proj.weight, 0.0, cfg.init_std * intents.shape[1] ** -0.5)
+
+    @property
+    def n_intents(self) -> int:
+        return self.intent_emb.shape[0] if self.intent_proj is None else self.intent_vectors.shape[0]
+
+    def intent_table(self) -> Tensor:
+        return self.intent_emb if self.intent_proj is None else self.intent_proj(self.intent_vectors)
+
+
+class GroundedSAERec(GroundedItems, SAERec):
+    """The full SAERec (personal and public intent attention, fusion) over grounded items.
+
+    The intents the attention reads are the same E_i the items are built from, so personal
+    retrieval by cos(h, E_i) compares a user state with vectors that live in item space. E_i is
+    a free vector per intent, or the paper's projection W_m v_i (``projected``). The score is
+    still h . item vector with h the fused state, so explanations stay exact.
+    """
+
+    def __init__(self, cfg: EncoderConfig, intents: Tensor, icfg: IntentConfig, profiles: ItemProfiles,
+                 projected: bool = False) -> None:
+        super().__init__(cfg, intents, icfg)
+        self._keep_profiles(profiles, intents.shape[0])
+        self.intent_emb = None if projected else nn.Parameter(torch.randn(intents.shape[0], cfg.d) * cfg.init_std)
+
+    def intent_table(self) -> Tensor:
+        return self.projected_intents()
+
+    def projected_intents(self) -> Tensor:
+        return super().projected_intents() if self.intent_emb is None else self.intent_emb

@@ -5,8 +5,8 @@ evaluate, the sweep, the report and config validation all take names and labels 
 adding a variant is one entry below plus its model code.
 
 Model kinds: none (SASRec, no intents), ``attention`` (SAERec: SASRec states refined by intent
-attention), ``grounded`` (items built from their intent profiles, ``saerec.rec.grounded``) and
-``dense-text`` (items = ID + a projection of their mean text embedding, ``saerec.rec.dense``).
+attention), ``grounded`` (items built from their intent profiles, ``saerec.rec.grounded``),
+``grounded-attention`` (SAERec's intent attention over grounded items) and ``dense-text`` (items = ID + a projection of their mean text embedding, ``saerec.rec.dense``).
 
 Intent sets: ``judged`` (the kept SAE latents), ``all`` (every SAE latent, no judge),
 ``kmeans`` (k-means centroids of the same text embeddings), ``random`` (Gaussian vectors with
@@ -28,13 +28,15 @@ import torch
 from torch import Tensor, nn
 
 from saerec.rec.dense import DenseTextSASRec
-from saerec.rec.grounded import GroundedSASRec, ItemProfiles
+from saerec.rec.grounded import GroundedSAERec, GroundedSASRec, ItemProfiles
 from saerec.rec.kmeans import kmeans
 from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig, SASRec
 
 INTENT_SETS = ("judged", "all", "kmeans", "random", "text")
 ProfileRows = dict[int, tuple[list[int], list[float]]]
+GROUNDED_KINDS = ("grounded", "grounded-attention")
+ATTENDING_KINDS = ("attention", "grounded-attention")
 
 
 @dataclass(frozen=True)
@@ -48,18 +50,18 @@ class Variant:
     switches: Mapping[str, Any] = field(default_factory=dict)
     paper_row: str | None = None
     every_intent: bool = False  # retrieve every intent of the set (k = its size), as the public code does
-    model: str = "attention"  # attention (SAERec), grounded or dense-text when an intent set is read
+    model: str = "attention"  # attention (SAERec), grounded, grounded-attention or dense-text
     projected: bool = False  # grounded: E_i = W_m v_i from the intent vectors instead of a free vector
 
     @property
     def grounded(self) -> bool:
         """Whether the model reads the items' intent profiles."""
-        return self.model == "grounded"
+        return self.model in GROUNDED_KINDS
 
     @property
     def attends(self) -> bool:
         """Whether the model is SAERec's intent attention over an intent set (k of them retrieved)."""
-        return self.intent_set is not None and self.model == "attention"
+        return self.intent_set is not None and self.model in ATTENDING_KINDS
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -79,6 +81,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("grounded-proj", "Grounded SASRec (items = ID + their judged intents, projected SAE directions)",
             "judged", model="grounded", projected=True),
     Variant("grounded-all", "Grounded SASRec over every SAE latent (no judge)", "all", model="grounded"),
+    Variant("saerec-grounded", "SAERec (paper eqs. 3-8) over grounded items, attention on the same free intent "
+            "vectors", "judged", model="grounded-attention"),
     Variant("grounded-random", "Grounded SASRec, random profiles (control: same counts and weights)", "random",
             model="grounded"),
     Variant("grounded-kmeans", "Grounded SASRec, k-means profiles (control: same counts and weights)", "kmeans",
@@ -90,7 +94,7 @@ NAMES: tuple[str, ...] = tuple(VARIANTS)
 # The model whose k, review drop and judge the sweep's one-factor studies vary.
 FULL_MODEL = "saerec"
 # Which trained variant's lists evaluate explains and steers: the first of these that was trained.
-EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "saerec", "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans",
+EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "saerec-grounded", "saerec", "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans",
                  "random")
 
 
@@ -107,12 +111,12 @@ def label(name: str) -> str:
 
 def attends(spec: Mapping[str, Any]) -> bool:
     """Whether a stored model spec is of a SAERec (specs from before other model kinds say none)."""
-    return spec["intent_set"] is not None and spec.get("model", "attention") in ("attention", "saerec")
+    return spec["intent_set"] is not None and spec.get("model", "attention") in (*ATTENDING_KINDS, "saerec")
 
 
 def is_grounded(spec: Mapping[str, Any]) -> bool:
     """Whether a stored model spec is of a grounded model (its explanations are exact)."""
-    return spec.get("model") == "grounded"
+    return spec.get("model") in GROUNDED_KINDS
 
 
 def model_spec(name: str, encoder: EncoderConfig, k: int, ema_beta: float,
@@ -132,7 +136,7 @@ def model_spec(name: str, encoder: EncoderConfig, k: int, ema_beta: float,
         if profiles is None:
             raise ValueError(f"model {name} needs the items' {found.intent_set} intent profiles")
         spec["grounded"] = {"projected": found.projected, "profile_width": int(profiles.ids.shape[1])}
-    else:
+    if found.attends:
         k = intent_shape[0] if found.every_intent else k
         spec["intent"] = dataclasses.asdict(IntentConfig(k=k, ema_beta=ema_beta, **found.switches))
     return spec
@@ -151,6 +155,8 @@ def build_model(spec: Mapping[str, Any], intents: Tensor | None, profiles: ItemP
     if is_grounded(spec):
         if profiles is None:
             raise ValueError(f"model {spec['variant']} needs the items' intent profiles")
+        if spec["model"] == "grounded-attention":
+            return GroundedSAERec(enc, intents, IntentConfig(**spec["intent"]), profiles, spec["grounded"]["projected"])
         return GroundedSASRec(enc, profiles, len(intents), intents if spec["grounded"]["projected"] else None)
     return SAERec(enc, intents, IntentConfig(**spec["intent"]))
 
