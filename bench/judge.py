@@ -1,13 +1,21 @@
 """Benchmark: the local LLM judge's quality and throughput, and the vLLM path's settings.
 
+Judges (``--judges model:scoring ...``, default SmolLM2-135M with likelihood and with prompt
+scoring, Qwen2.5-Coder-0.5B and -1.5B-Instruct with prompt scoring; the Qwen GGUFs come from
+../shared/tools/fetch-judge-model.sh and are not project dependencies). Per judge:
 Quality (labelled word lists, no SAE needed): 24 planted-intent word lists of the demo against
 24 lists that are not one theme (random mixtures of intent words, generic review words,
-function words, units, names). For each ``scoring`` mode of ``LocalJudge``:
+function words, units, names):
   * verdict separability: ROC AUC of the verdict score (prompt: log P(Yes) - log P(No) at the
     classification prompt after the judge's own summary; likelihood: the coherence z-score),
     and how many lists of each kind get "Yes";
   * detection separability: ROC AUC of the detection score for demo-like review texts of the
     theme against texts of other themes, with the theme's name as the summary.
+With ``--demo`` (the demo's explain latents.parquet) and ``--planted``: planted recovery among
+the ``--demo-latents`` most frequent demo latents the judge keeps, beside the recovery if it
+kept them all. With ``--beauty`` (Beauty's explain latents.parquet): on the ``--beauty-latents``
+most frequent latents, the verdict counts, the detection balanced accuracy (mean, quartiles) of
+every latent the judge could summarise, and the summaries, printed side by side for ten.
 Throughput: latents per second through everything the judge stage does per latent (summary,
 verdict, and for kept latents detection on 5 top + 5 random texts), after the model is loaded.
 
@@ -30,9 +38,11 @@ word or copy the word list back, how many ``parse_summary`` turns into "Cannot T
 likelihood verdicts, and with ``--planted`` (prepare's planted_intents.json) planted recovery
 among the kept latents.
 
-Usage: python bench/judge.py [--latents 32] [--threads 2] [--batch-size 16]
+Usage: python bench/judge.py [--judges smollm2:likelihood qwen-0.5b:prompt ...] [--demo D/latents.parquet
+           --planted D/planted_intents.json] [--beauty B/latents.parquet] [--latents 32] [--threads 2]
        python bench/judge.py --summaries PATH/latents.parquet [--planted PATH/planted_intents.json] [--latents 40]
-Writes a table to stdout and JSON to bench/results/judge.json (judge_repeats.json with --summaries).
+Writes a table to stdout and JSON to bench/results/judge.json after every judge (a judge already
+in the file is not measured again without --force; judge_repeats.json with --summaries).
 """
 from __future__ import annotations
 
@@ -169,16 +179,99 @@ def repeats(judge, latents_file: Path, planted_file: Path | None, count: int) ->
     return out
 
 
+JUDGES = ("smollm2:likelihood", "smollm2:prompt", "qwen-0.5b:prompt", "qwen-1.5b:prompt")
+
+
+def judge_source(name: str) -> str:
+    """``smollm2`` = the default wheel; ``qwen-0.5b`` / ``qwen-1.5b`` = the GGUF files that
+    ../shared/tools/fetch-judge-model.sh assembles in the judge cache; anything else is passed on
+    as judge.model (a .gguf file, a folder or a hub id)."""
+    from saerec.intents.judges import DEFAULT_LOCAL_MODEL, judge_cache_dir
+
+    if name == "smollm2":
+        return DEFAULT_LOCAL_MODEL
+    if name in ("qwen-0.5b", "qwen-1.5b"):
+        path = judge_cache_dir() / "judge-models" / name / f"{name}.gguf"
+        if not path.exists():
+            raise SystemExit(f"{path} not found: run ../shared/tools/fetch-judge-model.sh {name} first")
+        return str(path)
+    return name
+
+
+def beauty(judge, latents_file: Path, count: int) -> dict[str, object]:
+    """On the ``count`` most frequently firing latents of a Beauty explain output: the verdicts,
+    and the held-out detection balanced accuracy of every latent the judge could summarise (the
+    judge stage's own measure: the summary tells the latent's top texts from random ones)."""
+    import numpy as np
+
+    from saerec.intents.verdicts import CANNOT_TELL
+    from saerec.stages.judge import detection_score
+
+    rows = _top_latents(latents_file, count, ["latent", "words", "frequency", "top_texts", "random_texts"])
+    words = [r["words"] for r in rows]
+    start = time.perf_counter()
+    summaries = judge.summarise(words)
+    verdicts = judge.classify(summaries, words)
+    scores = [detection_score(s, list(r["top_texts"]), list(r["random_texts"]), judge.detect,
+                              judge.detection_threshold) if s != CANNOT_TELL else None
+              for s, r in zip(summaries, rows)]
+    seconds = time.perf_counter() - start
+    found = [x for x in scores if x is not None]
+    kept = [x for x, v in zip(scores, verdicts) if x is not None and v == "Yes"]
+    return {"latents": len(rows), "verdicts": {v: verdicts.count(v) for v in sorted(set(verdicts))},
+            "detection_latents": len(found),
+            "detection_mean": round(float(np.mean(found)), 3) if found else None,
+            "detection_quartiles": [round(float(q), 3) for q in np.quantile(found, [0.25, 0.5, 0.75])] if found else None,
+            "detection_mean_kept": round(float(np.mean(kept)), 3) if kept else None,
+            "latents_per_s": round(len(rows) / seconds, 3),
+            "summaries": [{"latent": int(r["latent"]), "words": list(r["words"])[:8], "summary": s, "verdict": v}
+                          for r, s, v in zip(rows, summaries, verdicts)]}
+
+
+def demo(judge, latents_file: Path, planted_file: Path, count: int) -> dict[str, object]:
+    """Planted recovery among the ``count`` most frequently firing demo latents that the judge
+    keeps, beside the recovery had it kept all of them (the most any judge can reach here)."""
+    from saerec.intents.quality import planted_intent_recovery
+
+    rows = _top_latents(latents_file, count, ["latent", "words", "frequency"])
+    words = [r["words"] for r in rows]
+    planted = {p["name"]: p["words"] for p in json.loads(planted_file.read_text())}
+    verdicts = judge.classify(judge.summarise(words), words)
+    kept = [w for w, v in zip(words, verdicts) if v == "Yes"]
+    return {"latents": len(rows), "kept": len(kept),
+            "recovery": planted_intent_recovery(kept, planted)["recovery"],
+            "recovery_if_all_kept": planted_intent_recovery(words, planted)["recovery"]}
+
+
+def _top_latents(latents_file: Path, count: int, columns: list[str]) -> list[dict[str, object]]:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(latents_file, columns=columns)
+    frequency = table.column("frequency").to_numpy()
+    order = np.lexsort((np.arange(len(frequency)), -frequency))[:count]
+    return table.take(order).to_pylist()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latents", type=int, default=32, help="word lists timed per scoring mode")
+    parser.add_argument("--judges", nargs="+", default=list(JUDGES),
+                        help="model:scoring, model = smollm2, qwen-0.5b, qwen-1.5b (fetched GGUFs), a file, folder or hub id")
+    parser.add_argument("--latents", type=int, default=32, help="word lists timed per judge")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--beauty", type=Path, help="a Beauty explain stage's latents.parquet")
+    parser.add_argument("--beauty-latents", type=int, default=40)
+    parser.add_argument("--demo", type=Path, help="the demo's explain latents.parquet (with --planted)")
+    parser.add_argument("--demo-latents", type=int, default=64)
     parser.add_argument("--summaries", type=Path, help="an explain stage's latents.parquet: measure only repeats")
-    parser.add_argument("--planted", type=Path, help="with --summaries: prepare's planted_intents.json")
+    parser.add_argument("--planted", type=Path, help="prepare's planted_intents.json (with --summaries or --demo)")
     parser.add_argument("--domain", default="Amazon beauty products", help="judge.domain (the job's default: beauty products)")
+    parser.add_argument("--force", action="store_true", help="measure judges already in the output again")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.demo and not args.planted:
+        parser.error("--demo needs --planted")
     results_dir = REPO / "bench" / "results"
     out = args.out or results_dir / ("judge_repeats.json" if args.summaries else "judge.json")
 
@@ -195,36 +288,68 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
     pool = sorted({w for words in PLANTED.values() for w in words} | set(GENERIC))
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.summaries:
         import pyarrow.parquet as pq
 
         pool = sorted({w for words in pq.read_table(args.summaries, columns=["words"]).column("words").to_pylist()
                        for w in words})
-    start = time.perf_counter()
-    judge = LocalJudge(JudgePrompts.load(args.domain), batch_size=args.batch_size, null_pool=pool)
-    load_s = time.perf_counter() - start
-    if args.summaries:
+        judge = LocalJudge(JudgePrompts.load(args.domain), batch_size=args.batch_size, null_pool=pool)
         results = {"threads": args.threads, "batch_size": args.batch_size,
                    **repeats(judge, args.summaries, args.planted, args.latents)}
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
         return 0
     lists = [rng.sample(PLANTED[name], 8) + rng.sample(GENERIC, 7) if i % 2 else rng.sample(pool, 15)
              for i, name in zip(range(args.latents), list(PLANTED) * args.latents)]
     texts = [review(rng, rng.choice(list(PLANTED))) for _ in range(10)]
+    earlier = json.loads(out.read_text()) if out.exists() else {}
     results: dict[str, object] = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                                  "batch_size": args.batch_size, "model_load_s": round(load_s, 1),
-                                  "vllm_expected_settings": VLLM_SETTINGS}
-    for scoring in ("likelihood", "prompt"):
-        judge.scoring = scoring
-        results[scoring] = {"quality": quality(judge, random.Random(1)), "throughput": throughput(judge, lists, texts)}
-        print(f"{scoring:10s} {json.dumps(results[scoring])}", flush=True)
-    print(f"model load {load_s:.1f}s; vLLM (expected, not measured):")
+                                  "batch_size": args.batch_size, "vllm_expected_settings": VLLM_SETTINGS,
+                                  "judges": earlier.get("judges", {})}
+    for spec in args.judges:
+        name, _, scoring = spec.partition(":")
+        if spec in results["judges"] and not args.force:
+            print(f"{spec}: measured earlier (--force to measure again)")
+            continue
+        start = time.perf_counter()
+        judge = LocalJudge(JudgePrompts.load(args.domain), model=judge_source(name), batch_size=args.batch_size,
+                           scoring=scoring or "prompt", null_pool=pool)
+        row: dict[str, object] = {"model": name, "scoring": judge.scoring,
+                                  "model_load_s": round(time.perf_counter() - start, 1),
+                                  "quality": quality(judge, random.Random(1)), "throughput": throughput(judge, lists, texts)}
+        if args.demo:
+            row["demo"] = demo(judge, args.demo, args.planted, args.demo_latents)
+        if args.beauty:
+            row["beauty"] = beauty(judge, args.beauty, args.beauty_latents)
+        results["judges"][spec] = row
+        print(f"{spec:20s} {json.dumps({k: v for k, v in row.items() if k != 'beauty'})}", flush=True)
+        if args.beauty:
+            print(f"{'':20s} beauty {json.dumps({k: v for k, v in row['beauty'].items() if k != 'summaries'})}")
+        out.write_text(json.dumps(results, indent=2))  # every finished judge is kept
+    _table(results["judges"])
+    print("vLLM (expected, not measured):")
     for key, value in VLLM_SETTINGS.items():
         print(f"  {key:32s} {value}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _table(judges: dict[str, dict[str, object]]) -> None:
+    print(f"\n{'judge':20s} {'verdict AUC':>11} {'detect AUC':>10} {'lat/s':>6} {'demo rec':>8} "
+          f"{'Beauty verdicts':32s} {'Beauty detection':>16}")
+    for spec, row in judges.items():
+        q, b, d = row["quality"], row.get("beauty", {}), row.get("demo", {})
+        demo_cell = f"{d['recovery']:.2f}/{d['recovery_if_all_kept']:.2f}" if d else "-"
+        print(f"{spec:20s} {q['verdict_auc']:11.3f} {q['detection_auc']:10.3f} {row['throughput']['latents_per_s']:6.2f} "
+              f"{demo_cell:>8} {json.dumps(b.get('verdicts', {})):32s} {str(b.get('detection_mean')):>16}")
+    beauty_rows = {spec: row["beauty"]["summaries"] for spec, row in judges.items() if "beauty" in row}
+    if beauty_rows:
+        print("\nBeauty summaries side by side (the ten most frequently firing latents):")
+        first = next(iter(beauty_rows.values()))
+        for i, latent in enumerate(first[:10]):
+            print(f"  latent {latent['latent']}: {', '.join(latent['words'])}")
+            for spec, summaries in beauty_rows.items():
+                print(f"    {spec:20s} {summaries[i]['summary']!r} ({summaries[i]['verdict']})")
 
 
 if __name__ == "__main__":

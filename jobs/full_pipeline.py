@@ -1,5 +1,5 @@
-"""Run the SAERec pipeline: prepare -> embed -> train_sae -> explain -> judge -> train_rec -> evaluate
--> sweep -> report.
+"""Run the SAERec pipeline: prepare -> embed -> train_sae -> explain -> judge -> profile -> train_rec
+-> evaluate -> sweep -> report.
 
 Locally (``python jobs/full_pipeline.py``) it starts Ray on 127.0.0.1 and runs the demo with local
 storage; on a cluster (``ray job submit -- python jobs/full_pipeline.py --config ...``) it joins the

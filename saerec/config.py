@@ -145,6 +145,7 @@ class JudgeSection:
     detection: bool = True  # held-out detection score for every kept latent
     scoring: Literal["likelihood", "prompt"] = "likelihood"  # local backend, see saerec/intents/judges.py
     null_lists: int = _bounded(128, lo=2)  # likelihood scoring: random word lists behind the coherence z-score
+    prescreen: float | None = None  # local backend: latents whose coherence z is below this get no summary, verdict No
 
 
 def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> None:

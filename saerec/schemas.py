@@ -116,4 +116,6 @@ JUDGED_FEATURES = pa.schema([
     ("verdict", pa.string()),
     ("kept", pa.bool_()),
     ("detection", pa.float64()),
+    ("prescreen_score", pa.float64()),  # coherence z of the words (null: not computed)
+    ("screened_out", pa.bool_()),  # below judge.prescreen: no summary, verdict No, never judged further
 ])

