@@ -11,9 +11,9 @@ function words, units, names):
     and how many lists of each kind get "Yes";
   * detection separability: ROC AUC of the detection score for demo-like review texts of the
     theme against texts of other themes, with the theme's name as the summary.
-With ``--demo`` (the demo's explain latents.parquet) and ``--planted``: planted recovery among
-the ``--demo-latents`` most frequent demo latents the judge keeps, beside the recovery if it
-kept them all. With ``--beauty`` (Beauty's explain latents.parquet): on the ``--beauty-latents``
+With ``--demo`` (the demo's explain latents.parquet) and ``--planted``: a lower bound of planted
+recovery, judged on the latents that can count for it (see ``demo``), and how many of
+``--demo-others`` other latents the judge keeps. With ``--beauty`` (Beauty's explain latents.parquet): on the ``--beauty-latents``
 most frequent latents, the verdict counts, the detection balanced accuracy (mean, quartiles) of
 every latent the judge could summarise, and the summaries, printed side by side for ten.
 Throughput: latents per second through everything the judge stage does per latent (summary,
@@ -228,19 +228,42 @@ def beauty(judge, latents_file: Path, count: int) -> dict[str, object]:
                           for r, s, v in zip(rows, summaries, verdicts)]}
 
 
-def demo(judge, latents_file: Path, planted_file: Path, count: int) -> dict[str, object]:
-    """Planted recovery among the ``count`` most frequently firing demo latents that the judge
-    keeps, beside the recovery had it kept all of them (the most any judge can reach here)."""
+def demo(judge, latents_file: Path, planted_file: Path, per_intent: int, others: int) -> dict[str, object]:
+    """Planted recovery on the demo, as a lower bound of what the judge stage would measure over
+    every latent: only latents whose top words are one planted intent's can count (candidates),
+    and a verdict depends on its latent alone, so judging the ``per_intent`` most frequently firing
+    candidates of each planted intent gives a recovery the full run can only match or exceed. The
+    ``others`` most frequent non-candidate latents are judged too: how many of them are kept."""
+    import pyarrow.parquet as pq
+
     from saerec.intents.quality import planted_intent_recovery
 
-    rows = _top_latents(latents_file, count, ["latent", "words", "frequency"])
-    words = [r["words"] for r in rows]
     planted = {p["name"]: p["words"] for p in json.loads(planted_file.read_text())}
-    verdicts = judge.classify(judge.summarise(words), words)
-    kept = [w for w, v in zip(words, verdicts) if v == "Yes"]
-    return {"latents": len(rows), "kept": len(kept),
-            "recovery": planted_intent_recovery(kept, planted)["recovery"],
-            "recovery_if_all_kept": planted_intent_recovery(words, planted)["recovery"]}
+    table = pq.read_table(latents_file, columns=["latent", "words", "frequency"])
+    rows = sorted(table.to_pylist(), key=lambda r: (-r["frequency"], r["latent"]))
+    by_intent: dict[str, list[list[str]]] = {}
+    rest = []
+    for row in rows:
+        owners = [name for name, words in planted.items()
+                  if planted_intent_recovery([row["words"]], {name: words})["recovered"]]
+        if owners:
+            by_intent.setdefault(owners[0], []).append(row["words"])
+        elif len(rest) < others:
+            rest.append(row["words"])
+    candidates = [w for lists in by_intent.values() for w in lists[:per_intent]]
+    verdicts = judge.classify(judge.summarise(candidates + rest), candidates + rest)
+    kept = [v == "Yes" for v in verdicts]
+    return {"candidates": len(candidates), "kept_candidates": sum(kept[:len(candidates)]),
+            "others": len(rest), "kept_others": sum(kept[len(candidates):]),
+            "recovery": planted_intent_recovery([w for w, k in zip(candidates, kept) if k], planted)["recovery"],
+            "recovery_if_all_kept": planted_intent_recovery(candidates, planted)["recovery"]}
+
+
+def _words(latents_file: Path) -> list[str]:
+    """Every word of an explain output's latents: the judge stage's null pool."""
+    import pyarrow.parquet as pq
+
+    return sorted({w for words in pq.read_table(latents_file, columns=["words"]).column("words").to_pylist() for w in words})
 
 
 def _top_latents(latents_file: Path, count: int, columns: list[str]) -> list[dict[str, object]]:
@@ -263,7 +286,8 @@ def main() -> int:
     parser.add_argument("--beauty", type=Path, help="a Beauty explain stage's latents.parquet")
     parser.add_argument("--beauty-latents", type=int, default=40)
     parser.add_argument("--demo", type=Path, help="the demo's explain latents.parquet (with --planted)")
-    parser.add_argument("--demo-latents", type=int, default=64)
+    parser.add_argument("--demo-per-intent", type=int, default=3, help="candidate demo latents judged per planted intent")
+    parser.add_argument("--demo-others", type=int, default=16, help="non-candidate demo latents judged too")
     parser.add_argument("--summaries", type=Path, help="an explain stage's latents.parquet: measure only repeats")
     parser.add_argument("--planted", type=Path, help="prepare's planted_intents.json (with --summaries or --demo)")
     parser.add_argument("--domain", default="Amazon beauty products", help="judge.domain (the job's default: beauty products)")
@@ -290,11 +314,7 @@ def main() -> int:
     pool = sorted({w for words in PLANTED.values() for w in words} | set(GENERIC))
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.summaries:
-        import pyarrow.parquet as pq
-
-        pool = sorted({w for words in pq.read_table(args.summaries, columns=["words"]).column("words").to_pylist()
-                       for w in words})
-        judge = LocalJudge(JudgePrompts.load(args.domain), batch_size=args.batch_size, null_pool=pool)
+        judge = LocalJudge(JudgePrompts.load(args.domain), batch_size=args.batch_size, null_pool=_words(args.summaries))
         results = {"threads": args.threads, "batch_size": args.batch_size,
                    **repeats(judge, args.summaries, args.planted, args.latents)}
         out.write_text(json.dumps(results, indent=2))
@@ -317,9 +337,15 @@ def main() -> int:
         row: dict[str, object] = {"model": name, "scoring": judge.scoring,
                                   "model_load_s": round(time.perf_counter() - start, 1),
                                   "quality": quality(judge, random.Random(1)), "throughput": throughput(judge, lists, texts)}
+        # The demo and Beauty parts compare coherence with random lists of their own latents' words,
+        # as the judge stage does (it matters for likelihood scoring only).
         if args.demo:
-            row["demo"] = demo(judge, args.demo, args.planted, args.demo_latents)
+            judge = LocalJudge(JudgePrompts.load(args.domain), model=judge_source(name), batch_size=args.batch_size,
+                               scoring=judge.scoring, null_pool=_words(args.demo))
+            row["demo"] = demo(judge, args.demo, args.planted, args.demo_per_intent, args.demo_others)
         if args.beauty:
+            judge = LocalJudge(JudgePrompts.load(args.domain), model=judge_source(name), batch_size=args.batch_size,
+                               scoring=judge.scoring, null_pool=_words(args.beauty))
             row["beauty"] = beauty(judge, args.beauty, args.beauty_latents)
         results["judges"][spec] = row
         print(f"{spec:20s} {json.dumps({k: v for k, v in row.items() if k != 'beauty'})}", flush=True)

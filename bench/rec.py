@@ -144,6 +144,7 @@ def step_report(args: argparse.Namespace) -> None:
         runs = sorted(by_variant[name], key=lambda r: r["seed"])
         summary[name] = {"label": label(name), "seeds": [r["seed"] for r in runs],
                          "best_epochs": [r["best_epoch"] for r in runs], "epochs": [r["epochs"] for r in runs],
+                         "n_intents": sorted({r["n_intents"] for r in runs}),
                          "epoch_seconds": float(np.mean([r["mean_epoch_seconds"] for r in runs])),
                          "valid_ndcg@20": float(np.mean([r["selection"]["ndcg@20"] for r in runs])),
                          **mean_std(runs)}
@@ -170,11 +171,12 @@ def step_report(args: argparse.Namespace) -> None:
            "bsarec": BSAREC, "paper": PAPER, "commands": [*earlier.get("commands", []),
                                                           *[c for c in args.commands or [] if c not in earlier.get("commands", [])]]}
     args.out.write_text(json.dumps(out, indent=2))
-    print(f"{'variant':18} {'seeds':>5} {'best ep':>9} {'s/ep':>5} " + " ".join(f"{m:>15}" for m in METRICS))
+    print(f"{'variant':18} {'seeds':>5} {'intents':>8} {'best ep':>9} {'s/ep':>5} " + " ".join(f"{m:>15}" for m in METRICS))
     for name, s in summary.items():
         cells = " ".join(f"{s[m]['mean']:.4f}±{s[m]['std']:.4f}" for m in METRICS)
-        print(f"{name:18} {len(s['seeds']):5d} {','.join(map(str, s['best_epochs'])):>9} {s['epoch_seconds']:5.0f} {cells}")
-    print(f"{'BSARec (published)':18} " + " " * 22 + " ".join(f"{BSAREC[m]:15.4f}" for m in METRICS))
+        print(f"{name:18} {len(s['seeds']):5d} {','.join(map(str, s['n_intents'])):>8} "
+              f"{','.join(map(str, s['best_epochs'])):>9} {s['epoch_seconds']:5.0f} {cells}")
+    print(f"{'BSARec (published)':18} " + " " * 31 + " ".join(f"{BSAREC[m]:15.4f}" for m in METRICS))
     print(json.dumps(targets, indent=2))
     print(f"wrote {args.out}")
 
