@@ -337,16 +337,18 @@ def main() -> int:
         row: dict[str, object] = {"model": name, "scoring": judge.scoring,
                                   "model_load_s": round(time.perf_counter() - start, 1),
                                   "quality": quality(judge, random.Random(1)), "throughput": throughput(judge, lists, texts)}
-        # The demo and Beauty parts compare coherence with random lists of their own latents' words,
-        # as the judge stage does (it matters for likelihood scoring only).
+        # Likelihood scoring compares coherence with random lists of the dataset's own latents'
+        # words, as the judge stage does, so it gets a judge per dataset; prompt scoring reads no pool.
+        def judge_for(latents_file: Path):
+            if judge.scoring != "likelihood":
+                return judge
+            return LocalJudge(JudgePrompts.load(args.domain), model=judge_source(name), batch_size=args.batch_size,
+                              scoring=judge.scoring, null_pool=_words(latents_file))
+
         if args.demo:
-            judge = LocalJudge(JudgePrompts.load(args.domain), model=judge_source(name), batch_size=args.batch_size,
-                               scoring=judge.scoring, null_pool=_words(args.demo))
-            row["demo"] = demo(judge, args.demo, args.planted, args.demo_per_intent, args.demo_others)
+            row["demo"] = demo(judge_for(args.demo), args.demo, args.planted, args.demo_per_intent, args.demo_others)
         if args.beauty:
-            judge = LocalJudge(JudgePrompts.load(args.domain), model=judge_source(name), batch_size=args.batch_size,
-                               scoring=judge.scoring, null_pool=_words(args.beauty))
-            row["beauty"] = beauty(judge, args.beauty, args.beauty_latents)
+            row["beauty"] = beauty(judge_for(args.beauty), args.beauty, args.beauty_latents)
         results["judges"][spec] = row
         print(f"{spec:20s} {json.dumps({k: v for k, v in row.items() if k != 'beauty'})}", flush=True)
         if args.beauty:

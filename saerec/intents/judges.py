@@ -182,8 +182,10 @@ class LocalJudge:
     def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]],
                  coherence_z: Sequence[float] | None = None) -> list[str]:
         """Verdicts; ``coherence_z`` (one per list) saves likelihood scoring from computing it again."""
-        if len(summaries) != len(words) or (coherence_z is not None and len(coherence_z) != len(words)):
+        if len(summaries) != len(words):
             raise ValueError(f"{len(summaries)} summaries but {len(words)} word lists")
+        if coherence_z is not None and len(coherence_z) != len(words):
+            raise ValueError(f"{len(coherence_z)} coherence scores but {len(words)} word lists")
         todo = [i for i, summary in enumerate(summaries) if summary != CANNOT_TELL]
         verdicts = [CANNOT_TELL] * len(summaries)
         if not todo:

@@ -6,7 +6,8 @@ adding a variant is one entry below plus its model code.
 
 Model kinds: none (SASRec, no intents), ``attention`` (SAERec: SASRec states refined by intent
 attention), ``grounded`` (items built from their intent profiles, ``saerec.rec.grounded``),
-``grounded-attention`` (SAERec's intent attention over grounded items) and ``dense-text`` (items = ID + a projection of their mean text embedding, ``saerec.rec.dense``).
+``grounded-attention`` (SAERec's intent attention over grounded items) and ``dense-text``
+(items = ID + a projection of their mean text embedding, ``saerec.rec.dense``).
 
 Intent sets: ``judged`` (the kept SAE latents), ``all`` (every SAE latent, no judge),
 ``kmeans`` (k-means centroids of the same text embeddings), ``random`` (Gaussian vectors with

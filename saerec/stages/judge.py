@@ -246,11 +246,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     judge_s = time.perf_counter() - start
 
     latents = explained.column("latent").to_numpy()
-    summary = [_text(results.get(int(l), {}).get("summary")) for l in latents]
-    verdict = [_text(results.get(int(l), {}).get("verdict")) for l in latents]
-    detection = [_number(results.get(int(l), {}).get("detection")) for l in latents]
-    prescreen = [_number(results.get(int(l), {}).get("prescreen_score")) for l in latents]
-    screened = [bool(results.get(int(l), {}).get("screened_out") or False) for l in latents]
+    found = [results.get(int(l), {}) for l in latents]  # latents not judged (judge.max_latents) have no row
+    summary = [_text(r.get("summary")) for r in found]
+    verdict = [_text(r.get("verdict")) for r in found]
+    detection = [_number(r.get("detection")) for r in found]
+    prescreen = [_number(r.get("prescreen_score")) for r in found]
+    screened = [bool(r.get("screened_out") or False) for r in found]
     kept = np.array([v in keep for v in verdict], dtype=bool)
     features = pa.table({
         "latent": explained.column("latent"), "words": explained.column("words"),
