@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,34 @@ def beauty_config(data_dir: Path, work_dir: Path, overrides: list[str] | None = 
     return load_config(REPO / "configs" / "beauty.yaml",
                        [f"data.path={data_dir.resolve()}", f"storage.uri={(work_dir / 'pipeline').resolve()}",
                         *(overrides or [])])
+
+
+SEEDED_STAGES = ("prepare", "embed")  # what an SAE size study shares with the main chain
+
+
+def sized_overrides(n_latents: int | None, judge_latents: int | None = 256) -> list[str]:
+    """The config of an SAE size study: its own run (``beauty-sae<N>``) with ``sae.n_latents=N``;
+    the judge reads only the ``judge_latents`` most frequent latents (None: every one), since
+    the study's variants read every latent and a full judge of thousands would take hours."""
+    if n_latents is None:
+        return []
+    return [f"sae.n_latents={n_latents}", f"run.name=beauty-sae{n_latents}",
+            *([f"judge.max_latents={judge_latents}"] if judge_latents else [])]
+
+
+def seed_sized_run(main: Config, sized: Config) -> None:
+    """Copy the main chain's published prepare and embed into a sized run, so that it re-runs
+    only train_sae and what follows (a run folder is relocatable; the fingerprints match)."""
+    if sized.run.name == main.run.name:
+        return
+    main_store, sized_store = Store(main.storage.uri), Store(sized.storage.uri)
+    for stage in SEEDED_STAGES:
+        source, target = Path(main_store.join(main.run.name, stage)), Path(sized_store.join(sized.run.name, stage))
+        if target.exists():
+            continue
+        if Runner(main, main_store).manifest(stage) is None:
+            raise SystemExit(f"stage {stage} of run {main.run.name} is not published: run --step chain first")
+        shutil.copytree(source, target)
 
 
 def run_chain(cfg: Config, stages: tuple[str, ...] = CHAIN) -> None:

