@@ -8,9 +8,11 @@ with ``judge.prescreen`` and ``judge.concurrency`` actors. Printed and written t
   * the target: latents per second through explain + judge, and the judge's verdict counts,
     screened-out and kept latents, detection balanced accuracy (mean, quartiles);
   * side by side, on the same random sample of ``--sample`` latents and the same threads
-    (``concurrency`` x ``cpus_per_actor``), the judge's own batch unit with and without the
-    prescreen: latents per second, their ratio, and whether both keep the same latents (with
-    likelihood scoring a prescreen at the "Yes" level, z >= 2, cannot change what is kept).
+    (``concurrency`` x ``cpus_per_actor``), the judge's own batch unit without the prescreen,
+    with it, and with it but detection by the judge LM instead of embeddings: latents per
+    second, the ratio to the first, mean detection, and whether the first two keep the same
+    latents (with likelihood scoring a prescreen at the "Yes" level, z >= 2, cannot change
+    what is kept).
 
 Usage: python bench/judge_scale.py [--sae-latents 16384] [--prescreen 2.0] [--concurrency 2] [--sample 96]
 """
@@ -33,6 +35,8 @@ from bench.harness import (Published, add_beauty_args, beauty_config, check_beau
 from saerec import artifacts  # noqa: E402
 
 STAGES = ("prepare", "embed", "train_sae", "explain", "judge")
+# side-by-side arms: (name, prescreen on, detection scoring; None = as configured)
+ARMS = (("no_prescreen", False, None), ("prescreen", True, None), ("prescreen_judge_detection", True, "judge"))
 
 
 def side_by_side(published: Published, sample: int, seed: int) -> dict[str, object]:
@@ -51,17 +55,23 @@ def side_by_side(published: Published, sample: int, seed: int) -> dict[str, obje
     batch = {name: np.array(picked.column(name).to_pylist(), dtype=object) for name in JUDGE_COLUMNS}
     threads = max(1, int(cfg.concurrency * cfg.cpus_per_actor))
     arms: dict[str, dict[str, object]] = {}
-    for arm, prescreen in (("no_prescreen", None), ("prescreen", cfg.prescreen)):
-        actor = LocalJudgeActor(dataclasses.replace(cfg, prescreen=prescreen), judge_model(cfg), threads, pool, seed)
+    for arm, prescreen, scoring in ARMS:
+        arm_cfg = dataclasses.replace(cfg, prescreen=cfg.prescreen if prescreen else None,
+                                      detection_scoring=scoring or cfg.detection_scoring)
+        actor = LocalJudgeActor(arm_cfg, judge_model(cfg), threads, pool, seed)
         torch.set_num_threads(threads)
         start = time.perf_counter()
         out = actor(batch)
         seconds = time.perf_counter() - start
         kept = sorted(int(l) for l, v in zip(out["latent"], out["verdict"]) if v in cfg.keep)
-        arms[arm] = {"seconds": round(seconds, 1), "latents_per_s": round(len(rows) / seconds, 3), "kept": kept,
-                     "screened_out": int(np.sum(out["screened_out"]))}
+        detection = out["detection"][np.isfinite(out["detection"])]
+        arms[arm] = {"prescreen": arm_cfg.prescreen, "detection_scoring": arm_cfg.detection_scoring,
+                     "seconds": round(seconds, 1), "latents_per_s": round(len(rows) / seconds, 3), "kept": kept,
+                     "screened_out": int(np.sum(out["screened_out"])),
+                     "detection_mean": round(float(detection.mean()), 4) if len(detection) else None}
     return {"sample": int(len(rows)), "threads": threads, **arms,
-            "speedup": round(arms["prescreen"]["latents_per_s"] / arms["no_prescreen"]["latents_per_s"], 2),
+            "speedup_vs_no_prescreen": {arm: round(arms[arm]["latents_per_s"] / arms["no_prescreen"]["latents_per_s"], 2)
+                                        for arm in arms},
             "same_kept": arms["prescreen"]["kept"] == arms["no_prescreen"]["kept"]}
 
 
@@ -114,10 +124,11 @@ def main() -> int:
     print(f"explain + judge: {result['explain_judge_s']:.0f}s = {result['latents_per_s']:.2f} latents/s "
           f"(target {result['target_latents_per_s']}); verdicts {verdicts}; screened out {result['screened_out']}, "
           f"kept {result['kept']}; detection {result['detection']}")
-    print(f"{'sample of ' + str(s['sample']):>16} {'seconds':>8} {'latents/s':>9} {'kept':>5}")
-    for arm in ("no_prescreen", "prescreen"):
-        print(f"{arm:>16} {s[arm]['seconds']:8.1f} {s[arm]['latents_per_s']:9.3f} {len(s[arm]['kept']):5d}")
-    print(f"speedup {s['speedup']}x, same kept latents: {s['same_kept']}\nwrote {args.out}")
+    print(f"{'sample of ' + str(s['sample']):>26} {'seconds':>8} {'latents/s':>9} {'ratio':>6} {'kept':>5} {'detection':>9}")
+    for arm, *_ in ARMS:
+        print(f"{arm:>26} {s[arm]['seconds']:8.1f} {s[arm]['latents_per_s']:9.3f} {s['speedup_vs_no_prescreen'][arm]:6.2f} "
+              f"{len(s[arm]['kept']):5d} {str(s[arm]['detection_mean']):>9}")
+    print(f"same kept latents with and without the prescreen: {s['same_kept']}\nwrote {args.out}")
     return 0
 
 

@@ -144,6 +144,8 @@ class JudgeSection:
     gpu_memory_utilization: float = _bounded(0.85, lo=0.0, hi=1.0, lo_open=True, resource=True)  # vllm backend
     enable_prefix_caching: bool = _bounded(True, resource=True)  # vllm backend
     detection: bool = True  # held-out detection score for every kept latent
+    detection_scoring: Literal["embedding", "judge"] = "embedding"  # see saerec/intents/detection.py
+    detection_encoder: str = "minilm"  # detection_scoring=embedding: any encoder embed.model accepts
     scoring: Literal["likelihood", "prompt"] = "likelihood"  # local backend, see saerec/intents/judges.py
     null_lists: int = _bounded(128, lo=2)  # likelihood scoring: random word lists behind the coherence z-score
     prescreen: float | None = None  # local backend: latents whose coherence z is below this get no summary, verdict No

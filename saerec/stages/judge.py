@@ -6,11 +6,14 @@ Reads: explain (``LATENTS``), train_sae (the intent vectors = rows of W_enc), pr
   * ``local``: an ``ActorPoolStrategy`` pool of ``LocalJudge`` actors (a transformers causal
     LM, SmolLM2-135M-Instruct by default, on CPU or with ``judge.device=cuda`` on a GPU);
   * ``vllm``: ``ray.data.llm`` vLLM engine processors, one round per prompt (summary, verdict,
-    detection), temperature 0, the verdict and detection constrained by guided choice;
+    and with ``judge.detection_scoring=judge`` detection), temperature 0, the verdict and
+    detection constrained by guided choice;
   * ``http``: the same rounds against an OpenAI-compatible endpoint (``judge.base_url``).
 Each latent gets a summary (or "Cannot Tell"), a verdict (Yes / Probably / Maybe / No /
-Cannot Tell) and, when kept, a held-out detection score: the balanced accuracy with which the
-judge, given only the summary, tells the latent's top-activating texts from random texts.
+Cannot Tell) and, when kept, a held-out detection score: the balanced accuracy with which,
+given only the summary, the latent's top-activating texts are told from random texts; by the
+cosine of sentence embeddings (``judge.detection_scoring=embedding``, the default,
+``saerec.intents.detection``) or by the judge LM itself (``judge``).
 With ``judge.prescreen`` (local backend) a latent whose words' coherence z-score is below the
 threshold, or that fires on no text, is screened out first: no summary, verdict No, and the
 features table says so (``prescreen_score``, ``screened_out``).
@@ -34,6 +37,7 @@ import torch
 from saerec import artifacts, schemas
 from saerec.config import JudgeSection
 from saerec.intents import engine_requests as er
+from saerec.intents.detection import EmbeddingDetector
 from saerec.intents.judges import LocalJudge
 from saerec.intents.prompts import JudgePrompts
 from saerec.intents.quality import balanced_accuracy, planted_intent_recovery
@@ -85,6 +89,10 @@ class LocalJudgeActor:
                                 max_new_tokens=cfg.max_new_tokens, no_repeat_words=cfg.no_repeat_words,
                                 device=cfg.device, scoring=cfg.scoring,
                                 null_pool=null_pool, null_lists=cfg.null_lists, seed=seed)
+        if cfg.detection_scoring == "embedding":
+            self.detect, self.threshold = EmbeddingDetector(cfg.detection_encoder, cfg.device), None
+        else:
+            self.detect, self.threshold = self.judge.detect, self.judge.detection_threshold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         words = [list(w) for w in batch["words"]]
@@ -108,7 +116,7 @@ class LocalJudgeActor:
                 summaries[i], verdicts[i] = summary, verdict
                 if self.detection and verdict in self.keep:
                     detection[i] = detection_score(summary, list(batch["top_texts"][i]), list(batch["random_texts"][i]),
-                                                   self.judge.detect, self.judge.detection_threshold)
+                                                   self.detect, self.threshold)
         return {"latent": batch["latent"], "summary": np.array(summaries, dtype=object),
                 "verdict": np.array(verdicts, dtype=object),
                 "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64),
@@ -144,6 +152,10 @@ def judge_served(ds: Any, cfg: JudgeSection, model: str) -> Any:
     judged = verdicts.union(skipped).materialize()
     if not cfg.detection:
         return judged.map(lambda r: {**_result(r), "detection": None})
+    if cfg.detection_scoring == "embedding":
+        return judged.map_batches(EmbeddingDetectionActor, fn_constructor_kwargs={
+            "encoder": cfg.detection_encoder, "keep": sorted(keep)}, compute=ray.data.ActorPoolStrategy(size=1),
+            batch_size=cfg.batch_size, num_cpus=1, batch_format="numpy")
 
     def pairs(row: dict[str, Any]) -> list[dict[str, Any]]:
         if row["verdict"] not in keep:
@@ -155,6 +167,23 @@ def judge_served(ds: Any, cfg: JudgeSection, model: str) -> Any:
                         "fits", lambda text, _row: parse_detection(text))
     scores = _detection_by_latent(checks)
     return judged.map(lambda r: {**_result(r), "detection": scores.get(int(r["latent"]))})
+
+
+class EmbeddingDetectionActor:
+    """Detection for a served judge's kept latents by embedding (``judge.detection_scoring``), on
+    CPU beside the engines: the encoder is small and each latent needs a dozen texts."""
+
+    def __init__(self, encoder: str, keep: list[str]) -> None:
+        self.detector = EmbeddingDetector(encoder, "cpu")
+        self.keep = set(keep)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        detection = [detection_score(str(summary), list(top), list(others), self.detector, None)
+                     if verdict in self.keep else None
+                     for summary, verdict, top, others in zip(batch["summary"], batch["verdict"],
+                                                              batch["top_texts"], batch["random_texts"])]
+        return {"latent": batch["latent"], "summary": batch["summary"], "verdict": batch["verdict"],
+                "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64)}
 
 
 class ServedRounds:
@@ -284,7 +313,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **{f"verdict_{v.lower().replace(' ', '_')}": counts.get(v, 0) for v in ALL_VERDICTS},
         "prescreen": cfg.prescreen, "screened_out": int(sum(screened)),
         "judge_s": round(judge_s, 2), "latents_per_s": round(len(results) / judge_s, 3) if judge_s > 0 else None,
-        "detection_latents": len(scored),
+        "detection_scoring": cfg.detection_scoring if cfg.detection else None, "detection_latents": len(scored),
         "detection_balanced_accuracy": round(float(np.mean(scored)), 4) if scored else None,
     }
     planted = artifacts.read_planted(ctx.input("prepare"))

@@ -87,8 +87,16 @@ def _intents(doc: rp.Document, ctx: StageContext, cfg: ReportSection) -> None:
     rows = [[int(r.latent), ", ".join(list(r.words)[:WORDS_SHOWN]), r.summary, r.frequency, r.detection]
             for r in kept.head(cfg.example_intents).itertuples()]
     section.blocks.append(rp.Table(["latent", "top words", "summary", "activation frequency", "detection"], rows,
-                                   f"The {len(rows)} most frequently active kept intents; detection = the judge's "
-                                   "held-out balanced accuracy at telling the latent's top texts from random ones"))
+                                   f"The {len(rows)} most frequently active kept intents; detection = the held-out "
+                                   "balanced accuracy at telling the latent's top texts from random ones given only the "
+                                   f"summary ({_detection_by(judge.metrics)})"))
+
+
+def _detection_by(metrics: dict) -> str:
+    scoring = metrics.get("detection_scoring", "judge")  # manifests older than the key: the judge LM
+    if scoring == "embedding":
+        return "by the cosine of sentence embeddings, judge.detection_scoring=embedding"
+    return "by the judge LM itself" if scoring == "judge" else "not scored: judge.detection=false"
 
 
 def _main_results(doc: rp.Document, ctx: StageContext) -> None:
