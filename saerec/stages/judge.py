@@ -89,7 +89,7 @@ class LocalJudgeActor:
                                 max_new_tokens=cfg.max_new_tokens, no_repeat_words=cfg.no_repeat_words,
                                 device=cfg.device, scoring=cfg.scoring,
                                 null_pool=null_pool, null_lists=cfg.null_lists, seed=seed)
-        if cfg.detection_scoring == "embedding":
+        if cfg.detection and cfg.detection_scoring == "embedding":
             self.detect, self.threshold = EmbeddingDetector(cfg.detection_encoder, cfg.device), None
         else:
             self.detect, self.threshold = self.judge.detect, self.judge.detection_threshold
