@@ -9,7 +9,7 @@ from saerec.intents.quality import balanced_accuracy
 
 @pytest.fixture(scope="module")
 def detector() -> EmbeddingDetector:
-    return EmbeddingDetector()
+    return EmbeddingDetector("minilm")
 
 
 def test_texts_of_the_summarised_theme_rank_above_others(detector):

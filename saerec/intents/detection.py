@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
-DEFAULT_DETECTION_ENCODER = "minilm"
+import torch
+from torch.nn.functional import normalize
 
 
 class EmbeddingDetector:
     """``detector(summaries, texts)``: the cosine of each text's embedding with its summary's."""
 
-    def __init__(self, encoder: str = DEFAULT_DETECTION_ENCODER, device: str = "cpu") -> None:
+    def __init__(self, encoder: str, device: str = "cpu") -> None:
         from saerec.text.encoders import load_encoder
 
         self.encoder = load_encoder(encoder, device=device)
@@ -33,11 +32,7 @@ class EmbeddingDetector:
         if not texts:
             return []
         unique = sorted(set(summaries))
-        themes = _unit(self.encoder.encode(unique))
-        rows = _unit(self.encoder.encode(list(texts)))
+        themes = normalize(torch.from_numpy(self.encoder.encode(unique)), dim=1)
+        rows = normalize(torch.from_numpy(self.encoder.encode(list(texts))), dim=1)
         where = {summary: i for i, summary in enumerate(unique)}
-        return [float(row @ themes[where[summary]]) for row, summary in zip(rows, summaries)]
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return (rows * themes[[where[summary] for summary in summaries]]).sum(dim=1).tolist()

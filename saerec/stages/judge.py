@@ -99,12 +99,11 @@ class LocalJudgeActor:
         scored = self.prescreen is not None or self.judge.scoring == "likelihood"
         # With the prescreen, a latent that fires on no text is out before any LM pass: it is in
         # no item's profile, and it has no texts for detection.
-        alive = [self.prescreen is None or f > 0 for f in batch["frequency"]]
-        z = [np.nan] * len(words)
-        if scored and any(alive):
-            for i, score in zip(np.flatnonzero(alive), self.judge.coherence_z([w for w, a in zip(words, alive) if a])):
-                z[i] = score
-        passed = [a and (self.prescreen is None or score >= self.prescreen) for a, score in zip(alive, z)]
+        alive = np.asarray(batch["frequency"]) > 0 if self.prescreen is not None else np.ones(len(words), dtype=bool)
+        z = np.full(len(words), np.nan)
+        if scored and alive.any():
+            z[alive] = self.judge.coherence_z([words[i] for i in np.flatnonzero(alive)])
+        passed = alive & (z >= self.prescreen) if self.prescreen is not None else alive
         todo = [i for i, ok in enumerate(passed) if ok]
         summaries: list[str | None] = [None] * len(words)
         verdicts = ["No"] * len(words)
@@ -120,7 +119,7 @@ class LocalJudgeActor:
         return {"latent": batch["latent"], "summary": np.array(summaries, dtype=object),
                 "verdict": np.array(verdicts, dtype=object),
                 "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64),
-                "prescreen_score": np.asarray(z, dtype=np.float64), "screened_out": ~np.asarray(passed, dtype=bool)}
+                "prescreen_score": z, "screened_out": ~passed}
 
 
 def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int) -> Any:
