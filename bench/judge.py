@@ -290,7 +290,7 @@ def main() -> int:
     parser.add_argument("--demo-others", type=int, default=16, help="non-candidate demo latents judged too")
     parser.add_argument("--summaries", type=Path, help="an explain stage's latents.parquet: measure only repeats")
     parser.add_argument("--planted", type=Path, help="prepare's planted_intents.json (with --summaries or --demo)")
-    parser.add_argument("--domain", default="Amazon beauty products", help="judge.domain (the job's default: beauty products)")
+    parser.add_argument("--domain", default="Amazon beauty products", help="judge.domain (the job's default)")
     parser.add_argument("--force", action="store_true", help="measure judges already in the output again")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -129,7 +129,7 @@ class ExplainSection:
 class JudgeSection:
     backend: Literal["local", "vllm", "http"] = "local"
     model: str | None = None
-    domain: str = "beauty products"
+    domain: str = "Amazon beauty products"
     keep: list[str] = _listof("Yes")
     batch_size: int = _bounded(16, lo=1, resource=True)
     concurrency: int = _bounded(1, lo=1, resource=True)
