@@ -133,7 +133,7 @@ def test_crashed_run_resumes_from_its_checkpoint_and_matches_uninterrupted(tmp_p
     }), source / "part-00000.parquet")
     fs = LocalFileSystem()
     ds = train_sae.embedding_dataset(str(source), fs)
-    cfg = load_config(None, [*SAE_SETTINGS, "sae.dead_after=100", "sae.cache_shard=false"]).sae
+    cfg = load_config(None, [*SAE_SETTINGS, "sae.epochs=2", "sae.dead_after=100", "sae.cache_shard=false"]).sae
     spec = train_sae.resolve_run(cfg, DIM, N_TEXTS, seed=3)
     spec = replace(spec, pre_bias=train_sae.pre_bias_from_sample(ds, "mean"))
 
@@ -150,7 +150,7 @@ def test_crashed_run_resumes_from_its_checkpoint_and_matches_uninterrupted(tmp_p
     resumed = train_sae.read_final(fit(ds, "crashy").checkpoint)
 
     assert resumed[0]["resumed_from_epoch"] == 1 and whole[0]["resumed_from_epoch"] == 0
-    assert [e["epoch"] for e in resumed[0]["history"]] == [1, 2, 3]
+    assert [e["epoch"] for e in resumed[0]["history"]] == [1, 2]
     for name, tensor in whole[1].items():
         assert torch.equal(tensor, resumed[1][name]), name
     assert torch.equal(whole[2], resumed[2])
