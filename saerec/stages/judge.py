@@ -288,7 +288,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     detection = [_number(r.get("detection")) for r in found]
     prescreen = [_number(r.get("prescreen_score")) for r in found]
     screened = [bool(r.get("screened_out") or False) for r in found]
-    kept = np.array([v in keep for v in verdict], dtype=bool)
+    # A screened-out latent has no summary to show, so it is never an intent, even with "No" kept.
+    kept = np.array([v in keep and not out for v, out in zip(verdict, screened)], dtype=bool)
     features = pa.table({
         "latent": explained.column("latent"), "words": explained.column("words"),
         "scores": explained.column("scores"), "frequency": explained.column("frequency"),
