@@ -125,3 +125,28 @@ def test_saerec_over_grounded_items_attends_to_the_vectors_its_items_are_built_f
     assert torch.allclose(parts["id"] + parts["contributions"].sum(-1), model.item_scores(reps)[:, 1:], atol=1e-5)
     restored = restore_model(spec, model.state_dict())
     assert torch.allclose(restored.item_scores(restored(seqs, lengths, last_only=True)), model.item_scores(reps))
+
+
+def test_history_retrieval_takes_the_intents_the_items_read_so_far_carry_most():
+    from saerec.rec.saerec_model import IntentConfig, SAERec
+    from saerec.rec.variants import build_model, model_spec
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0)
+    intents, profiles = torch.randn(N_INTENTS, 4), _profiles()
+    model = build_model(model_spec("saerec-grounded-history", cfg, 2, 0.9, tuple(intents.shape), profiles),
+                        intents, profiles)
+    seqs, lengths = torch.tensor([[1, 2, 7, 0], [7, 3, 0, 0]]), torch.tensor([3, 2])
+    history = model.history_profiles(seqs)
+    # item 1 = {0: .5, 3: .25}, then item 2 adds {3: 1.0}, then item 7 adds {4: .2, 1: .3, 2: .1}
+    assert torch.allclose(history[0, 0], torch.tensor([0.5, 0.0, 0.0, 0.25, 0.0]))
+    assert torch.allclose(history[0, 2], torch.tensor([0.5, 0.3, 0.1, 1.25, 0.2]))
+    assert torch.equal(history[1, 1], history[1, 0]), "item 3 has no text, so no profile"
+    model.eval()
+    personal = model.explain(seqs, lengths)["personal"]
+    assert [sorted(ids) for ids in personal.tolist()] == [[0, 3], [1, 4]]
+    model.train()
+    model(seqs, lengths, torch.tensor([[2, 7, 1, 0], [3, 5, 0, 0]])).backward()
+    assert model.personal_attn.key_value.weight.grad.abs().sum() > 0, "the retrieved intents are in the loss"
+    with pytest.raises(ValueError, match="needs a grounded model"):
+        SAERec(cfg, intents, IntentConfig(k=2, query="history"))

@@ -67,6 +67,7 @@ class GroundedItems:
     profile_weights: Tensor
     item_emb: nn.Embedding
     cfg: EncoderConfig
+    reads_profiles = True
 
     def _keep_profiles(self, profiles: ItemProfiles, n_intents: int) -> None:
         if profiles.ids.shape[0] != self.cfg.n_items + 1:
@@ -81,6 +82,13 @@ class GroundedItems:
         part = F.embedding_bag(self.profile_ids[flat], self.intent_table(), mode="sum",
                                per_sample_weights=self.profile_weights[flat])
         return part.view(*ids.shape, -1)
+
+    def history_profiles(self, seqs: Tensor) -> Tensor:
+        """(B, L) right-padded item ids -> (B, L, n_intents): at each position, the summed profile
+        weights of the items read so far, its own included (padding, item 0, has no profile)."""
+        dense = torch.zeros(self.cfg.n_items + 1, self.n_intents, device=seqs.device)
+        dense.scatter_add_(1, self.profile_ids, self.profile_weights)
+        return dense[seqs].cumsum(dim=1)
 
     def item_table(self) -> Tensor:
         return self.item_emb.weight + self._intent_part(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))

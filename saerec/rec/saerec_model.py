@@ -34,7 +34,9 @@ class IntentConfig:
     the paper's equations: its personal retrieval reads the position's input item embedding
     (``item``) instead of the transformer state (``state``, eq. 3), and it fuses the branches as
     ``a + softmax(a . [b, c] / sqrt(d)) [b, c]``, a residual on the self-attention state
-    (``residual``), instead of eq. (6)'s adaptive fusion (``adaptive``).
+    (``residual``), instead of eq. (6)'s adaptive fusion (``adaptive``). ``history`` (grounded
+    items only) retrieves the k intents with the most weight in the profiles of the items read
+    so far, the position's own included: the text's evidence instead of a learned similarity.
     """
 
     k: int = 5
@@ -43,7 +45,7 @@ class IntentConfig:
     public: bool = True
     fusion: bool = True
     ema: bool = True
-    query: Literal["state", "item"] = "state"
+    query: Literal["state", "item", "history"] = "state"
     fusion_rule: Literal["adaptive", "residual"] = "adaptive"
 
     def __post_init__(self) -> None:
@@ -51,8 +53,8 @@ class IntentConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not 0.0 <= self.ema_beta < 1.0:
             raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
-        if self.query not in ("state", "item") or self.fusion_rule not in ("adaptive", "residual"):
-            raise ValueError(f"query must be state or item and fusion_rule adaptive or residual, got "
+        if self.query not in ("state", "item", "history") or self.fusion_rule not in ("adaptive", "residual"):
+            raise ValueError(f"query must be state, item or history and fusion_rule adaptive or residual, got "
                              f"{self.query!r} and {self.fusion_rule!r}")
 
 
@@ -109,11 +111,15 @@ class AdaptiveFusion(nn.Module):
 class SAERec(SASRec):
     """SASRec states refined by personal/public intent attention and adaptive fusion."""
 
+    reads_profiles = False  # grounded models (saerec.rec.grounded) hold item profiles
+
     def __init__(self, cfg: EncoderConfig, intents: Tensor, icfg: IntentConfig) -> None:
         if intents.dim() != 2 or intents.shape[0] < 1:
             raise ValueError(f"intents must be a non-empty (n_intents, D) matrix, got shape {tuple(intents.shape)}")
         if icfg.k > intents.shape[0]:
             raise ValueError(f"k={icfg.k} exceeds the number of intents ({intents.shape[0]})")
+        if icfg.query == "history" and not self.reads_profiles:
+            raise ValueError("query='history' retrieves from item profiles: it needs a grounded model")
         super().__init__(cfg)
         self.icfg = icfg
         self.register_buffer("intent_vectors", intents.detach().float().clone())
@@ -135,38 +141,49 @@ class SAERec(SASRec):
         """Eq. (3): p_i = W_m v_i for every intent, (n_intents, d)."""
         return self.intent_proj(self.intent_vectors)
 
-    def personal_ids(self, states: Tensor, projected: Tensor) -> Tensor:
-        """Eq. (3): top-k intents by cosine(h, p_i) (+ any steering bias), (N, k) indices."""
+    def personal_ids(self, queries: Tensor, projected: Tensor) -> Tensor:
+        """Eq. (3): top-k intents by cosine(h, p_i) (+ any steering bias), (N, k) indices; with
+        history retrieval the queries are already per-intent scores (N, n_intents)."""
         with torch.no_grad():
-            cos = F.normalize(states, dim=-1) @ F.normalize(projected, dim=-1).T
-            return (cos + self.steer_bias).topk(self.icfg.k, dim=-1).indices
+            scores = queries if self.icfg.query == "history" else (
+                F.normalize(queries, dim=-1) @ F.normalize(projected, dim=-1).T)
+            return (scores + self.steer_bias).topk(self.icfg.k, dim=-1).indices
 
     def public_ids(self) -> Tensor:
         """The k intents with the highest public score (EMA or raw counts), (k,) indices."""
         return self.public_score.topk(self.icfg.k).indices
 
-    def update_public(self, user_states: Tensor, projected: Tensor) -> None:
+    def update_public(self, user_queries: Tensor, projected: Tensor) -> None:
         """Eq. (4): f <- beta f + (1 - beta) a, a_i = fraction of users whose personal top-k holds i.
 
         noEMA keeps raw cumulative retrieval counts instead.
         """
-        ids = self.personal_ids(user_states, projected)
+        ids = self.personal_ids(user_queries, projected)
         counts = torch.bincount(ids.flatten(), minlength=self.n_intents).to(self.public_score.dtype)
         if self.icfg.ema:
             beta = self.icfg.ema_beta
-            self.public_score.mul_(beta).add_(counts / user_states.shape[0], alpha=1.0 - beta)
+            self.public_score.mul_(beta).add_(counts / user_queries.shape[0], alpha=1.0 - beta)
         else:
             self.public_score.add_(counts)
 
-    def queries(self, states: Tensor, items: Tensor) -> Tensor:
-        """What personal retrieval compares with the intents: the states, or the input items' embeddings."""
+    def retrieval_context(self, seqs: Tensor) -> Tensor | None:
+        return self.history_profiles(seqs) if self.icfg.query == "history" else None
+
+    def queries(self, states: Tensor, items: Tensor, context: Tensor | None = None) -> Tensor:
+        """What personal retrieval reads: the states, the input items' embeddings, or the
+        positions' history profiles (``context``)."""
+        if self.icfg.query == "history":
+            if context is None:
+                raise ValueError("history retrieval needs each position's history profile (retrieval_context)")
+            return context
         return states if self.icfg.query == "state" else self.item_vectors(items)
 
-    def branches(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> list[Tensor]:
+    def branches(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor,
+                 context: Tensor | None = None, user_context: Tensor | None = None) -> list[Tensor]:
         """[O_self, O_per, O_pub] for the enabled branches; updates the public score when training."""
         projected = self.projected_intents()
         if self.training:
-            self.update_public(self.queries(users, user_items), projected)
+            self.update_public(self.queries(users, user_items, user_context), projected)
         out = [tokens]
         if self.icfg.personal:
             if self.icfg.k >= self.n_intents:
@@ -174,7 +191,7 @@ class SAERec(SASRec):
                 # one shared index list replaces a gathered (N, k, d) table per query.
                 ids = torch.arange(self.n_intents, device=tokens.device)
             else:
-                ids = self.personal_ids(self.queries(tokens, items), projected)
+                ids = self.personal_ids(self.queries(tokens, items, context), projected)
             out.append(self.personal_attn(tokens, projected, ids, self.steer_bias[ids]))
         if self.icfg.public:
             ids = self.public_ids()
@@ -196,8 +213,9 @@ class SAERec(SASRec):
             return fused, torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
         return self.fusion(stacked)
 
-    def refine(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> Tensor:
-        return self.fuse(self.branches(tokens, items, users, user_items))[0]
+    def refine(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor,
+               context: Tensor | None = None, user_context: Tensor | None = None) -> Tensor:
+        return self.fuse(self.branches(tokens, items, users, user_items, context, user_context))[0]
 
     @torch.no_grad()
     def explain(self, seqs: Tensor, lengths: Tensor) -> dict[str, Tensor]:
@@ -207,9 +225,12 @@ class SAERec(SASRec):
         states = self.encode(seqs, lengths)
         rows = torch.arange(seqs.shape[0], device=seqs.device)
         last, last_items = states[rows, lengths - 1], seqs[rows, lengths - 1]
+        context = self.retrieval_context(seqs)
+        context = None if context is None else context[rows, lengths - 1]
         projected = self.projected_intents()
-        _, alpha = self.fuse(self.branches(last, last_items, last, last_items))
-        return {"personal": self.personal_ids(self.queries(last, last_items), projected), "public": self.public_ids(),
+        _, alpha = self.fuse(self.branches(last, last_items, last, last_items, context, context))
+        return {"personal": self.personal_ids(self.queries(last, last_items, context), projected),
+                "public": self.public_ids(),
                 "weights": alpha}
 
 

@@ -124,10 +124,18 @@ class SASRec(nn.Module):
         """The representations of the items ``ids`` (any shape), as ``item_table()[ids]``."""
         return self.item_emb(ids)
 
-    def refine(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor) -> Tensor:
+    def retrieval_context(self, seqs: Tensor) -> Tensor | None:
+        """Hook: a (B, L, c) tensor per position that ``refine`` receives at the positions it
+        refines (SAERec's history retrieval reads each position's summed history profile); None
+        for models that need none."""
+        return None
+
+    def refine(self, tokens: Tensor, items: Tensor, users: Tensor, user_items: Tensor,
+               context: Tensor | None = None, user_context: Tensor | None = None) -> Tensor:
         """Hook for models that post-process per-position states: ``tokens`` (N, d) with the input
         item id at each position ``items`` (N,), and each sequence's last state ``users`` (B, d)
-        and last item ``user_items`` (B,). SASRec uses the states as they are."""
+        and last item ``user_items`` (B,); ``context`` and ``user_context`` are
+        ``retrieval_context`` at the same positions. SASRec uses the states as they are."""
         return tokens
 
     def forward(self, seqs: Tensor, lengths: Tensor, targets: Tensor | None = None,
@@ -142,12 +150,15 @@ class SASRec(nn.Module):
         states = self.encode(seqs, lengths)
         rows = torch.arange(seqs.shape[0], device=seqs.device)
         last, last_items = states[rows, lengths - 1], seqs[rows, lengths - 1]
+        context = self.retrieval_context(seqs)
+        last_context = None if context is None else context[rows, lengths - 1]
         if last_only:
-            return self.refine(last, last_items, last, last_items)
+            return self.refine(last, last_items, last, last_items, last_context, last_context)
         mask = torch.arange(seqs.shape[1], device=seqs.device).unsqueeze(0) < lengths.unsqueeze(1)
         if targets is not None:
             mask = mask & (targets > 0)
-        reps = self.refine(states[mask], seqs[mask], last, last_items)
+        reps = self.refine(states[mask], seqs[mask], last, last_items,
+                           None if context is None else context[mask], last_context)
         if targets is None:
             return reps
         return full_softmax_cross_entropy(reps, self.item_table()[1:], targets[mask] - 1)

@@ -84,6 +84,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("grounded-all", "Grounded SASRec over every SAE latent (no judge)", "all", model="grounded"),
     Variant("saerec-grounded", "SAERec (paper eqs. 3-8) over grounded items, attention on the same free intent "
             "vectors", "judged", model="grounded-attention"),
+    Variant("saerec-grounded-history", "SAERec over grounded items, personal intents retrieved from the history "
+            "items' profiles", "judged", {"query": "history"}, model="grounded-attention"),
     Variant("grounded-random", "Grounded SASRec, random profiles (control: same counts and weights)", "random",
             model="grounded"),
     Variant("grounded-kmeans", "Grounded SASRec, k-means profiles (control: same counts and weights)", "kmeans",
@@ -95,8 +97,8 @@ NAMES: tuple[str, ...] = tuple(VARIANTS)
 # The model whose k, review drop and judge the sweep's one-factor studies vary.
 FULL_MODEL = "saerec"
 # Which trained variant's lists evaluate explains and steers: the first of these that was trained.
-EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "saerec-grounded", "saerec", "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans",
-                 "random")
+EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "saerec-grounded", "saerec-grounded-history", "saerec",
+                 "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans", "random")
 
 
 def variant(name: str) -> Variant:
