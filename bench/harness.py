@@ -55,13 +55,13 @@ def sized_overrides(n_latents: int | None, judge_latents: int | None = 256) -> l
             *([f"judge.max_latents={judge_latents}"] if judge_latents else [])]
 
 
-def seed_sized_run(main: Config, sized: Config) -> None:
-    """Copy the main chain's published prepare and embed into a sized run, so that it re-runs
-    only train_sae and what follows (a run folder is relocatable; the fingerprints match)."""
+def seed_sized_run(main: Config, sized: Config, stages: tuple[str, ...] = SEEDED_STAGES) -> None:
+    """Copy the main chain's published ``stages`` (prepare and embed) into a sized run, so that it
+    re-runs only what follows (a run folder is relocatable; the fingerprints match)."""
     if sized.run.name == main.run.name:
         return
     main_store, sized_store = Store(main.storage.uri), Store(sized.storage.uri)
-    for stage in SEEDED_STAGES:
+    for stage in stages:
         source, target = Path(main_store.join(main.run.name, stage)), Path(sized_store.join(sized.run.name, stage))
         if target.exists():
             continue
@@ -145,6 +145,13 @@ def read_parts(folder: Path) -> dict[str, dict[str, Any]]:
 def mean_std(rows: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, float]]:
     return {m: {"mean": float(np.mean([r["test"][m] for r in rows])), "std": float(np.std([r["test"][m] for r in rows])),
                 "n": len(rows)} for m in metrics}
+
+
+def spread(values: Any) -> dict[str, Any]:
+    """How many scores, their mean and quartiles (None when there are none): detection tables."""
+    found = np.array([v for v in values if v is not None], dtype=float)
+    return {"latents": int(len(found)), "mean": round(float(found.mean()), 4) if len(found) else None,
+            "quartiles": [round(float(q), 3) for q in np.quantile(found, [0.25, 0.5, 0.75])] if len(found) else None}
 
 
 def part_path(folder: Path, cell: str) -> Path:

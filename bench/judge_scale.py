@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
-                           run_chain, seed_sized_run, sized_overrides)
+                           run_chain, seed_sized_run, sized_overrides, spread)
 from saerec import artifacts  # noqa: E402
 
 STAGES = ("prepare", "embed", "train_sae", "explain", "judge")
@@ -110,10 +110,7 @@ def main() -> int:
         "latents_per_s": round(args.sae_latents / (wall["explain"] + wall["judge"]), 3),
         "target_latents_per_s": 4.5,
         "verdicts": verdicts, "screened_out": judged["screened_out"], "kept": judged["kept"],
-        "detection": {"latents": int(len(detection)),
-                      "mean": round(float(detection.mean()), 4) if len(detection) else None,
-                      "quartiles": [round(float(q), 3) for q in np.quantile(detection, [0.25, 0.5, 0.75])]
-                      if len(detection) else None},
+        "detection": spread(detection),
         "side_by_side": side_by_side(published, args.sample, cfg.seed),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

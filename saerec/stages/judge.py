@@ -38,7 +38,7 @@ from saerec import artifacts, schemas
 from saerec.config import JudgeSection
 from saerec.intents import engine_requests as er
 from saerec.intents.detection import EmbeddingDetector
-from saerec.intents.judges import LocalJudge
+from saerec.intents.judges import LocalJudge, resolve_local_model
 from saerec.intents.prompts import JudgePrompts
 from saerec.intents.quality import balanced_accuracy, planted_intent_recovery
 from saerec.intents.verdicts import (ALL_VERDICTS, CANNOT_TELL, parse_detection, parse_summary, parse_verdict,
@@ -85,10 +85,17 @@ class LocalJudgeActor:
         self.keep = set(cfg.keep)
         self.detection = cfg.detection
         self.prescreen = cfg.prescreen
-        self.judge = LocalJudge(JudgePrompts.load(cfg.domain), model=model, batch_size=cfg.batch_size,
+        prompts = JudgePrompts.load(cfg.domain)
+        self.judge = LocalJudge(prompts, model=model, batch_size=cfg.batch_size,
                                 max_new_tokens=cfg.max_new_tokens, no_repeat_words=cfg.no_repeat_words,
                                 device=cfg.device, scoring=cfg.scoring,
                                 null_pool=null_pool, null_lists=cfg.null_lists, seed=seed)
+        # A larger model may write the summaries while the small one keeps the cheap batched
+        # scoring (coherence, verdicts): at 16,384 Beauty latents Qwen2.5-0.5B's summaries are
+        # detected at 0.71 against SmolLM2's 0.67 (bench/detection.py).
+        self.summariser = self.judge if cfg.summary_model is None else LocalJudge(
+            prompts, model=cfg.summary_model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+            no_repeat_words=cfg.no_repeat_words, device=cfg.device, scoring="prompt")
         if cfg.detection and cfg.detection_scoring == "embedding":
             self.detect, self.threshold = EmbeddingDetector(cfg.detection_encoder, cfg.device), None
         else:
@@ -109,7 +116,7 @@ class LocalJudgeActor:
         verdicts = ["No"] * len(words)
         detection: list[float | None] = [None] * len(words)
         if todo:
-            found = self.judge.summarise([words[i] for i in todo])
+            found = self.summariser.summarise([words[i] for i in todo])
             judged = self.judge.classify(found, [words[i] for i in todo], [z[i] for i in todo] if scored else None)
             for i, summary, verdict in zip(todo, found, judged):
                 summaries[i], verdicts[i] = summary, verdict
@@ -263,7 +270,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.prescreen is not None and cfg.backend != "local":
         raise StageError(f"judge.prescreen needs judge.backend=local (a served judge gives no coherence scores), "
                          f"got backend {cfg.backend!r}")
+    if cfg.summary_model is not None and cfg.backend != "local":
+        raise StageError(f"judge.summary_model needs judge.backend=local (a served judge writes its own summaries), "
+                         f"got backend {cfg.backend!r}")
     model = judge_model(cfg)
+    if cfg.backend == "local":
+        for key, name in (("judge.model", model), ("judge.summary_model", cfg.summary_model)):
+            try:
+                if name is not None:
+                    resolve_local_model(name)
+            except ValueError as exc:
+                raise StageError(f"{key}: {exc}") from None
     explained = artifacts.read_table(ctx.input("explain"), artifacts.LATENTS)
     order = judging_order(explained.column("frequency").to_numpy(), cfg.max_latents)
     todo = explained.select(list(JUDGE_COLUMNS)).take(pa.array(order))
@@ -308,7 +325,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     counts = Counter(v for v in verdict if v is not None)
     scored = [d for d in detection if d is not None]
     metrics: dict[str, Any] = {
-        "backend": cfg.backend, "model": model, "latents": len(latents), "judged": len(results),
+        "backend": cfg.backend, "model": model, "summary_model": cfg.summary_model or model,
+        "latents": len(latents), "judged": len(results),
         "kept": int(kept.sum()), "keep": list(keep),
         **{f"verdict_{v.lower().replace(' ', '_')}": counts.get(v, 0) for v in ALL_VERDICTS},
         "prescreen": cfg.prescreen, "screened_out": int(sum(screened)),
