@@ -15,6 +15,7 @@ with ``judge.prescreen`` and ``judge.concurrency`` actors. Printed and written t
     what is kept).
 
 Usage: python bench/judge_scale.py [--sae-latents 16384] [--prescreen 2.0] [--concurrency 2] [--sample 96]
+       [--summary-model PATH] [--out bench/results/judge_scale.json]
 """
 from __future__ import annotations
 
@@ -81,15 +82,18 @@ def main() -> int:
     p.add_argument("--sae-latents", type=int, default=16384)
     p.add_argument("--prescreen", type=float, default=2.0, help="judge.prescreen (coherence z)")
     p.add_argument("--concurrency", type=int, default=2, help="judge actors (judge.concurrency)")
-    p.add_argument("--sample", type=int, default=96, help="latents judged side by side, prescreen off and on")
+    p.add_argument("--sample", type=int, default=96, help="latents judged side by side, prescreen off and on (0: none)")
+    p.add_argument("--summary-model", default=None, help="judge.summary_model (e.g. the Qwen2.5-Coder-0.5B GGUF)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge_scale.json")
     args = p.parse_args()
     check_beauty_args(args)
-    if args.sae_latents < 2 or args.concurrency < 1 or args.sample < 1:
-        raise SystemExit("--sae-latents must be >= 2, --concurrency and --sample >= 1")
+    if args.sae_latents < 2 or args.concurrency < 1 or args.sample < 0:
+        raise SystemExit("--sae-latents must be >= 2, --concurrency >= 1 and --sample >= 0")
     cfg = beauty_config(args.data_dir, args.work_dir, [*sized_overrides(args.sae_latents, judge_latents=None),
                                                        f"judge.prescreen={args.prescreen}",
-                                                       f"judge.concurrency={args.concurrency}"])
+                                                       f"judge.concurrency={args.concurrency}",
+                                                       *([f"judge.summary_model={args.summary_model}"]
+                                                         if args.summary_model else [])])
     seed_sized_run(beauty_config(args.data_dir, args.work_dir), cfg)
     run_chain(cfg, STAGES)
     published = Published(cfg)
@@ -104,28 +108,32 @@ def main() -> int:
         "sae": {"latents": args.sae_latents, "alive": explained["alive_latents"], "texts": explained["texts"],
                 **{k: manifests["train_sae"]["metrics"].get(k) for k in ("fvu", "l0", "dead_pct")}},
         "judge": {"prescreen": args.prescreen, "concurrency": args.concurrency, "cpus_per_actor": cfg.judge.cpus_per_actor,
-                  "model": judged["model"], "scoring": cfg.judge.scoring},
+                  "model": judged["model"], "summary_model": judged.get("summary_model"),
+                  "scoring": cfg.judge.scoring},
         "wall_s": wall,
         "explain_judge_s": round(wall["explain"] + wall["judge"], 1),
         "latents_per_s": round(args.sae_latents / (wall["explain"] + wall["judge"]), 3),
         "target_latents_per_s": 4.5,
         "verdicts": verdicts, "screened_out": judged["screened_out"], "kept": judged["kept"],
         "detection": spread(detection),
-        "side_by_side": side_by_side(published, args.sample, cfg.seed),
+        "side_by_side": side_by_side(published, args.sample, cfg.seed) if args.sample else None,
+        "command": "python " + " ".join(sys.argv),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    s = result["side_by_side"]
     print(f"\nSAE {args.sae_latents} latents ({result['sae']['alive']} alive, FVU {result['sae']['fvu']}); "
           f"train_sae {wall['train_sae']:.0f}s, explain {wall['explain']:.0f}s, judge {wall['judge']:.0f}s")
     print(f"explain + judge: {result['explain_judge_s']:.0f}s = {result['latents_per_s']:.2f} latents/s "
           f"(target {result['target_latents_per_s']}); verdicts {verdicts}; screened out {result['screened_out']}, "
           f"kept {result['kept']}; detection {result['detection']}")
-    print(f"{'sample of ' + str(s['sample']):>26} {'seconds':>8} {'latents/s':>9} {'ratio':>6} {'kept':>5} {'detection':>9}")
-    for arm, *_ in ARMS:
-        print(f"{arm:>26} {s[arm]['seconds']:8.1f} {s[arm]['latents_per_s']:9.3f} {s['speedup_vs_no_prescreen'][arm]:6.2f} "
-              f"{len(s[arm]['kept']):5d} {str(s[arm]['detection_mean']):>9}")
-    print(f"same kept latents with and without the prescreen: {s['same_kept']}\nwrote {args.out}")
+    s = result["side_by_side"]
+    if s:
+        print(f"{'sample of ' + str(s['sample']):>26} {'seconds':>8} {'latents/s':>9} {'ratio':>6} {'kept':>5} {'detection':>9}")
+        for arm, *_ in ARMS:
+            print(f"{arm:>26} {s[arm]['seconds']:8.1f} {s[arm]['latents_per_s']:9.3f} {s['speedup_vs_no_prescreen'][arm]:6.2f} "
+                  f"{len(s[arm]['kept']):5d} {str(s[arm]['detection_mean']):>9}")
+        print(f"same kept latents with and without the prescreen: {s['same_kept']}")
+    print(f"wrote {args.out}")
     return 0
 
 
