@@ -83,13 +83,6 @@ class GroundedItems:
                                per_sample_weights=self.profile_weights[flat])
         return part.view(*ids.shape, -1)
 
-    def history_profiles(self, seqs: Tensor) -> Tensor:
-        """(B, L) right-padded item ids -> (B, L, n_intents): at each position, the summed profile
-        weights of the items read so far, its own included (padding, item 0, has no profile)."""
-        dense = torch.zeros(self.cfg.n_items + 1, self.n_intents, device=seqs.device)
-        dense.scatter_add_(1, self.profile_ids, self.profile_weights)
-        return dense[seqs].cumsum(dim=1)
-
     def item_table(self) -> Tensor:
         return self.item_emb.weight + self._intent_part(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))
 
@@ -149,6 +142,15 @@ class GroundedSAERec(GroundedItems, SAERec):
         super().__init__(cfg, intents, icfg)
         self._keep_profiles(profiles, intents.shape[0])
         self.intent_emb = None if projected else nn.Parameter(torch.randn(intents.shape[0], cfg.d) * cfg.init_std)
+        if icfg.query == "history":  # the profiles as one dense (items, intents) table, built once
+            dense = torch.zeros(cfg.n_items + 1, intents.shape[0])
+            self.register_buffer("profile_table", dense.scatter_add_(1, self.profile_ids, self.profile_weights),
+                                 persistent=False)
+
+    def history_profiles(self, seqs: Tensor) -> Tensor:
+        """(B, L) right-padded item ids -> (B, L, n_intents): at each position, the summed profile
+        weights of the items read so far, its own included (padding, item 0, has no profile)."""
+        return self.profile_table[seqs].cumsum(dim=1)
 
     def intent_table(self) -> Tensor:
         return self.projected_intents()
