@@ -15,7 +15,7 @@ with ``judge.prescreen`` and ``judge.concurrency`` actors. Printed and written t
     what is kept).
 
 Usage: python bench/judge_scale.py [--sae-latents 16384] [--prescreen 2.0] [--concurrency 2] [--sample 96]
-       [--summary-model PATH] [--out bench/results/judge_scale.json]
+       [--summary-model PATH] [--summary-candidates N] [--out bench/results/judge_scale.json]
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=2, help="judge actors (judge.concurrency)")
     p.add_argument("--sample", type=int, default=96, help="latents judged side by side, prescreen off and on (0: none)")
     p.add_argument("--summary-model", default=None, help="judge.summary_model (e.g. the Qwen2.5-Coder-0.5B GGUF)")
+    p.add_argument("--summary-candidates", type=int, default=1, help="judge.summary_candidates")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge_scale.json")
     args = p.parse_args()
     check_beauty_args(args)
@@ -93,7 +94,8 @@ def main() -> int:
                                                        f"judge.prescreen={args.prescreen}",
                                                        f"judge.concurrency={args.concurrency}",
                                                        *([f"judge.summary_model={args.summary_model}"]
-                                                         if args.summary_model else [])])
+                                                         if args.summary_model else []),
+                                                       f"judge.summary_candidates={args.summary_candidates}"])
     seed_sized_run(beauty_config(args.data_dir, args.work_dir), cfg)
     run_chain(cfg, STAGES)
     published = Published(cfg)
@@ -109,6 +111,7 @@ def main() -> int:
                 **{k: manifests["train_sae"]["metrics"].get(k) for k in ("fvu", "l0", "dead_pct")}},
         "judge": {"prescreen": args.prescreen, "concurrency": args.concurrency, "cpus_per_actor": cfg.judge.cpus_per_actor,
                   "model": judged["model"], "summary_model": judged.get("summary_model"),
+                  "summary_candidates": judged.get("summary_candidates", 1),
                   "scoring": cfg.judge.scoring},
         "wall_s": wall,
         "explain_judge_s": round(wall["explain"] + wall["judge"], 1),

@@ -150,6 +150,7 @@ class JudgeSection:
     null_lists: int = _bounded(128, lo=2)  # likelihood scoring: random word lists behind the coherence z-score
     prescreen: float | None = None  # local backend: latents whose coherence z is below this get no summary, verdict No
     summary_model: str | None = None  # local backend: a second model (file, folder or hub id) that writes the summaries; null = judge.model
+    summary_candidates: int = _bounded(1, lo=1)  # local backend: candidate summaries per latent; the one that fires the latent most in the SAE is kept
 
 
 def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> None:

@@ -94,6 +94,37 @@ def test_batched_summary_without_repeats_equals_generate_with_the_word_ban(judge
         assert text == judge.tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+def test_each_summary_candidate_is_generate_continuing_one_of_the_best_first_tokens(repeats_allowed):
+    """Branch b of a latent is greedy decoding after the b-th most likely first token; the greedy
+    summary is the first candidate."""
+    judge, n = repeats_allowed, 3
+    requests = [judge.prompts.summary_request(words) for words in LATENTS]
+    branched = judge._generate("summarise", requests, n)
+    assert [texts[0] for texts in branched] == judge._greedy("summarise", requests)
+    for messages, texts in zip(requests, branched):
+        ids = full_prompt_ids(judge, messages)
+        with torch.inference_mode():
+            firsts = judge.model(ids).logits[0, -1].topk(n).indices
+        expected = []
+        for first in firsts.tolist():
+            start = torch.cat([ids, torch.tensor([[first]])], dim=1)
+            with torch.inference_mode():
+                out = judge.model.generate(start, attention_mask=torch.ones_like(start), max_new_tokens=7,
+                                           do_sample=False)
+            expected.append(judge.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        assert texts == expected
+
+
+def test_summary_candidates_are_distinct_parsed_summaries_greedy_first(judge):
+    candidates = judge.summary_candidates(LATENTS, 4)
+    assert [found[0] for found in candidates] == judge.summarise(LATENTS)
+    for found, words in zip(candidates, LATENTS):
+        assert 1 <= len(found) <= 4 and len(set(found)) == len(found)
+        assert all(text == CANNOT_TELL or not repeats_a_word(text) for text in found)
+    with pytest.raises(ValueError, match="branches must be >= 1"):
+        judge.summary_candidates(LATENTS, 0)
+
+
 def test_summaries_of_lists_that_made_greedy_decoding_repeat_no_longer_repeat(judge, repeats_allowed):
     assert all(repeats_a_word(text) for text in repeats_allowed.raw_summaries(REPEATING))
     judge.no_repeat_words = True

@@ -180,6 +180,18 @@ class LocalJudge:
         """What the model writes for each latent's summary prompt, before ``parse_summary``."""
         return self._greedy("summarise", [self.prompts.summary_request(latent_words) for latent_words in words])
 
+    def summary_candidates(self, words: Sequence[Sequence[str]], n: int) -> list[list[str]]:
+        """Up to ``n`` distinct parsed summaries per latent, the greedy one first: greedy
+        continuations of the ``n`` most likely first tokens. They differ in how they start
+        ("retinol ...", "anti-aging ...", "wrinkle ..."), which is where a small model's one
+        greedy choice most often goes astray; "Cannot Tell" is a candidate like any other."""
+        requests = [self.prompts.summary_request(latent_words) for latent_words in words]
+        out = []
+        for texts, latent_words in zip(self._generate("summarise", requests, n), words):
+            parsed = [parse_summary(text, words=latent_words) for text in texts]
+            out.append(list(dict.fromkeys(parsed)))
+        return out
+
     def classify(self, summaries: Sequence[str], words: Sequence[Sequence[str]],
                  coherence_z: Sequence[float] | None = None) -> list[str]:
         """Verdicts; ``coherence_z`` (one per list) saves likelihood scoring from computing it again."""
@@ -325,16 +337,25 @@ class LocalJudge:
         return out
 
     def _greedy(self, prompt: str, requests: list[list[Message]]) -> list[str]:
-        answers: list[str] = [""] * len(requests)
+        return [texts[0] for texts in self._generate(prompt, requests, 1)]
+
+    def _generate(self, prompt: str, requests: list[list[Message]], branches: int) -> list[list[str]]:
+        """Per request, the greedy continuations of its ``branches`` most likely first tokens."""
+        if branches < 1:
+            raise ValueError(f"branches must be >= 1, got {branches}")
+        answers: list[list[str]] = [[] for _ in requests]
         for rows, ids, lengths, cache in self._batches(prompt, requests):
             with torch.inference_mode():
-                tokens = self._decode(ids, lengths, cache)
-            for row, row_tokens in zip(rows, tokens):
-                answers[row] = self.tokenizer.decode(row_tokens, skip_special_tokens=True)
+                tokens = self._decode(ids, lengths, cache, branches)
+            for slot, row in enumerate(rows):
+                answers[row] = [self.tokenizer.decode(found, skip_special_tokens=True)
+                                for found in tokens[slot * branches:(slot + 1) * branches]]
         return answers
 
-    def _decode(self, ids: Tensor, lengths: Tensor, cache: object) -> list[list[int]]:
-        """Greedy continuation of right-padded suffixes after the cached prefix.
+    def _decode(self, ids: Tensor, lengths: Tensor, cache: object, branches: int = 1) -> list[list[int]]:
+        """Greedy continuation of right-padded suffixes after the cached prefix; with ``branches``
+        > 1 each row first takes its ``branches`` best first tokens and every branch then goes on
+        greedily (rows ``r * branches + b``), sharing the row's prompt cache.
 
         With ``no_repeat_words``, ``NoRepeatedWords`` sees the tokens generated so far (not the
         prompt) before each argmax, as a logits processor does in ``generate`` when it is given
@@ -348,12 +369,21 @@ class LocalJudge:
         hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                        cache=cache, use_cache=True).last_hidden_state
         logits = self.model.get_output_embeddings()(_at_last(hidden, lengths))
-        produced: list[list[int]] = [[] for _ in range(ids.shape[0])]
-        generated = torch.empty((ids.shape[0], 0), dtype=torch.long, device=self.device)
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         next_positions = prefix_len + lengths
-        for _ in range(self.max_new_tokens):
-            token = (logits if ban is None else ban(generated, logits)).argmax(dim=-1)
+        if branches > 1:
+            cache.batch_repeat_interleave(branches)
+            mask = mask.repeat_interleave(branches, dim=0)
+            next_positions = next_positions.repeat_interleave(branches)
+        width = ids.shape[0] * branches
+        produced: list[list[int]] = [[] for _ in range(width)]
+        generated = torch.empty((width, 0), dtype=torch.long, device=self.device)
+        done = torch.zeros(width, dtype=torch.bool, device=self.device)
+        for step in range(self.max_new_tokens):
+            if step == 0:
+                first = logits if ban is None else ban(generated[::branches], logits)
+                token = first.topk(branches, dim=-1).indices.reshape(-1)
+            else:
+                token = (logits if ban is None else ban(generated, logits)).argmax(dim=-1)
             generated = torch.cat([generated, token[:, None]], dim=1)
             for row, value in enumerate(token.tolist()):
                 if not done[row]:
@@ -361,7 +391,7 @@ class LocalJudge:
             done |= torch.isin(token, torch.tensor(sorted(self._stop_ids), device=self.device))
             if bool(done.all()):
                 break
-            mask = torch.cat([mask, torch.ones(ids.shape[0], 1, dtype=torch.long, device=self.device)], dim=1)
+            mask = torch.cat([mask, torch.ones(width, 1, dtype=torch.long, device=self.device)], dim=1)
             hidden = self.model.base_model(input_ids=token[:, None], attention_mask=mask,
                                            position_ids=next_positions[:, None], cache=cache,
                                            use_cache=True).last_hidden_state

@@ -60,6 +60,15 @@ def copies_the_list(text: str, words: Iterable[str]) -> bool:
     return bool(listed) and len(items) >= 2 and set(words_of(text)) <= listed
 
 
+def only_lists_words(text: str, words: Iterable[str], at_least: int = 4) -> bool:
+    """Whether ``text`` is ``at_least`` or more words, every one of them one of ``words``:
+    "pura ar dhc dor cu toolz" names no theme, even without commas. Shorter phrases of list
+    words ("nail polish") often do, so ``parse_summary`` keeps those."""
+    listed = {found for word in words for found in words_of(str(word))}
+    found = words_of(text)
+    return len(found) >= at_least and set(found) <= listed
+
+
 def words_of(text: str) -> list[str]:
     """The words the summary rules compare: runs of two or more letters or digits, lowercased."""
     return [run for run in WORD_RUN.findall(text.lower()) if len(run) >= 2]

@@ -16,7 +16,10 @@ cosine of sentence embeddings (``judge.detection_scoring=embedding``, the defaul
 ``saerec.intents.detection``) or by the judge LM itself (``judge``).
 With ``judge.prescreen`` (local backend) a latent whose words' coherence z-score is below the
 threshold, or that fires on no text, is screened out first: no summary, verdict No, and the
-features table says so (``prescreen_score``, ``screened_out``).
+features table says so (``prescreen_score``, ``screened_out``). With ``judge.summary_candidates``
+n > 1 (local backend) the summariser writes n candidates per latent and the one whose embedding,
+by the encoder the SAE was trained on (``embed.model``), fires the latent most is its summary
+(``saerec.intents.selection``).
 
 Writes the artifacts ``FEATURES`` (``schemas.JUDGED_FEATURES``) and ``INTENTS`` (the kept
 latents' vectors (n, D) and ids, with their summaries and words).
@@ -35,12 +38,13 @@ import ray
 import torch
 
 from saerec import artifacts, schemas
-from saerec.config import JudgeSection
+from saerec.config import EmbedSection, JudgeSection
 from saerec.intents import engine_requests as er
 from saerec.intents.detection import EmbeddingDetector
 from saerec.intents.judges import LocalJudge, resolve_local_model
 from saerec.intents.prompts import JudgePrompts
 from saerec.intents.quality import balanced_accuracy, planted_intent_recovery
+from saerec.intents.selection import ActivationSelector
 from saerec.intents.verdicts import (ALL_VERDICTS, CANNOT_TELL, parse_detection, parse_summary, parse_verdict,
                                      validate_keep)
 from saerec.pipeline import Stage, StageContext, StageError
@@ -80,7 +84,10 @@ class LocalJudgeActor:
     never fire, are verdict No, without summary.
     """
 
-    def __init__(self, cfg: JudgeSection, model: str, threads: int, null_pool: list[str], seed: int) -> None:
+    def __init__(self, cfg: JudgeSection, model: str, threads: int, null_pool: list[str], seed: int,
+                 selection: dict[str, Any] | None = None) -> None:
+        """``selection`` (with ``judge.summary_candidates`` > 1): the SAE's ``W_enc``, ``b_enc``,
+        ``b_pre`` and the ``encoder`` section (``EmbedSection``) the SAE's inputs were embedded with."""
         torch.set_num_threads(threads)
         self.keep = set(cfg.keep)
         self.detection = cfg.detection
@@ -96,10 +103,23 @@ class LocalJudgeActor:
         self.summariser = self.judge if cfg.summary_model is None else LocalJudge(
             prompts, model=cfg.summary_model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
             no_repeat_words=cfg.no_repeat_words, device=cfg.device, scoring="prompt")
+        self.candidates = cfg.summary_candidates
+        self.select = None
+        if self.candidates > 1:
+            if selection is None:
+                raise ValueError("judge.summary_candidates > 1 needs the SAE and its encoder to choose among them")
+            self.select = ActivationSelector(selection_encoder(selection["encoder"], cfg.device), selection["W_enc"],
+                                             selection["b_enc"], selection["b_pre"])
         if cfg.detection and cfg.detection_scoring == "embedding":
             self.detect, self.threshold = EmbeddingDetector(cfg.detection_encoder, cfg.device), None
         else:
             self.detect, self.threshold = self.judge.detect, self.judge.detection_threshold
+
+    def summaries(self, words: list[list[str]], latents: list[int]) -> list[str]:
+        """The summariser's greedy summary, or the best of its ``summary_candidates``."""
+        if self.select is None:
+            return self.summariser.summarise(words)
+        return self.select(self.summariser.summary_candidates(words, self.candidates), latents, words)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         words = [list(w) for w in batch["words"]]
@@ -116,7 +136,7 @@ class LocalJudgeActor:
         verdicts = ["No"] * len(words)
         detection: list[float | None] = [None] * len(words)
         if todo:
-            found = self.summariser.summarise([words[i] for i in todo])
+            found = self.summaries([words[i] for i in todo], [int(batch["latent"][i]) for i in todo])
             judged = self.judge.classify(found, [words[i] for i in todo], [z[i] for i in todo] if scored else None)
             for i, summary, verdict in zip(todo, found, judged):
                 summaries[i], verdicts[i] = summary, verdict
@@ -129,11 +149,19 @@ class LocalJudgeActor:
                 "prescreen_score": z, "screened_out": ~passed}
 
 
-def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int) -> Any:
+def selection_encoder(embed: EmbedSection, device: str) -> Any:
+    """The encoder the SAE's inputs came from, as the embed stage loads it."""
+    from saerec.text.encoders import load_encoder
+
+    return load_encoder(embed.model, embed.kind, embed.layer, embed.max_length, device=device)
+
+
+def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int,
+                  selection: dict[str, Any] | None = None) -> Any:
     gpus = cfg.num_gpus_per_actor if cfg.device == "cuda" else 0
     return ds.map_batches(LocalJudgeActor, fn_constructor_kwargs={
         "cfg": cfg, "model": model, "threads": max(1, int(cfg.cpus_per_actor)), "null_pool": null_pool,
-        "seed": seed},
+        "seed": seed, "selection": selection},
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), batch_size=cfg.batch_size,
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus, batch_format="numpy")
 
@@ -273,6 +301,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.summary_model is not None and cfg.backend != "local":
         raise StageError(f"judge.summary_model needs judge.backend=local (a served judge writes its own summaries), "
                          f"got backend {cfg.backend!r}")
+    if cfg.summary_candidates > 1 and cfg.backend != "local":
+        raise StageError(f"judge.summary_candidates needs judge.backend=local (a served judge writes one greedy "
+                         f"summary), got backend {cfg.backend!r}")
     model = judge_model(cfg)
     if cfg.backend == "local":
         for key, name in (("judge.model", model), ("judge.summary_model", cfg.summary_model)):
@@ -282,6 +313,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             except ValueError as exc:
                 raise StageError(f"{key}: {exc}") from None
     explained = artifacts.read_table(ctx.input("explain"), artifacts.LATENTS)
+    sae = artifacts.read_sae(ctx.input("train_sae"))
     order = judging_order(explained.column("frequency").to_numpy(), cfg.max_latents)
     todo = explained.select(list(JUDGE_COLUMNS)).take(pa.array(order))
 
@@ -292,7 +324,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ds = ray.data.from_arrow([todo.slice(start, rows) for start in range(0, max(todo.num_rows, 1), rows)])
     if cfg.backend == "local":
         pool = sorted({w for words in explained.column("words").to_pylist() for w in words})
-        judged = judge_locally(ds, cfg, model, pool, ctx.seed)
+        selection = None
+        if cfg.summary_candidates > 1:
+            selection = {"encoder": ctx.sections["embed"], "W_enc": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(),
+                         "b_pre": sae.b_pre.detach()}
+        judged = judge_locally(ds, cfg, model, pool, ctx.seed, selection)
     else:
         judged = judge_served(ds, cfg, model)
     results = collect(judged, ctx, len(order))
@@ -315,7 +351,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "prescreen_score": pa.array(prescreen, pa.float64()), "screened_out": pa.array(screened),
     }, schema=schemas.JUDGED_FEATURES)
     artifacts.write_table(ctx.output, artifacts.FEATURES, features)
-    sae = artifacts.read_sae(ctx.input("train_sae"))
     index = torch.as_tensor(latents[kept], dtype=torch.long)
     artifacts.write_intent_set(ctx.output, artifacts.IntentSet(
         vectors=sae.intent_vectors()[index].detach().float(), latents=latents[kept],
@@ -326,6 +361,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     scored = [d for d in detection if d is not None]
     metrics: dict[str, Any] = {
         "backend": cfg.backend, "model": model, "summary_model": cfg.summary_model or model,
+        "summary_candidates": cfg.summary_candidates,
         "latents": len(latents), "judged": len(results),
         "kept": int(kept.sum()), "keep": list(keep),
         **{f"verdict_{v.lower().replace(' ', '_')}": counts.get(v, 0) for v in ALL_VERDICTS},
@@ -354,4 +390,6 @@ def _number(value: Any) -> float | None:
     return None if np.isnan(value) else value
 
 
-STAGE = Stage(name="judge", run=run, inputs=("prepare", "train_sae", "explain"), sections=("judge",))
+# The embed keys that say which encoder the SAE's inputs came from: summary selection embeds with it.
+STAGE = Stage(name="judge", run=run, inputs=("prepare", "train_sae", "explain"), sections=("judge", "embed"),
+              only_keys={"embed": ("model", "kind", "layer", "max_length")})
