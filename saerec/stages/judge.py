@@ -156,6 +156,20 @@ def selection_encoder(embed: EmbedSection, device: str) -> Any:
     return load_encoder(embed.model, embed.kind, embed.layer, embed.max_length, device=device)
 
 
+def check_selection_encoder(embed: EmbedSection, sae_dim: int) -> None:
+    """Before any work: the encoder that embeds the candidates must give the SAE's input size."""
+    from saerec.text.encoders import inspect_encoder
+
+    try:
+        dim = inspect_encoder(embed.model, embed.kind, embed.layer, embed.max_length).dim
+    except (OSError, ValueError) as exc:
+        raise StageError(f"judge.summary_candidates embeds the candidates with embed.model={embed.model!r}: {exc}") from None
+    if dim != sae_dim:
+        raise StageError(f"judge.summary_candidates embeds the candidates with embed.model={embed.model!r}, whose "
+                         f"{dim}-dim vectors the SAE (d_in {sae_dim}) cannot read; use the embed settings the SAE "
+                         "was trained with")
+
+
 def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int,
                   selection: dict[str, Any] | None = None) -> Any:
     gpus = cfg.num_gpus_per_actor if cfg.device == "cuda" else 0
@@ -314,6 +328,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 raise StageError(f"{key}: {exc}") from None
     explained = artifacts.read_table(ctx.input("explain"), artifacts.LATENTS)
     sae = artifacts.read_sae(ctx.input("train_sae"))
+    if cfg.summary_candidates > 1:
+        check_selection_encoder(ctx.sections["embed"], sae.d_in)
     order = judging_order(explained.column("frequency").to_numpy(), cfg.max_latents)
     todo = explained.select(list(JUDGE_COLUMNS)).take(pa.array(order))
 
