@@ -99,7 +99,7 @@ class LocalJudgeActor:
                                 null_pool=null_pool, null_lists=cfg.null_lists, seed=seed)
         # A larger model may write the summaries while the small one keeps the cheap batched
         # scoring (coherence, verdicts): at 16,384 Beauty latents Qwen2.5-Coder-0.5B-Instruct's summaries are
-        # detected at 0.71 against SmolLM2's 0.67 (bench/detection.py).
+        # detected at 0.71 against SmolLM2's 0.68 (bench/detection.py).
         self.summariser = self.judge if cfg.summary_model is None else LocalJudge(
             prompts, model=cfg.summary_model, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
             no_repeat_words=cfg.no_repeat_words, device=cfg.device, scoring="prompt")
