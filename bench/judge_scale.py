@@ -48,7 +48,7 @@ def side_by_side(published: Published, sample: int, seed: int, arms_run: list[st
 
     import torch
 
-    from saerec.stages.judge import JUDGE_COLUMNS, LocalJudgeActor, judge_model
+    from saerec.stages.judge import JUDGE_COLUMNS, LocalJudgeActor, judge_model, selection_inputs
 
     cfg = published.cfg.judge
     table = artifacts.read_table(published["explain"], artifacts.LATENTS)
@@ -57,9 +57,7 @@ def side_by_side(published: Published, sample: int, seed: int, arms_run: list[st
     picked = table.select(list(JUDGE_COLUMNS)).take(rows)
     batch = {name: np.array(picked.column(name).to_pylist(), dtype=object) for name in JUDGE_COLUMNS}
     threads = max(1, int(cfg.concurrency * cfg.cpus_per_actor))
-    sae = artifacts.read_sae(published["train_sae"])
-    selection = {"encoder": published.cfg.embed, "W_enc": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(),
-                 "b_pre": sae.b_pre.detach()}
+    selection = selection_inputs(artifacts.read_sae(published["train_sae"]), published.cfg.embed)
     arms: dict[str, dict[str, object]] = {}
     for arm in arms_run:
         arm_cfg = dataclasses.replace(cfg, **ARMS[arm])

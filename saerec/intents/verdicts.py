@@ -55,7 +55,7 @@ def repeats_a_word(text: str) -> bool:
 def copies_the_list(text: str, words: Iterable[str]) -> bool:
     """Whether ``text`` is the word list in the prompt's own form: two or more comma-separated
     items, every word of which is one of ``words``."""
-    listed = {found for word in words for found in words_of(str(word))}
+    listed = _listed(words)
     items = [item for item in text.split(",") if words_of(item)]
     return bool(listed) and len(items) >= 2 and set(words_of(text)) <= listed
 
@@ -64,9 +64,13 @@ def only_lists_words(text: str, words: Iterable[str], at_least: int = 4) -> bool
     """Whether ``text`` is ``at_least`` or more words, every one of them one of ``words``:
     "pura ar dhc dor cu toolz" names no theme, even without commas. Shorter phrases of list
     words ("nail polish") often do, so ``parse_summary`` keeps those."""
-    listed = {found for word in words for found in words_of(str(word))}
+    listed = _listed(words)
     found = words_of(text)
     return len(found) >= at_least and set(found) <= listed
+
+
+def _listed(words: Iterable[str]) -> set[str]:
+    return {found for word in words for found in words_of(str(word))}
 
 
 def words_of(text: str) -> list[str]:

@@ -156,6 +156,12 @@ def selection_encoder(embed: EmbedSection, device: str) -> Any:
     return load_encoder(embed.model, embed.kind, embed.layer, embed.max_length, device=device)
 
 
+def selection_inputs(sae: Any, embed: EmbedSection) -> dict[str, Any]:
+    """What ``LocalJudgeActor`` needs to choose among summary candidates: the SAE's encoder weights
+    and the embed settings its inputs came from."""
+    return {"encoder": embed, "W_enc": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(), "b_pre": sae.b_pre.detach()}
+
+
 def check_selection_encoder(embed: EmbedSection, sae_dim: int) -> None:
     """Before any work: the encoder that embeds the candidates must give the SAE's input size."""
     from saerec.text.encoders import inspect_encoder
@@ -340,10 +346,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ds = ray.data.from_arrow([todo.slice(start, rows) for start in range(0, max(todo.num_rows, 1), rows)])
     if cfg.backend == "local":
         pool = sorted({w for words in explained.column("words").to_pylist() for w in words})
-        selection = None
-        if cfg.summary_candidates > 1:
-            selection = {"encoder": ctx.sections["embed"], "W_enc": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(),
-                         "b_pre": sae.b_pre.detach()}
+        selection = selection_inputs(sae, ctx.sections["embed"]) if cfg.summary_candidates > 1 else None
         judged = judge_locally(ds, cfg, model, pool, ctx.seed, selection)
     else:
         judged = judge_served(ds, cfg, model)
