@@ -8,14 +8,16 @@ with ``judge.prescreen`` and ``judge.concurrency`` actors. Printed and written t
   * the target: latents per second through explain + judge, and the judge's verdict counts,
     screened-out and kept latents, detection balanced accuracy (mean, quartiles);
   * side by side, on the same random sample of ``--sample`` latents and the same threads
-    (``concurrency`` x ``cpus_per_actor``), the judge's own batch unit without the prescreen,
-    with it, and with it but detection by the judge LM instead of embeddings: latents per
-    second, the ratio to the first, mean detection, and whether the first two keep the same
-    latents (with likelihood scoring a prescreen at the "Yes" level, z >= 2, cannot change
-    what is kept).
+    (``concurrency`` x ``cpus_per_actor``), the judge's own batch unit (``LocalJudgeActor``, in
+    calls of the stage's block of 8 judge batches) under each of ``--arms``: without the
+    prescreen, with it (the run's settings), with it but detection by the judge LM instead of
+    embeddings, with one summary instead of ``--summary-candidates``, and with it but in calls
+    of one judge batch (``prescreen_small_calls``): latents per second, the ratio to the first
+    arm, mean detection, and whether each arm keeps the first arm's latents (with likelihood
+    scoring a prescreen at the "Yes" level, z >= 2, cannot change what is kept).
 
 Usage: python bench/judge_scale.py [--sae-latents 16384] [--prescreen 2.0] [--concurrency 2] [--sample 96]
-       [--summary-model PATH] [--summary-candidates N] [--out bench/results/judge_scale.json]
+       [--arms ARM ...] [--summary-model PATH] [--summary-candidates N] [--out bench/results/judge_scale.json]
 """
 from __future__ import annotations
 
@@ -39,7 +41,12 @@ STAGES = ("prepare", "embed", "train_sae", "explain", "judge")
 # side-by-side arms: name -> the judge settings it changes (the first is the baseline of the ratios)
 ARMS = {"no_prescreen": {"prescreen": None}, "prescreen": {},
         "prescreen_judge_detection": {"detection_scoring": "judge"},
-        "prescreen_one_summary": {"summary_candidates": 1}}
+        "prescreen_one_summary": {"summary_candidates": 1},
+        "prescreen_small_calls": {}}
+# The actor reads the sample in calls of the stage's block (8 judge batches at 16,384 latents);
+# this arm in calls of one judge batch, as the stage called it before: the few latents per call
+# that pass the prescreen then make small summary batches.
+SMALL_CALLS = {"prescreen_small_calls"}
 
 
 def side_by_side(published: Published, sample: int, seed: int, arms_run: list[str]) -> dict[str, object]:
@@ -63,13 +70,15 @@ def side_by_side(published: Published, sample: int, seed: int, arms_run: list[st
         arm_cfg = dataclasses.replace(cfg, **ARMS[arm])
         actor = LocalJudgeActor(arm_cfg, judge_model(cfg), threads, pool, seed, selection)
         torch.set_num_threads(threads)
+        call = cfg.batch_size if arm in SMALL_CALLS else 8 * cfg.batch_size
         start = time.perf_counter()
-        out = actor(batch)
+        parts = [actor({name: column[i:i + call] for name, column in batch.items()}) for i in range(0, len(rows), call)]
         seconds = time.perf_counter() - start
+        out = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         kept = sorted(int(l) for l, v in zip(out["latent"], out["verdict"]) if v in cfg.keep)
         detection = out["detection"][np.isfinite(out["detection"])]
         arms[arm] = {"prescreen": arm_cfg.prescreen, "detection_scoring": arm_cfg.detection_scoring,
-                     "summary_candidates": arm_cfg.summary_candidates,
+                     "summary_candidates": arm_cfg.summary_candidates, "latents_per_call": call,
                      "seconds": round(seconds, 1), "latents_per_s": round(len(rows) / seconds, 3), "kept": kept,
                      "screened_out": int(np.sum(out["screened_out"])),
                      "detection_mean": round(float(detection.mean()), 4) if len(detection) else None}

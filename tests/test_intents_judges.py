@@ -115,6 +115,20 @@ def test_each_summary_candidate_is_generate_continuing_one_of_the_best_first_tok
         assert texts == expected
 
 
+def test_answers_that_end_leave_the_batch_without_changing_the_others(judge):
+    """One batch in which some branches stop well before others writes what each request writes alone."""
+    requests = [judge.prompts.summary_request(words) for words in [*LATENTS, *REPEATING]]
+    together = copy.copy(judge)
+    together.batch_size = len(requests)
+    both = together._generate("summarise", requests, 3)
+    alone = [judge._generate("summarise", [request], 3)[0] for request in requests]
+    assert both == alone
+    _, ids, lengths, cache = next(together._batches("summarise", requests))
+    with torch.inference_mode():
+        written = {len(tokens) for tokens in together._decode(ids, lengths, cache, 3)}
+    assert min(written) < judge.max_new_tokens and max(written) == judge.max_new_tokens
+
+
 def test_summary_candidates_are_distinct_parsed_summaries_greedy_first(judge):
     candidates = judge.summary_candidates(LATENTS, 4)
     assert [found[0] for found in candidates] == judge.summarise(LATENTS)
