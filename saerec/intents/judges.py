@@ -331,8 +331,12 @@ class LocalJudge:
             where = [(slot, t) for slot, i in enumerate(rows) for a, b in spans[i] for t in range(max(a, 1), b)]
             slots = torch.tensor([slot for slot, _ in where], dtype=torch.long, device=self.device)
             places = torch.tensor([t for _, t in where], dtype=torch.long, device=self.device)
+            cache = None
+            if head_cache is not None:
+                cache = copy.deepcopy(head_cache)
+                cache.batch_repeat_interleave(len(rows))
             with torch.inference_mode():
-                hidden = self._hidden(ids, lengths, head_cache)
+                hidden = self._hidden(ids, lengths, cache)
                 found = torch.zeros_like(ids, dtype=torch.float32)
                 if where:
                     logits = self.model.get_output_embeddings()(hidden[slots, places - 1]).float()
@@ -354,12 +358,11 @@ class LocalJudge:
             self._heads[head] = (output.logits[0, -1].float().log_softmax(-1), output.cache)
         return self._heads[head]
 
-    def _hidden(self, ids: Tensor, lengths: Tensor, head_cache: object | None) -> Tensor:
-        """Last hidden states of right-padded ``ids``, read after the cached head if there is one."""
-        if head_cache is None:
+    def _hidden(self, ids: Tensor, lengths: Tensor, cache: object | None = None) -> Tensor:
+        """Last hidden states of right-padded ``ids``, read after ``cache`` (a prefix's cache, one
+        row per row of ``ids``) if there is one; the cache is not extended."""
+        if cache is None:
             return self.model.base_model(input_ids=ids, attention_mask=_padding_mask(lengths, ids.shape[1])).last_hidden_state
-        cache = copy.deepcopy(head_cache)
-        cache.batch_repeat_interleave(ids.shape[0])
         prefix_len = cache.get_seq_length()
         mask = torch.cat([torch.ones(ids.shape[0], prefix_len, dtype=torch.long, device=self.device),
                           _padding_mask(lengths, ids.shape[1])], dim=1)
@@ -455,13 +458,7 @@ class LocalJudge:
         return self._word_ban
 
     def _last_logits(self, ids: Tensor, lengths: Tensor, cache: object) -> Tensor:
-        prefix_len = cache.get_seq_length()
-        mask = torch.cat([torch.ones(ids.shape[0], prefix_len, dtype=torch.long, device=self.device),
-                          _padding_mask(lengths, ids.shape[1])], dim=1)
-        positions = prefix_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
-        hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                       cache=cache, use_cache=False).last_hidden_state
-        return self.model.get_output_embeddings()(_at_last(hidden, lengths))
+        return self.model.get_output_embeddings()(_at_last(self._hidden(ids, lengths, cache), lengths))
 
     def _batches(self, prompt: str, requests: list[list[Message]]):
         """Yield (rows, right-padded suffix ids, lengths, fresh copy of the prefix cache), by length."""
