@@ -125,6 +125,7 @@ def main() -> int:
                                                        *([f"judge.summary_model={args.summary_model}"]
                                                          if args.summary_model else []),
                                                        f"judge.summary_candidates={args.summary_candidates}"])
+    gflops = machine_gflops(max(1, int(args.concurrency * cfg.judge.cpus_per_actor)))  # before the chain, on an idle machine
     seed_sized_run(beauty_config(args.data_dir, args.work_dir), cfg)
     run_chain(cfg, STAGES)
     published = Published(cfg)
@@ -136,7 +137,7 @@ def main() -> int:
     verdicts = {k[len("verdict_"):]: v for k, v in judged.items() if k.startswith("verdict_")}
     result = {
         "machine": platform.processor() or platform.machine(),
-        "machine_gflops": machine_gflops(max(1, int(args.concurrency * cfg.judge.cpus_per_actor))), "run": cfg.run.name,
+        "machine_gflops": gflops, "run": cfg.run.name,
         "sae": {"latents": args.sae_latents, "alive": explained["alive_latents"], "texts": explained["texts"],
                 **{k: manifests["train_sae"]["metrics"].get(k) for k in ("fvu", "l0", "dead_pct")}},
         "judge": {"prescreen": args.prescreen, "concurrency": args.concurrency, "cpus_per_actor": cfg.judge.cpus_per_actor,
