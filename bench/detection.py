@@ -50,9 +50,8 @@ from saerec import artifacts  # noqa: E402
 from saerec.intents.detection import EmbeddingDetector  # noqa: E402
 from saerec.intents.judges import LocalJudge  # noqa: E402
 from saerec.intents.prompts import JudgePrompts  # noqa: E402
-from saerec.intents.selection import ActivationSelector  # noqa: E402
 from saerec.intents.verdicts import CANNOT_TELL  # noqa: E402
-from saerec.stages.judge import detection_score, judge_model, selection_encoder  # noqa: E402
+from saerec.stages.judge import activation_selector, detection_score, judge_model, selection_inputs  # noqa: E402
 
 WORDS_AS_SUMMARY = 8
 KEEP_Z = 2.0  # judge.prescreen of the 16k run, and the "Yes" level of likelihood scoring
@@ -124,8 +123,7 @@ def main() -> int:
         return [one(latent, summary, rows, n) for latent, summary in zip(picked, summaries)]
 
     sae = artifacts.read_sae(Published(sized)["train_sae"])
-    select = ActivationSelector(selection_encoder(sized.embed, "cpu"), sae.W_enc.detach(), sae.b_enc.detach(),
-                                sae.b_pre.detach())
+    select = activation_selector(selection_inputs(sae, sized.embed), "cpu")
     small, small_s = _summaries(smollm2, words)
     arms: dict[str, dict[str, object]] = {}
     default = detection(small, five)

@@ -314,8 +314,8 @@ class LocalJudge:
         (span positions count from the sequence's start), batched and padded.
 
         The shared ``head`` is read once and its cache reused by every batch, and the LM head
-        only scores the positions that predict a span token: of a coherence list's ~48 tokens
-        ~10 are the shared head and ~20 are commas or the head, together ~30% of the pass.
+        only scores the positions that predict a span token: of a coherence list's ~48 tokens,
+        ~10 are the shared head, and ~20 (commas, the first word) predict nothing scored.
         """
         out: list[list[float]] = [[] for _ in sequences]
         head_logprobs, head_cache = self._head(tuple(head))
@@ -363,12 +363,16 @@ class LocalJudge:
         row per row of ``ids``) if there is one; the cache is not extended."""
         if cache is None:
             return self.model.base_model(input_ids=ids, attention_mask=_padding_mask(lengths, ids.shape[1])).last_hidden_state
+        mask, positions = self._after_prefix(ids, lengths, cache)
+        return self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                     cache=cache, use_cache=False).last_hidden_state
+
+    def _after_prefix(self, ids: Tensor, lengths: Tensor, cache: object) -> tuple[Tensor, Tensor]:
+        """Attention mask (cached prefix, then the padded ``ids``) and the ids' positions."""
         prefix_len = cache.get_seq_length()
         mask = torch.cat([torch.ones(ids.shape[0], prefix_len, dtype=torch.long, device=self.device),
                           _padding_mask(lengths, ids.shape[1])], dim=1)
-        positions = prefix_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
-        return self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                     cache=cache, use_cache=False).last_hidden_state
+        return mask, prefix_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
 
     def _piece(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -408,14 +412,11 @@ class LocalJudge:
         ``inputs_embeds`` instead of ``input_ids``.
         """
         ban = self.word_ban() if self.no_repeat_words else None
-        prefix_len = cache.get_seq_length()
-        mask = torch.cat([torch.ones(ids.shape[0], prefix_len, dtype=torch.long, device=self.device),
-                          _padding_mask(lengths, ids.shape[1])], dim=1)
-        positions = prefix_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        mask, positions = self._after_prefix(ids, lengths, cache)
+        next_positions = positions[:, 0] + lengths
         hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                        cache=cache, use_cache=True).last_hidden_state
         logits = self.model.get_output_embeddings()(_at_last(hidden, lengths))
-        next_positions = prefix_len + lengths
         if branches > 1:
             cache.batch_repeat_interleave(branches)
             mask = mask.repeat_interleave(branches, dim=0)

@@ -108,8 +108,7 @@ class LocalJudgeActor:
         if self.candidates > 1:
             if selection is None:
                 raise ValueError("judge.summary_candidates > 1 needs the SAE and its encoder to choose among them")
-            self.select = ActivationSelector(selection_encoder(selection["encoder"], cfg.device), selection["W_enc"],
-                                             selection["b_enc"], selection["b_pre"])
+            self.select = activation_selector(selection, cfg.device)
         if cfg.detection and cfg.detection_scoring == "embedding":
             self.detect, self.threshold = EmbeddingDetector(cfg.detection_encoder, cfg.device), None
         else:
@@ -149,11 +148,14 @@ class LocalJudgeActor:
                 "prescreen_score": z, "screened_out": ~passed}
 
 
-def selection_encoder(embed: EmbedSection, device: str) -> Any:
-    """The encoder the SAE's inputs came from, as the embed stage loads it."""
+def activation_selector(selection: dict[str, Any], device: str) -> ActivationSelector:
+    """The choice among summary candidates, from ``selection_inputs``: the encoder the SAE's
+    inputs came from, loaded as the embed stage loads it, and the SAE's encoder weights."""
     from saerec.text.encoders import load_encoder
 
-    return load_encoder(embed.model, embed.kind, embed.layer, embed.max_length, device=device)
+    embed = selection["encoder"]
+    encoder = load_encoder(embed.model, embed.kind, embed.layer, embed.max_length, device=device)
+    return ActivationSelector(encoder, selection["W_enc"], selection["b_enc"], selection["b_pre"])
 
 
 def selection_inputs(sae: Any, embed: EmbedSection) -> dict[str, Any]:
