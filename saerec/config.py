@@ -92,6 +92,11 @@ class EmbedSection:
     vocab_size: int = _bounded(20000, lo=10)
     vocab_min_count: int = _bounded(3, lo=1)
 
+    def __post_init__(self) -> None:
+        if self.device == "cuda" and self.num_gpus_per_actor == 0:
+            raise ConfigError("embed.device='cuda' needs embed.num_gpus_per_actor > 0 "
+                              "(Ray hides GPUs from actors that did not ask for one)")
+
 
 @dataclass
 class SaeSection:
@@ -110,6 +115,10 @@ class SaeSection:
     cache_shard: bool = _bounded(True, resource=True)  # hold each worker's shard on its device after one pass; false re-streams every epoch
     checkpoint_every: int = _bounded(1, lo=1, resource=True)  # epochs between checkpoints; the run always ends with one
     max_failures: int = _bounded(2, lo=0, resource=True)  # restarts of the worker group after a worker dies, from its last checkpoint
+
+    def __post_init__(self) -> None:
+        if self.n_latents is not None and self.k > self.n_latents:
+            raise ConfigError(f"sae.k={self.k} exceeds sae.n_latents={self.n_latents}; a latent code keeps k of them")
 
 
 @dataclass
@@ -152,6 +161,35 @@ class JudgeSection:
     summary_model: str | None = None  # local backend: a second model (file, folder or hub id) that writes the summaries; null = judge.model
     summary_candidates: int = _bounded(1, lo=1)  # local backend: candidate summaries per latent; the one that fires the latent most in the SAE is kept
 
+    def __post_init__(self) -> None:
+        _check_judge(self)
+
+
+def _check_judge(cfg: JudgeSection) -> None:
+    """The verdicts to keep, and the keys only some backends read or need."""
+    from saerec.intents.verdicts import validate_keep
+
+    try:
+        validate_keep(cfg.keep)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.backend == "http" and not cfg.model:
+        raise ConfigError("judge.model is required for judge.backend='http' (the served model's name)")
+    if cfg.backend == "http" and not cfg.base_url:
+        raise ConfigError("judge.base_url is required for judge.backend='http', e.g. http://127.0.0.1:8000/v1")
+    if cfg.backend == "vllm" and cfg.num_gpus_per_actor == 0:
+        raise ConfigError("judge.num_gpus_per_actor must be > 0 for judge.backend='vllm' (vLLM runs on GPUs)")
+    if cfg.backend == "local" and cfg.device == "cuda" and cfg.num_gpus_per_actor == 0:
+        raise ConfigError("judge.device='cuda' needs judge.num_gpus_per_actor > 0 "
+                          "(Ray hides GPUs from actors that did not ask for one)")
+    if cfg.backend != "local":
+        local_only = [(cfg.prescreen is not None, "judge.prescreen", "a served judge gives no coherence scores"),
+                      (cfg.summary_model is not None, "judge.summary_model", "a served judge writes its own summaries"),
+                      (cfg.summary_candidates > 1, "judge.summary_candidates", "a served judge writes one greedy summary")]
+        for is_set, key, why in local_only:
+            if is_set:
+                raise ConfigError(f"{key} needs judge.backend=local ({why}), got backend {cfg.backend!r}")
+
 
 def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> None:
     """Model names come from the variant registry (imported here, not at the top, so that loading a
@@ -164,6 +202,15 @@ def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> No
     if unknown:
         hint = " (the full model is now called 'saerec')" if unknown[0] == "full" else ""
         raise ConfigError(f"{key}: unknown model {unknown[0]!r}{hint}; allowed: {', '.join(NAMES)}")
+
+
+def _check_distinct(values: list[Any], key: str, what: str) -> None:
+    """A non-empty list with no repeats: a repeated seed or cut-off would count one result twice."""
+    if not values:
+        raise ConfigError(f"{key} must list at least one {what}")
+    repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"{key} lists {what} {repeated!r} twice")
 
 
 @dataclass
@@ -181,7 +228,7 @@ class RecSection:
     batch_size: int = _bounded(256, lo=1)
     max_epochs: int = _bounded(200, lo=1)
     patience: int = _bounded(20, lo=1)
-    seeds: list[int] = _listof(0)
+    seeds: list[int] = _bounded([0], lo=0)
     num_workers: int = _bounded(1, lo=1)
     use_gpu: bool = False
     kmeans_clusters: int | None = _bounded(None, lo=2)
@@ -191,28 +238,36 @@ class RecSection:
 
     def __post_init__(self) -> None:
         _check_variants(self.models, "rec.models")
+        _check_distinct(self.seeds, "rec.seeds", "seed")
+        if self.d % self.heads:
+            raise ConfigError(f"rec.d={self.d} must be divisible by rec.heads={self.heads}")
 
 
 @dataclass
 class EvaluateSection:
     protocol: Literal["strict", "paper"] = "strict"  # paper = the public code's: train on the valid item, select on test
-    ks: list[int] = _listof(5, 10, 20)
+    ks: list[int] = _bounded([5, 10, 20], lo=1)
     mask_history: bool = True
     top_n: int = _bounded(20, lo=1)
     steering_query: str | None = None
     steering_boost: float = _bounded(2.0, lo=0.0)  # SAERec: + boost on the matched intents' retrieval and attention
     # grounded models: the dose-response levels, in units of each user's score spread (see rec/explain.py)
-    steering_strengths: list[float] = _listof(0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+    steering_strengths: list[float] = _bounded([0.05, 0.1, 0.2, 0.5, 1.0, 2.0], lo=0.0)
+
+    def __post_init__(self) -> None:
+        _check_distinct(self.ks, "evaluate.ks", "cut-off")
+        if self.steering_query is not None and not self.steering_query.strip():
+            raise ConfigError("evaluate.steering_query is blank; set a word or phrase, or null to skip the study")
 
 
 @dataclass
 class SweepSection:
     ablations: list[str] = _listof("saerec", "noIde", "noPer", "noPub", "noFus", "noEMA", "kmeans", "random", "sasrec",
                                    "grounded", "grounded-all", "grounded-random", "grounded-kmeans", "dense")
-    ks: list[int] = _listof(3, 4, 5, 6, 7)
-    review_drops: list[float] = _listof(0.0, 0.1, 0.2, 0.3)
+    ks: list[int] = _bounded([3, 4, 5, 6, 7], lo=1)
+    review_drops: list[float] = _bounded([0.0, 0.1, 0.2, 0.3], lo=0.0, hi=1.0, hi_open=True)
     judges: list[str] = _listof()  # "model" or "backend:model" per judge; empty = the configured judge only
-    seeds: list[int] = _listof(0)
+    seeds: list[int] = _bounded([0], lo=0)
     concurrency: int = _bounded(1, lo=1, resource=True)
     max_epochs: int | None = _bounded(None, lo=1)  # per trial; null = rec.max_epochs
     patience: int | None = _bounded(None, lo=1)  # per trial; null = rec.patience
@@ -222,6 +277,23 @@ class SweepSection:
 
     def __post_init__(self) -> None:
         _check_variants(self.ablations, "sweep.ablations", allow_empty=True)
+        _check_distinct(self.seeds, "sweep.seeds", "seed")
+
+
+def parse_judge(choice: str, configured: JudgeSection, index: int) -> JudgeSection:
+    """``"model"`` or ``"backend:model"`` (``sweep.judges[index]``) -> the judge section of that choice,
+    checked as the configured judge is."""
+    backends = typing.get_args(typing.get_type_hints(JudgeSection)["backend"])
+    backend, sep, model = choice.partition(":")
+    if not sep or backend not in backends:
+        backend, model = configured.backend, choice
+    if not model.strip():
+        raise ConfigError(f"sweep.judges[{index}]: {choice!r} names no model; use 'model' or 'backend:model' "
+                          f"with backend one of {', '.join(backends)}")
+    try:
+        return dataclasses.replace(configured, backend=backend, model=model.strip())
+    except ConfigError as exc:
+        raise ConfigError(f"sweep.judges[{index}]={choice!r}: {exc}") from None
 
 
 @dataclass
@@ -251,6 +323,11 @@ class Config:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     sweep: SweepSection = field(default_factory=SweepSection)
     report: ReportSection = field(default_factory=ReportSection)
+
+    def __post_init__(self) -> None:
+        """Checks across sections: each judge the sweep compares is a valid judge section."""
+        for index, choice in enumerate(self.sweep.judges):
+            parse_judge(choice, self.judge, index)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
@@ -365,7 +442,11 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem})") from None
 
 
 def _apply(raw: dict[str, Any], path: list[str], value: Any) -> None:

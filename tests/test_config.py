@@ -1,4 +1,6 @@
 import dataclasses
+import importlib.util
+import logging
 import re
 from pathlib import Path
 
@@ -38,6 +40,73 @@ def test_beauty_config_loads_and_overrides_apply():
 def test_bad_values_name_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, [override])
+
+
+@pytest.fixture(scope="module")
+def job():
+    """The job's entry point, ``jobs/full_pipeline.py``, imported in this process."""
+    spec = importlib.util.spec_from_file_location("full_pipeline_job", REPO / "jobs" / "full_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HTTP = ["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rec.seeds=[]"], "rec.seeds must list at least one seed"),
+    (["rec.seeds=[1, 1]"], "rec.seeds lists seed 1 twice"),
+    (["rec.seeds=[-1]"], "rec.seeds: got -1; allowed range [0, inf]"),
+    (["rec.d=10", "rec.heads=4"], "rec.d=10 must be divisible by rec.heads=4"),
+    (["judge.keep=[]"], "judge.keep must be a non-empty subset of ('Yes', 'Probably', 'Maybe', 'No'), got []"),
+    (['judge.keep=["yes"]'], "judge.keep must be a non-empty subset of ('Yes', 'Probably', 'Maybe', 'No'), "
+                             "got ['yes'] (verdicts are case-sensitive: did you mean 'Yes'?)"),
+    (['judge.keep=["Cannot Tell"]'], "judge.keep must be a non-empty subset"),
+    (["evaluate.ks=[0]"], "evaluate.ks: got 0; allowed range [1, inf]"),
+    (["evaluate.ks=[5, 5]"], "evaluate.ks lists cut-off 5 twice"),
+    (["evaluate.ks=[]"], "evaluate.ks must list at least one cut-off"),
+    (['evaluate.steering_query="  "'], "evaluate.steering_query is blank"),
+    (["evaluate.steering_strengths=[0.5, -1]"], "evaluate.steering_strengths: got -1.0; allowed range [0.0, inf]"),
+    (["rec.seeds=[0, 1"], "--set 'rec.seeds=[0, 1': the value is not valid YAML"),
+    (["judge.domain={x: [}"], "--set 'judge.domain={x: [}': the value is not valid YAML"),
+    (["judge.backend=http"], "judge.model is required for judge.backend='http'"),
+    (["judge.backend=http", "judge.model=m"], "judge.base_url is required for judge.backend='http'"),
+    (["judge.backend=vllm", "judge.num_gpus_per_actor=0"],
+     "judge.num_gpus_per_actor must be > 0 for judge.backend='vllm'"),
+    (["judge.device=cuda", "judge.num_gpus_per_actor=0"], "judge.device='cuda' needs judge.num_gpus_per_actor > 0"),
+    ([*HTTP, "judge.prescreen=1.0"], "judge.prescreen needs judge.backend=local"),
+    ([*HTTP, "judge.summary_model=s"], "judge.summary_model needs judge.backend=local"),
+    ([*HTTP, "judge.summary_candidates=2"], "judge.summary_candidates needs judge.backend=local"),
+    (["embed.device=cuda"], "embed.device='cuda' needs embed.num_gpus_per_actor > 0"),
+    (["sae.n_latents=16", "sae.k=32"], "sae.k=32 exceeds sae.n_latents=16"),
+    (["sweep.seeds=[]"], "sweep.seeds must list at least one seed"),
+    (["sweep.ks=[3, 0]"], "sweep.ks: got 0; allowed range [1, inf]"),
+    (["sweep.review_drops=[0.1, 1.0]"], "sweep.review_drops: got 1.0; allowed range [0.0, 1.0)"),
+    (["sweep.ablations=[saerec, noFoo]"], "sweep.ablations: unknown model 'noFoo'"),
+    (['sweep.judges=["vllm:"]'], "sweep.judges[0]: 'vllm:' names no model"),
+    (['sweep.judges=["qwen", "http:m"]'],
+     "sweep.judges[1]='http:m': judge.base_url is required for judge.backend='http'"),
+    (['sweep.judges=["vllm:m"]', "judge.prescreen=1.0"],
+     "sweep.judges[0]='vllm:m': judge.prescreen needs judge.backend=local"),
+])
+def test_bad_combinations_stop_the_job_before_ray_starts(job, tmp_path, monkeypatch, overrides, message):
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a config that cannot run")
+
+    monkeypatch.setattr(job, "init_ray", no_ray)
+    errors = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: errors.append(record.getMessage())
+    logging.getLogger("saerec.job").addHandler(handler)
+    try:
+        out = tmp_path / "out"
+        code = job.main(["--set", f"storage.uri={out}", *[a for o in overrides for a in ("--set", o)]])
+    finally:
+        logging.getLogger("saerec.job").removeHandler(handler)
+    assert code == 2
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
+    assert not out.exists(), "nothing is written for a config that cannot run"
 
 
 def test_bad_file_is_reported(tmp_path):

@@ -99,7 +99,6 @@ def test_null_text_names_the_row(ray_local, tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["embed.device=cuda"], "embed.device='cuda' needs embed.num_gpus_per_actor > 0"),
     (["embed.max_length=128"], "max_length=128 exceeds the model's max_position_embeddings=64"),
     (["embed.layer=3"], "layer=3 is out of range"),
     (["embed.kind=t5"], "kind='t5' but model"),

