@@ -62,6 +62,10 @@ class DemoSection:
     min_length: int = _bounded(5, lo=5)
     max_length: int = _bounded(20, lo=5)
 
+    def __post_init__(self) -> None:
+        if self.min_length > self.max_length:
+            raise ConfigError(f"data.demo.min_length={self.min_length} exceeds data.demo.max_length={self.max_length}")
+
 
 @dataclass
 class DataSection:
@@ -204,6 +208,18 @@ def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> No
         raise ConfigError(f"{key}: unknown model {unknown[0]!r}{hint}; allowed: {', '.join(NAMES)}")
 
 
+def _check_kmeans_k(rec: RecSection, names: list[str], key: str) -> None:
+    """A model that attends to ``rec.k`` intents of the k-means set needs that many clusters."""
+    from saerec.rec.variants import variant
+
+    if rec.kmeans_clusters is None or rec.k <= rec.kmeans_clusters:
+        return
+    attending = [n for n in names if variant(n).attends and variant(n).intent_set == "kmeans"]
+    if attending:
+        raise ConfigError(f"rec.k={rec.k} exceeds rec.kmeans_clusters={rec.kmeans_clusters}, the intents that "
+                          f"{attending[0]} ({key}) attends to; lower rec.k or raise rec.kmeans_clusters")
+
+
 def _check_distinct(values: list[Any], key: str, what: str) -> None:
     """A non-empty list with no repeats: a repeated seed or cut-off would count one result twice."""
     if not values:
@@ -241,6 +257,7 @@ class RecSection:
         _check_distinct(self.seeds, "rec.seeds", "seed")
         if self.d % self.heads:
             raise ConfigError(f"rec.d={self.d} must be divisible by rec.heads={self.heads}")
+        _check_kmeans_k(self, self.models, "rec.models")
 
 
 @dataclass
@@ -325,9 +342,11 @@ class Config:
     report: ReportSection = field(default_factory=ReportSection)
 
     def __post_init__(self) -> None:
-        """Checks across sections: each judge the sweep compares is a valid judge section."""
+        """Checks across sections: each judge the sweep compares is a valid judge section, and the
+        ablations (trained at ``rec.k``) fit the k-means set."""
         for index, choice in enumerate(self.sweep.judges):
             parse_judge(choice, self.judge, index)
+        _check_kmeans_k(self.rec, self.sweep.ablations, "sweep.ablations")
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
