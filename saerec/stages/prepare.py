@@ -61,8 +61,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg: DataSection = ctx.sections["data"]
     check_inputs(cfg)
     bad = BadRecords(cfg.on_bad_record)
-    with workdir() as tmp:
-        scratch = Path(tmp)
+    with workdir() as scratch:
         if cfg.source == "demo":
             d = cfg.demo
             files = demo.generate(demo.DemoSpec(d.users, d.items, d.intents, d.min_length, d.max_length,
