@@ -169,8 +169,14 @@ def test_bad_byte_in_items_tsv_names_its_line(tmp_path):
     with pytest.raises(DataError, match=r"items\.tsv:4: not UTF-8 text \(byte 0xe9 at byte 11 of the line"):
         sequences.read_items_tsv(folder / "items.tsv", BadRecords("error"))
     bad = BadRecords("skip")
-    assert sequences.read_items_tsv(folder / "items.tsv", bad) == {"1": "red lipstick", "2": "blue polish"}
+    texts = sequences.read_items_tsv(folder / "items.tsv", bad)
+    assert texts == {"1": "red lipstick", "2": "blue polish", "3": ""}, "the item stays, so its sequences count"
     assert bad.lines == {str(folder / "items.tsv"): [4]}
+    assert bad.examples[0].endswith("in the text of item 3; skipping it keeps item 3 without a text")
+    (folder / "items.tsv").write_bytes(items.replace(b"3\tC", b"\xe93\tC"))  # in the id: the line goes
+    bad = BadRecords("skip")
+    assert sequences.read_items_tsv(folder / "items.tsv", bad) == {"1": "red lipstick", "2": "blue polish"}
+    assert bad.kinds == {"not_utf8": 1}
 
 
 def test_bad_byte_in_reviews_is_a_bad_record_not_a_corrupt_file(tmp_path):

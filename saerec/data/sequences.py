@@ -2,8 +2,8 @@
 
 Ids are ASCII digits. A user listed on two lines is a bad record (a merged sequence would put that
 user's valid and test items into training), and so is a line that is not UTF-8. In ``items.tsv``
-a text holding a TAB (its columns cannot be told apart) is a bad record too; when skipped, the
-item is kept without a text, so the sequences that use it still count.
+a text holding a TAB (its columns cannot be told apart) or bytes that are not UTF-8 is a bad
+record too; when skipped, the item is kept without a text, so the sequences that use it still count.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def read_items_tsv(path: Path, bad: BadRecords | None = None) -> dict[str, str]:
         for lineno, raw in lines.numbered(handle, lines.keep_head):
             text = lines.decode(raw)
             if text is None:
-                bad.bad(path, lineno, lines.not_utf8(raw), "not_utf8")
+                _bad_bytes(path, lineno, raw, bad, texts)
                 continue
             row = text.rstrip("\r\n").split("\t")
             if lineno == 1:
@@ -45,9 +45,9 @@ def read_items_tsv(path: Path, bad: BadRecords | None = None) -> dict[str, str]:
                 bad.bad(path, lineno, f"expected 'item_id<TAB>asin<TAB>text', got {text.strip()[:80]!r}")
                 continue
             if len(row) > 3:
-                texts[row[0].strip()] = ""
                 bad.bad(path, lineno, f"the text of item {row[0].strip()} holds a TAB (column 4 of {len(row)}); "
-                        "the item is kept without a text", "tab_in_text")
+                        f"skipping it keeps item {row[0].strip()} without a text", "tab_in_text")
+                texts[row[0].strip()] = ""
                 continue
             texts[row[0].strip()] = bad.text(row[2].strip()) if len(row) > 2 else ""
         if lineno == 0:
@@ -55,6 +55,19 @@ def read_items_tsv(path: Path, bad: BadRecords | None = None) -> dict[str, str]:
     if not texts:
         raise DataError(f"{path}: no items")
     return texts
+
+
+def _bad_bytes(path: Path, lineno: int, raw: bytes, bad: BadRecords, texts: dict[str, str]) -> None:
+    """An ``items.tsv`` line that is not UTF-8: when only its text is, skipping keeps the item without
+    a text (dropping it would make every sequence that uses it a bad record too)."""
+    columns = [lines.decode(c) for c in raw.rstrip(b"\r\n").split(b"\t")[:3]]
+    item = columns[0].strip() if columns[0] is not None else ""
+    if len(columns) < 3 or columns[1] is None or not _is_id(item):
+        bad.bad(path, lineno, lines.not_utf8(raw), "not_utf8")
+        return
+    bad.bad(path, lineno, f"{lines.not_utf8(raw)} in the text of item {item}; skipping it keeps item {item} "
+            "without a text", "not_utf8")
+    texts[item] = ""
 
 
 def read_user_ids(path: Path) -> dict[str, str]:
