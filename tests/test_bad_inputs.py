@@ -234,14 +234,15 @@ def test_cut_long_strings_is_the_same_for_any_chunking(size):
 
 def test_giant_item_text_is_cut_and_a_late_tab_still_found(tmp_path):
     long_text = "soft " * (lines.CHUNK // 2)
-    items = ITEMS + f"4\tD\t{long_text}\n5\tE\t{long_text}\tplus\n"
+    items = ITEMS + f"4\tD\t{long_text}\n5\tE\t{long_text[:lines.CHUNK + 10]}\t{long_text}\n6\tF\tlast\n"
     folder = _seq_folder(tmp_path, "1 1 2\n", items)
     with pytest.raises(DataError, match=r"items\.tsv:6: the text of item 5 holds a TAB"):
         sequences.read_items_tsv(folder / "items.tsv", BadRecords("error"))
     bad = BadRecords("skip")
     texts = sequences.read_items_tsv(folder / "items.tsv", bad)
-    assert texts["4"] == long_text.strip()[:MAX] and texts["5"] == ""
-    assert (bad.texts_truncated, bad.kinds) == (1, {"tab_in_text": 1})
+    assert texts["4"] == long_text.strip()[:MAX] and texts["5"] == "" and texts["6"] == "last"
+    assert (bad.skipped, bad.texts_truncated, bad.kinds) == (1, 1, {"tab_in_text": 1})
+    assert bad.lines == {str(folder / "items.tsv"): [6]}
 
 
 # The sequences source through the stage: every kind above counted and shown on one line

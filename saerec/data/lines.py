@@ -66,7 +66,9 @@ def keep_head(chunks: Iterator[bytes]) -> bytes:
     """A long tab-separated line: its first chunk (ids and the start of the text), plus one TAB when
     a later chunk holds one, so the row still shows that its text has a TAB."""
     head = next(chunks)
-    tab = any(b"\t" in chunk for chunk in chunks)
+    tab = False
+    for chunk in chunks:  # every chunk is read, or the next line would start inside this one
+        tab = tab or b"\t" in chunk
     return utf8_prefix(head) + (b"\t" if tab else b"")
 
 
