@@ -21,7 +21,8 @@ _ESCAPE_LENGTH = {ord("u"): 6, ord("x"): 4, ord("U"): 10}
 
 def numbered(handle: BinaryIO, reduce: Callable[[Iterator[bytes]], bytes]) -> Iterator[tuple[int, bytes]]:
     """``(line number, line)`` for each line of a binary handle; a line longer than ``CHUNK`` bytes
-    is passed to ``reduce`` as an iterator of its chunks, and what it returns stands for the line."""
+    is passed to ``reduce`` as an iterator of its chunks (it must read them all), and what it
+    returns stands for the line."""
     lineno = 0
     while True:
         head = handle.readline(CHUNK)
