@@ -322,9 +322,9 @@ class Runner:
             log.warning(f"could not remove {self.store.uri(directory)}: {exc}")
 
 
-# Counts of input left out (bad records, duplicates, empty texts): shown whenever they are not zero,
-# however many other metrics a stage reports, so nothing is dropped without the console saying so.
-LEFT_OUT_SUFFIXES = ("_skipped", "_dropped", "_replaced")
+# Counts of input left out (bad records, duplicates, empty texts, cut texts): shown whenever they are
+# not zero, however many other metrics a stage reports, so nothing is dropped without the console saying so.
+LEFT_OUT_SUFFIXES = ("_skipped", "_dropped", "_replaced", "_truncated")
 
 
 def summarise(metrics: dict[str, Any], limit: int = 8) -> str:

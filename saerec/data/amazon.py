@@ -3,9 +3,11 @@
 2014 ``meta_*.json.gz`` files hold Python literals rather than JSON, so metadata lines fall back
 to ``ast.literal_eval``. Reviews without ``reviewText`` fall back to ``summary``, then to no text:
 the interaction is kept, it only contributes nothing to the corpus. A record whose ids are not
-strings, whose time is not an integer or whose texts are not strings is a bad record (named by
-file and line; ``data.on_bad_record`` says whether it stops the stage); a lone UTF-16 surrogate in
-a text is replaced by U+FFFD and counted, and the record is kept.
+strings, whose time is not an integer from 1970 to 2099 (``records.time_problem``), whose texts are
+not strings or whose line is not UTF-8 is a bad record (named by file and line;
+``data.on_bad_record`` says whether it stops the stage); a lone UTF-16 surrogate in a text is
+replaced by U+FFFD, a text over ``lines.MAX_TEXT_CHARS`` is cut, both are counted, and the record
+is kept.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from saerec.data.records import BadRecords, DataError, Interaction, id_problem, json_type, text_problem
+from saerec.data import lines
+from saerec.data.records import BadRecords, DataError, Interaction, id_problem, text_problem, time_problem
 
 ID_KEYS = ("reviewerID", "asin")
 TEXT_KEYS = ("reviewText", "summary")
@@ -28,27 +31,31 @@ def _open(path: Path) -> Any:
     if path.is_dir():
         raise DataError(f"{path} is a folder; expected a JSON-lines file (.json or .json.gz)")
     try:
-        return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+        return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered non-blank lines; a truncated or corrupt gzip names the last good line."""
+def _lines(path: Path, bad: BadRecords) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines, decoded one by one so a bad byte is named by its own line (a bad
+    record); a truncated or corrupt gzip names the last good line."""
     lineno = 0
     try:
         with _open(path) as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield lineno, line
-    except (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) as exc:
+            for lineno, raw in lines.numbered(handle, lines.cut_long_strings):
+                text = lines.decode(raw)
+                if text is None:
+                    bad.bad(path, lineno, lines.not_utf8(raw), "not_utf8")
+                elif text.strip():
+                    yield lineno, text
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: unreadable after line {lineno} (truncated or corrupt file: {exc})") from exc
 
 
 def _parse(line: str, literal_ok: bool) -> Any:
     try:
         return json.loads(line)
-    except json.JSONDecodeError:
+    except ValueError:
         if not literal_ok:
             raise
         return ast.literal_eval(line)
@@ -61,28 +68,28 @@ def _review_problem(record: dict[str, Any]) -> str | None:
     for problem in (*(id_problem(record, k) for k in ID_KEYS), *(text_problem(record, k) for k in TEXT_KEYS)):
         if problem:
             return problem
-    timestamp = record.get("unixReviewTime")
-    if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int)):
-        return f"unixReviewTime {timestamp!r} is a JSON {json_type(timestamp)}, expected an integer"
-    return None
+    return time_problem(record, "unixReviewTime")
 
 
 def read_reviews(path: str | Path, bad: BadRecords) -> Iterator[Interaction]:
     """Stream interactions from a ``reviews_*.json(.gz)`` file."""
     path = Path(path)
     seen = 0
-    for lineno, line in _lines(path):
+    for lineno, line in _lines(path, bad):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             bad.bad(path, lineno, f"malformed JSON ({exc.msg})")
+            continue
+        except (ValueError, RecursionError) as exc:  # a number of over 4,300 digits, nesting too deep
+            bad.bad(path, lineno, f"malformed JSON ({str(exc)[:80]})")
             continue
         if not isinstance(record, dict):
             bad.bad(path, lineno, "record is not a JSON object")
             continue
         problem = _review_problem(record)
         if problem:
-            bad.bad(path, lineno, problem)
+            bad.bad(path, lineno, problem, "bad_time" if problem.startswith("unixReviewTime") else None)
             continue
         text = record.get("reviewText") or record.get("summary") or None
         seen += 1
@@ -107,7 +114,7 @@ def read_item_texts(path: str | Path, bad: BadRecords, wanted: set[str]) -> dict
     """Item descriptions (title, then description) from a ``meta_*.json(.gz)`` file, for wanted asins."""
     path = Path(path)
     texts: dict[str, str] = {}
-    for lineno, line in _lines(path):
+    for lineno, line in _lines(path, bad):
         try:
             record = _parse(line, literal_ok=True)
         except (json.JSONDecodeError, ValueError, SyntaxError, MemoryError, RecursionError):

@@ -13,12 +13,17 @@ reading and streamed back when the corpus is written, so memory does not grow wi
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import logging
+import os
+import shutil
 import tempfile
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +34,10 @@ from saerec.data.records import DataError, Interaction
 
 SPOOL_BATCH = 50_000
 CORPUS_PART_ROWS = 200_000
+SCRATCH_PREFIX = "saerec-prepare-"
+SCRATCH_LOCK = ".owner.lock"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -260,6 +269,43 @@ def write_corpus(tables: Tables, opts: CorpusOptions, write_part: Callable[[int,
     return counts
 
 
-def workdir() -> tempfile.TemporaryDirectory:
-    """A scratch folder for the review spool, removed when the stage ends."""
-    return tempfile.TemporaryDirectory(prefix="saerec-prepare-")
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A scratch folder for the review spool, removed when the stage ends.
+
+    While the folder lives, its process holds a lock on a file inside it; the kernel drops the lock
+    when the process dies, even by ``kill -9``. So each new folder first removes the folders of dead
+    jobs (lock free) and never those of running ones.
+    """
+    stale = remove_stale_scratch(Path(tempfile.gettempdir()))
+    if stale:
+        log.info(f"removed {len(stale)} scratch folder(s) of killed prepare runs: {', '.join(map(str, stale))}")
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    try:
+        with open(folder / (SCRATCH_LOCK + ".new"), "wb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(folder / (SCRATCH_LOCK + ".new"), folder / SCRATCH_LOCK)  # visible only once locked
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_scratch(root: Path) -> list[Path]:
+    """Remove this user's ``saerec-prepare-*`` folders in ``root`` whose owner has died; return them."""
+    removed = []
+    for folder in sorted(root.glob(SCRATCH_PREFIX + "*")):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(folder / SCRATCH_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # no lock file: not a scratch folder of this version, or one being made
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its job is running
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+        removed.append(folder)
+    return removed

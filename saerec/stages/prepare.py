@@ -2,7 +2,9 @@
 
 Metrics: the counts of ``collect`` and ``write_corpus`` (``duplicates_dropped``,
 ``corpus_repeats_dropped`` among them), ``bad_records_skipped`` with ``bad_record_lines`` (file ->
-first line numbers) and ``bad_record_examples`` when any were skipped, and ``surrogates_replaced``.
+first line numbers) and ``bad_record_examples`` when any were skipped, one ``{kind}_skipped`` per
+kind counted on its own (``bad_time``, ``not_utf8``, ``repeated_user``, ``tab_in_text``), and the
+texts kept after a repair: ``surrogates_replaced`` and ``texts_truncated``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def _amazon(reviews: Path, meta: Path | None, cfg: DataSection, bad: BadRecords,
 
 
 def _sequences(folder: Path, cfg: DataSection, bad: BadRecords, scratch: Path) -> Tables:
-    items = sequences.read_items_tsv(folder / "items.tsv")
+    items = sequences.read_items_tsv(folder / "items.tsv", bad)
     records: Iterator[Interaction] = sequences.read_interactions(folder / "sequences.txt", items, bad)
     tables = with_item_texts(collect(records, cfg.k_core, scratch, cfg.duplicates == "drop"), items)
     reviewers = sequences.read_user_ids(folder / "users.tsv")
@@ -61,8 +63,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg: DataSection = ctx.sections["data"]
     check_inputs(cfg)
     bad = BadRecords(cfg.on_bad_record)
-    with workdir() as tmp:
-        scratch = Path(tmp)
+    with workdir() as scratch:
         if cfg.source == "demo":
             d = cfg.demo
             files = demo.generate(demo.DemoSpec(d.users, d.items, d.intents, d.min_length, d.max_length,
