@@ -4,7 +4,8 @@ Two jobs on one run would compute the same stages twice and delete each other's 
 "leftovers", so the job takes this lease before any stage runs and gives it back when it exits.
 The lease names its holder (host, pid, start time, a random token) and a heartbeat that a daemon
 thread rewrites every ``heartbeat_s``; a lease whose heartbeat is older than ``stale_after_s``, or
-whose process no longer exists on this same host, is dead and is taken over.
+whose process no longer exists on this same host (same host name and PID namespace), is dead and
+is taken over.
 
 Taking the lease:
 - local storage: an exclusive create (a complete temporary file hard-linked into place, which fails
@@ -32,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from saerec.storage import Store, StorageError
+from saerec.storage import Store, StorageError, _clean
 
 LOCK_FILE = "_lock.json"
 WAIT_REPORT_S = 60.0
@@ -62,6 +63,7 @@ class Lease:
     run: str
     token: str
     host: str
+    pid_namespace: str
     pid: int
     pid_started: float
     started: float
@@ -73,7 +75,8 @@ class Lease:
         try:
             fields = json.loads(data)
             return cls(run=str(fields["run"]), token=str(fields["token"]), host=str(fields["host"]),
-                       pid=int(fields["pid"]), pid_started=float(fields["pid_started"]),
+                       pid_namespace=str(fields["pid_namespace"]), pid=int(fields["pid"]),
+                       pid_started=float(fields["pid_started"]),
                        started=float(fields["started"]), heartbeat=float(fields["heartbeat"]))
         except (ValueError, TypeError, KeyError):
             return None
@@ -88,7 +91,8 @@ class Lease:
 
     def dead_because(self, now: float, stale_after_s: float) -> str | None:
         """Why this lease's holder is dead, or None while it may be alive."""
-        if self.host == socket.gethostname() and not _process_alive(self.pid, self.pid_started):
+        if self.host == socket.gethostname() and self.pid_namespace == _pid_namespace() \
+                and not _process_alive(self.pid, self.pid_started):
             return f"its process {self.pid} no longer exists on this host"
         age = now - self.heartbeat
         if age > stale_after_s:
@@ -98,6 +102,15 @@ class Lease:
 
 def _utc(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace on Linux: a container that shares the host's name but not its
+    processes must not call the host's jobs dead."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _process_alive(pid: int, started: float) -> bool:
@@ -221,7 +234,7 @@ class RunLock:
         try:
             return fn()
         except OSError as exc:
-            raise StorageError(f"cannot {what} the run lock {self.uri}: {exc}") from exc
+            raise StorageError(f"cannot {what} the run lock {self.uri}: {_clean(exc)}") from exc
 
     def acquire(self, wait: bool = False) -> "RunLock":
         """Take the run's lease, taking over a dead one. A live holder raises RunLockError naming it,
@@ -261,8 +274,9 @@ class RunLock:
             if dead is None:
                 return holder
         me = psutil.Process()
-        mine = Lease(run=self.run, token=secrets.token_hex(16), host=socket.gethostname(), pid=me.pid,
-                     pid_started=me.create_time(), started=now, heartbeat=now)
+        mine = Lease(run=self.run, token=secrets.token_hex(16), host=socket.gethostname(),
+                     pid_namespace=_pid_namespace(), pid=me.pid, pid_started=me.create_time(), started=now,
+                     heartbeat=now)
         try:
             taken = self._io("write", lambda: self._file.claim(mine.encode(), seen, self.timing.settle_s))
         except BaseException:

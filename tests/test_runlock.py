@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.conftest import REPO, TINY_DEMO
 
 FAST = LeaseTiming(heartbeat_s=0.2, stale_after_s=30.0, settle_s=0.3, poll_s=0.1)
 HOST = socket.gethostname()
+PID_NS = os.readlink("/proc/self/ns/pid")
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -42,8 +44,8 @@ def lease_on_disk(store: Store, run: str = "demo") -> dict | None:
 def plant(store: Store, run: str = "demo", **fields) -> Lease:
     """A lease written as another job would have written it."""
     now = time.time()
-    lease = Lease(**{"run": run, "token": "f" * 32, "host": "elsewhere", "pid": 4242, "pid_started": now,
-                     "started": now, "heartbeat": now, **fields})
+    lease = Lease(**{"run": run, "token": "f" * 32, "host": "elsewhere", "pid_namespace": PID_NS, "pid": 4242,
+                     "pid_started": now, "started": now, "heartbeat": now, **fields})
     store.write_bytes(store.join(run, LOCK_FILE), lease.encode())
     return lease
 
@@ -72,9 +74,11 @@ def test_lease_names_its_holder_blocks_the_same_run_only_and_is_released(store):
     RunLock(store, "demo", FAST).acquire().release()
 
 
-def test_a_live_holder_on_another_host_is_not_taken_over(store):
-    planted = plant(store)
-    with pytest.raises(RunLockError, match="host elsewhere, pid 4242"):
+@pytest.mark.parametrize("where", ["another host", "a container with this host's name"])
+def test_a_live_holder_elsewhere_is_not_taken_over(store, where):
+    planted = plant(store, pid=dead_pid()) if where == "another host" else \
+        plant(store, host=HOST, pid_namespace="pid:[1]", pid=dead_pid())
+    with pytest.raises(RunLockError, match=f"host {planted.host}, pid {planted.pid}, "):
         RunLock(store, "demo", FAST).acquire()
     assert lease_on_disk(store)["token"] == planted.token
 
@@ -110,6 +114,8 @@ def test_a_dead_holder_is_taken_over_and_the_job_says_so(store, dead, caplog):
 
 
 def test_of_two_jobs_taking_over_one_dead_lease_exactly_one_wins(store):
+    # On S3 the protocol holds while a job's read-then-write of the lease is shorter than settle_s.
+    timing = replace(FAST, settle_s=2.0) if store.scheme == "s3" else FAST
     for _ in range(3 if store.scheme == "s3" else 20):
         plant(store, heartbeat=time.time() - 100)
         start = threading.Barrier(2)
@@ -118,7 +124,7 @@ def test_of_two_jobs_taking_over_one_dead_lease_exactly_one_wins(store):
         def take():
             start.wait()
             try:
-                won.append(RunLock(store, "demo", FAST).acquire())
+                won.append(RunLock(store, "demo", timing).acquire())
             except RunLockError as exc:
                 refused.append(exc)
 
@@ -152,8 +158,12 @@ def test_wait_lock_waits_for_the_holder_then_goes_on(store, caplog):
 
 
 def test_a_job_that_lost_its_lease_stops_before_the_next_stage(store):
-    lock = RunLock(store, "demo", FAST).acquire()
+    lock = RunLock(store, "demo", replace(FAST, heartbeat_s=1.0)).acquire()
     lock.check()
+    first, deadline = lease_on_disk(store)["heartbeat"], time.time() + 20
+    while lease_on_disk(store)["heartbeat"] == first:  # just after a heartbeat, not in the middle of one
+        assert time.time() < deadline, "no heartbeat"
+        time.sleep(0.02)
     plant(store, host="usurper", pid=7)
     deadline = time.time() + 20
     while lock._lost is None and time.time() < deadline:
