@@ -20,11 +20,12 @@ from saerec.data.inputs import check_inputs  # noqa: E402
 from saerec.data.records import DataError  # noqa: E402
 from saerec.logs import show_job_messages  # noqa: E402
 from saerec.pipeline import Runner, StageError, summarise  # noqa: E402
+from saerec.runlock import RunLock, RunLockError  # noqa: E402
 from saerec.runtime import RayStartError, cluster_address, init_ray  # noqa: E402
 from saerec.stages import STAGE_ORDER, load_stage  # noqa: E402
 from saerec.storage import Store, StorageError  # noqa: E402
 
-KNOWN_ERRORS = (ConfigError, DataError, RayStartError, StageError, StorageError)
+KNOWN_ERRORS = (ConfigError, DataError, RayStartError, RunLockError, StageError, StorageError)
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 log = logging.getLogger("saerec.job")
 
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stages", help=f"comma-separated stages to run (of: {', '.join(STAGE_ORDER)})")
     parser.add_argument("--until", choices=STAGE_ORDER, help="run the stages up to and including this one")
     parser.add_argument("--force", action="store_true", help="re-run the selected stages even if published")
+    parser.add_argument("--wait-lock", action="store_true",
+                        help="if another job holds this run, wait for it to finish instead of failing")
     return parser.parse_args(argv)
 
 
@@ -60,6 +63,7 @@ def select_stages(stages: str | None, until: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     show_job_messages()
+    lock: RunLock | None = None
     try:
         cfg = load_config(args.config, args.overrides)
         names = select_stages(args.stages, args.until)
@@ -67,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         store.check()
         log.info(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "
                  f"{store.uri(store.join(cfg.run.name))}")
+        lock = RunLock(store, cfg.run.name).acquire(wait=args.wait_lock)
         runner = Runner(cfg, store)
         if "prepare" in names and (args.force or not runner.is_published(load_stage("prepare"))):
             check_inputs(cfg.data)  # seconds, where Ray's start-up takes tens of them
         log.info(init_ray(cluster_address(cfg.ray.address), cfg.ray.num_cpus))
         for name in names:
+            lock.check()
             start = time.time()
             manifest = runner.run_stage(load_stage(name), force=args.force)
             if manifest.get("skipped"):
@@ -81,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except KNOWN_ERRORS as exc:
         log.error(f"error: {exc}")
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
     log.info("all selected stages are published.")
     return 0
 
