@@ -98,7 +98,20 @@ def parse(template: str, fields: tuple[str, ...]) -> Template:
 
 
 def _appears(value: str, text: str) -> bool:
-    return re.search(r"(?<!\w)" + re.escape(value) + r"(?!\w)", text, re.IGNORECASE) is not None
+    """``value`` in ``text`` as whole words, ignoring case (a string search: a regex per brand would
+    be compiled anew for each item)."""
+    value, text = value.lower(), text.lower()
+    start = text.find(value)
+    while start >= 0:
+        end = start + len(value)
+        if not (start and _word(text[start - 1])) and not (end < len(text) and _word(text[end])):
+            return True
+        start = text.find(value, start + 1)
+    return False
+
+
+def _word(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 def render(template: Template, values: Mapping[str, str]) -> str:
