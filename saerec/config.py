@@ -78,7 +78,7 @@ class DataSection:
     on_bad_record: Literal["error", "skip"] = "error"
     duplicates: Literal["drop", "keep"] = "drop"  # drop: repeated (user, item, time) records and repeated corpus texts
     item_meta: str | None = None  # sequences: item_id asin title brand TSV; a relative path is inside data.path
-    text_template: str | None = None  # item text, e.g. "{title}[. Brand: {brand}]"; null: {text}, or that with item_meta
+    text_template: str | None = None  # e.g. "{title}[. Brand: {brand}]"; null: {text}, or that with item_meta
     demo: DemoSection = field(default_factory=DemoSection)
 
     def __post_init__(self) -> None:
@@ -90,8 +90,9 @@ def _check_item_text(cfg: DataSection) -> None:
     from saerec.data import template
 
     if cfg.item_meta is not None and cfg.source != "sequences":
+        origin = "data.meta_path" if cfg.source == "amazon" else "its own metadata"
         raise ConfigError(f"data.item_meta is read by data.source=sequences only; data.source={cfg.source} takes "
-                          "titles and brands from " + ("data.meta_path" if cfg.source == "amazon" else "its own metadata"))
+                          f"titles and brands from {origin}")
     if cfg.text_template is None:
         return
     fields = template.FIELDS["sequences" if cfg.source == "sequences" else "amazon"]
@@ -99,8 +100,9 @@ def _check_item_text(cfg: DataSection) -> None:
         used = template.parse(cfg.text_template, fields).fields
     except ValueError as exc:
         raise ConfigError(f"data.text_template {cfg.text_template!r}: {exc}") from None
-    if cfg.source == "sequences" and not cfg.item_meta and used & set(template.META_FIELDS):
-        raise ConfigError(f"data.text_template {cfg.text_template!r} uses {{{sorted(used & set(template.META_FIELDS))[0]}}}, "
+    from_meta = sorted(used & set(template.META_FIELDS))
+    if cfg.source == "sequences" and not cfg.item_meta and from_meta:
+        raise ConfigError(f"data.text_template {cfg.text_template!r} uses {{{from_meta[0]}}}, "
                           "which data.source=sequences reads from data.item_meta (a TSV file with columns item_id asin "
                           "title brand); set data.item_meta, or use only {text}")
     if cfg.source == "amazon" and not cfg.meta_path:

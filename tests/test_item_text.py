@@ -96,7 +96,8 @@ def test_sequences_metadata_through_the_template(tmp_path):
 
 @pytest.mark.parametrize("row, message, kind", [
     ("2\tA2\tBlue\tPolish\tEssie\n", r"item_meta\.tsv:3: item 2 has 5 columns, expected 4 \(item_id asin title brand\) "
-                                     r"\(a TAB inside its title or brand\?\); skipping it keeps item 2 without metadata",
+                                     r"\(a TAB inside its title or brand\?\); skipping it keeps item 2 "
+                                     r"without metadata",
      "tab_in_text"),
     ("2\tA2\tBlue Polish\n", r"item_meta\.tsv:3: item 2 has 3 columns, expected 4", None),
     ("9\tA9\tGhost\tNone\n", r"item_meta\.tsv:3: unknown item id 9 \(not in items\.tsv\)", None),
@@ -116,7 +117,8 @@ def test_bad_metadata_records_are_named_or_skipped(tmp_path, row, message, kind)
 
 def test_metadata_not_utf8_and_bad_header(tmp_path):
     folder = _folder(tmp_path, HEADER.encode() + b"1\tA1\tCr\xe8me\tOPI\n2\tA2\tBlue Polish\tEssie\n")
-    with pytest.raises(DataError, match=r"item_meta\.tsv:2: not UTF-8 text \(byte 0xe8 at byte 8 of the line.*skipping it keeps item 1 without metadata"):
+    with pytest.raises(DataError, match=r"item_meta\.tsv:2: not UTF-8 text \(byte 0xe8 at byte 8 of the line.*"
+                                        r"skipping it keeps item 1 without metadata"):
         _texts(folder)
     texts, bad = _texts(folder, policy="skip")
     assert texts["1"] == "" and texts["2"] == "Blue Polish. Brand: Essie" and bad.metrics()["not_utf8_skipped"] == 1

@@ -45,7 +45,8 @@ def check_inputs(cfg: DataSection) -> None:
         _readable_file(folder / name, "data.path", "sequences", expected)
     meta = item_meta_path(cfg)
     if meta is not None:
-        _readable_file(meta, "data.item_meta", "sequences", "an item metadata file with columns item_id asin title brand")
+        _readable_file(meta, "data.item_meta", "sequences",
+                       "an item metadata file with columns item_id asin title brand")
 
 
 def input_path(cfg: DataSection) -> Path:

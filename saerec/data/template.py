@@ -85,7 +85,8 @@ def parse(template: str, fields: tuple[str, ...]) -> Template:
             close(True)
             optional = False
         elif token in "{}":
-            raise ValueError(f"a lone {token} (fields are written {{name}}, one of: {allowed}; braces have no literal form)")
+            raise ValueError(f"a lone {token} (fields are written {{name}}, one of: {allowed}; "
+                             "braces have no literal form)")
         else:
             pieces.append(token)
     if optional:
