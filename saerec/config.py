@@ -77,7 +77,37 @@ class DataSection:
     review_drop: float = _bounded(0.0, lo=0.0, hi=1.0, hi_open=True)
     on_bad_record: Literal["error", "skip"] = "error"
     duplicates: Literal["drop", "keep"] = "drop"  # drop: repeated (user, item, time) records and repeated corpus texts
+    item_meta: str | None = None  # sequences: item_id asin title brand TSV; a relative path is inside data.path
+    text_template: str | None = None  # e.g. "{title}[. Brand: {brand}]"; null: {text}, or that with item_meta
     demo: DemoSection = field(default_factory=DemoSection)
+
+    def __post_init__(self) -> None:
+        _check_item_text(self)
+
+
+def _check_item_text(cfg: DataSection) -> None:
+    """The item text template names only fields its source has, and metadata comes with its source."""
+    from saerec.data import template
+
+    if cfg.item_meta is not None and cfg.source != "sequences":
+        origin = "data.meta_path" if cfg.source == "amazon" else "its own metadata"
+        raise ConfigError(f"data.item_meta is read by data.source=sequences only; data.source={cfg.source} takes "
+                          f"titles and brands from {origin}")
+    if cfg.text_template is None:
+        return
+    fields = template.FIELDS["sequences" if cfg.source == "sequences" else "amazon"]
+    try:
+        used = template.parse(cfg.text_template, fields).fields
+    except ValueError as exc:
+        raise ConfigError(f"data.text_template {cfg.text_template!r}: {exc}") from None
+    from_meta = sorted(used & set(template.META_FIELDS))
+    if cfg.source == "sequences" and not cfg.item_meta and from_meta:
+        raise ConfigError(f"data.text_template {cfg.text_template!r} uses {{{from_meta[0]}}}, "
+                          "which data.source=sequences reads from data.item_meta (a TSV file with columns item_id asin "
+                          "title brand); set data.item_meta, or use only {text}")
+    if cfg.source == "amazon" and not cfg.meta_path:
+        raise ConfigError(f"data.text_template {cfg.text_template!r} needs data.meta_path (a meta_*.json.gz file with "
+                          "titles, brands and descriptions) for data.source=amazon")
 
 
 @dataclass

@@ -8,6 +8,10 @@ not strings or whose line is not UTF-8 is a bad record (named by file and line;
 ``data.on_bad_record`` says whether it stops the stage); a lone UTF-16 surrogate in a text is
 replaced by U+FFFD, a text over ``lines.MAX_TEXT_CHARS`` is cut, both are counted, and the record
 is kept.
+
+An item's text is ``data.text_template`` over its metadata fields (``saerec.data.template``):
+``title``, ``brand`` (Amazon's "Unknown" counts as none), ``description`` (a list of strings is
+joined), ``asin``, and ``text``, the title then the description, which is the default.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from saerec.data import lines
-from saerec.data.records import BadRecords, DataError, Interaction, id_problem, text_problem, time_problem
+from saerec.data import lines, template
+from saerec.data.records import (BadRecords, DataError, Interaction, id_problem, json_type, text_problem,
+                                 time_problem)
 
 ID_KEYS = ("reviewerID", "asin")
 TEXT_KEYS = ("reviewText", "summary")
@@ -99,20 +104,29 @@ def read_reviews(path: str | Path, bad: BadRecords) -> Iterator[Interaction]:
         raise DataError(f"{path}: no usable review records")
 
 
-def _description(record: dict[str, Any]) -> str | None:
-    """Title and description as one text; None when either has a type no catalogue text has."""
-    title = record.get("title") or ""
-    description = record.get("description") or ""
-    if isinstance(description, list) and all(isinstance(d, str) for d in description):
-        description = " ".join(description)
-    if not isinstance(title, str) or not isinstance(description, str):
-        return None
-    return " ".join(p for p in (title, description) if p.strip()).strip()
+def _fields(record: dict[str, Any], used: set[str]) -> dict[str, str] | str:
+    """The template's fields of a metadata record, or why one it uses has a type no catalogue text
+    has (``text`` uses the title and the description)."""
+    raw = {k: record.get(k) or "" for k in ("title", "brand", "description")}
+    if isinstance(raw["description"], list) and all(isinstance(d, str) for d in raw["description"]):
+        raw["description"] = " ".join(raw["description"])
+    for key in sorted((used | ({"title", "description"} if "text" in used else set())) & set(raw)):
+        if not isinstance(raw[key], str):
+            return f"metadata {key} is a JSON {json_type(raw[key])}, expected a string (or a list of strings)"
+    fields = {k: v.strip() if isinstance(v, str) else "" for k, v in raw.items()}
+    if fields["brand"].lower() == "unknown":
+        fields["brand"] = ""
+    fields["text"] = " ".join(p for p in (raw["title"], raw["description"]) if isinstance(p, str) and p.strip()).strip()
+    fields["asin"] = record["asin"]
+    return fields
 
 
-def read_item_texts(path: str | Path, bad: BadRecords, wanted: set[str]) -> dict[str, str]:
-    """Item descriptions (title, then description) from a ``meta_*.json(.gz)`` file, for wanted asins."""
+def read_item_texts(path: str | Path, bad: BadRecords, wanted: set[str],
+                    text_template: str = template.PLAIN) -> dict[str, str]:
+    """Item texts (``text_template``, by default the title then the description) from a
+    ``meta_*.json(.gz)`` file, for wanted asins."""
     path = Path(path)
+    parsed = template.parse(text_template, template.FIELDS["amazon"])
     texts: dict[str, str] = {}
     for lineno, line in _lines(path, bad):
         try:
@@ -129,10 +143,11 @@ def read_item_texts(path: str | Path, bad: BadRecords, wanted: set[str]) -> dict
             continue
         if record["asin"] not in wanted:
             continue
-        text = _description(record)
-        if text is None:
-            bad.bad(path, lineno, "metadata title or description is not a string (or a list of strings)")
+        fields = _fields(record, parsed.fields)
+        if isinstance(fields, str):
+            bad.bad(path, lineno, fields)
             continue
+        text = template.render(parsed, fields)
         if text:
             texts[record["asin"]] = bad.text(text)
     return texts

@@ -43,6 +43,10 @@ def check_inputs(cfg: DataSection) -> None:
         if not (folder / name).exists():
             raise DataError(f"data.path {folder} has no {name} (data.source=sequences expects {expected})")
         _readable_file(folder / name, "data.path", "sequences", expected)
+    meta = item_meta_path(cfg)
+    if meta is not None:
+        _readable_file(meta, "data.item_meta", "sequences",
+                       "an item metadata file with columns item_id asin title brand")
 
 
 def input_path(cfg: DataSection) -> Path:
@@ -51,3 +55,12 @@ def input_path(cfg: DataSection) -> Path:
         what = "a reviews_*.json.gz file" if cfg.source == "amazon" else "a folder with sequences.txt and items.tsv"
         raise DataError(f"data.path is required for data.source={cfg.source!r} ({what})")
     return Path(cfg.path).expanduser()
+
+
+def item_meta_path(cfg: DataSection) -> Path | None:
+    """``data.item_meta``: an absolute path (or ``~``) as given, a relative one inside ``data.path``,
+    so a config can name the file once for wherever the data folder lives."""
+    if not cfg.item_meta:
+        return None
+    meta = Path(cfg.item_meta).expanduser()
+    return meta if meta.is_absolute() else input_path(cfg) / meta

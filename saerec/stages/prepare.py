@@ -3,8 +3,8 @@
 Metrics: the counts of ``collect`` and ``write_corpus`` (``duplicates_dropped``,
 ``corpus_repeats_dropped`` among them), ``bad_records_skipped`` with ``bad_record_lines`` (file ->
 first line numbers) and ``bad_record_examples`` when any were skipped, one ``{kind}_skipped`` per
-kind counted on its own (``bad_time``, ``not_utf8``, ``repeated_user``, ``tab_in_text``), and the
-texts kept after a repair: ``surrogates_replaced`` and ``texts_truncated``.
+kind counted on its own (``bad_time``, ``not_utf8``, ``repeated_user``, ``repeated_item``,
+``tab_in_text``), and the texts kept after a repair: ``surrogates_replaced`` and ``texts_truncated``.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 from saerec import artifacts
 from saerec.config import DataSection
-from saerec.data import amazon, demo, sequences
+from saerec.data import amazon, demo, sequences, template
 from saerec.data.dataset import CorpusOptions, Tables, collect, with_item_texts, workdir, write_corpus
-from saerec.data.inputs import check_inputs, input_path
+from saerec.data.inputs import check_inputs, input_path, item_meta_path
 from saerec.data.records import BadRecords, Interaction
 from saerec.pipeline import Stage, StageContext
 
@@ -26,11 +26,11 @@ def _amazon(reviews: Path, meta: Path | None, cfg: DataSection, bad: BadRecords,
     if meta is None:
         return with_item_texts(tables, {})
     wanted = set(tables.items.column("raw_id").to_pylist())
-    return with_item_texts(tables, amazon.read_item_texts(meta, bad, wanted))
+    return with_item_texts(tables, amazon.read_item_texts(meta, bad, wanted, template.choose(cfg.text_template, None)))
 
 
 def _sequences(folder: Path, cfg: DataSection, bad: BadRecords, scratch: Path) -> Tables:
-    items = sequences.read_items_tsv(folder / "items.tsv", bad)
+    items = sequences.item_texts(folder, item_meta_path(cfg), template.choose(cfg.text_template, cfg.item_meta), bad)
     records: Iterator[Interaction] = sequences.read_interactions(folder / "sequences.txt", items, bad)
     tables = with_item_texts(collect(records, cfg.k_core, scratch, cfg.duplicates == "drop"), items)
     reviewers = sequences.read_user_ids(folder / "users.tsv")
@@ -46,6 +46,9 @@ def empty_corpus_hint(cfg: DataSection) -> str:
         folder = input_path(cfg)
         if cfg.text == "reviews":
             return "the sequences source has no reviews; use data.text=items for the texts in items.tsv"
+        if cfg.item_meta or cfg.text_template:
+            return (f"no item of {folder / 'items.tsv'} has a text under data.text_template "
+                    f"{template.choose(cfg.text_template, cfg.item_meta)!r}")
         return f"no item in {folder / 'items.tsv'} has a text"
     reviews = "the demo's reviews" if cfg.source == "demo" else str(input_path(cfg))
     if cfg.text == "reviews":
