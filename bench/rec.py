@@ -108,7 +108,8 @@ def step_steer(args: argparse.Namespace) -> None:
     if not matched:
         raise SystemExit(f"no intent summary of {args.cell} mentions {args.query!r}")
     study = grounded_steering_study(model, split.test, matched, args.strengths, 20)
-    study["valid_dose_response"] = grounded_steering_study(model, split.valid, matched, args.strengths, 20)["dose_response"]
+    on_valid = grounded_steering_study(model, split.valid, matched, args.strengths, 20)
+    study["valid_dose_response"] = on_valid["dose_response"]
     study["within_1pct_cost"] = cheapest_effect(study["valid_dose_response"], study["dose_response"], "ndcg@20")
     texts = artifacts.read_item_texts(published["prepare"], data.n_items)
     users = np.random.default_rng(0).choice(len(split.test), size=10, replace=False)

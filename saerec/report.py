@@ -198,8 +198,9 @@ def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str]
     for name, paper in PAPER_BEAUTY.items():
         if with_paper and name not in shown:
             rows.append([name, "paper (Beauty)", *[paper.get(m) for m in metrics]])
-    caption = ("Test set (columns named valid: the validation item), full ranking over all items. Paper rows: Tables 2 and 3 of the SAERec paper on Amazon "
-               "Beauty (other datasets are not comparable)." if with_paper else
-               "Test set (columns named valid: the validation item), full ranking over all items. The paper's numbers are for Amazon Beauty and are not "
-               "shown beside the demo's.")
+    caption = ("Test set (columns named valid: the validation item), full ranking over all items. Paper rows: "
+               "Tables 2 and 3 of the SAERec paper on Amazon Beauty (other datasets are not comparable)."
+               if with_paper else
+               "Test set (columns named valid: the validation item), full ranking over all items. The paper's "
+               "numbers are for Amazon Beauty and are not shown beside the demo's.")
     return Table(columns, rows, caption)

@@ -4,10 +4,10 @@ lists, and run the steering study.
 Reads: train_rec (selected models), prepare (sequences, item texts), judge (intent summaries).
 Writes the artifacts ``TEST_METRICS`` (per run; mean, sample std and n per variant over seeds; the
 model chosen on valid with its ties; paired bootstrap intervals of the comparisons), ``PER_USER``
-(every run's valid and test rank per user), ``RECOMMENDATIONS`` (per test user: top-N items, the held-out item, the personal and public
-intents with their summaries, the branch weights; for a grounded model each item's intents by
-contribution) and ``STEERING`` (for a grounded model a dose-response over steering strengths, on
-valid and on test; the strength is chosen on valid).
+(every run's valid and test rank per user), ``RECOMMENDATIONS`` (per test user: top-N items, the
+held-out item, the personal and public intents with their summaries, the branch weights; for a
+grounded model each item's intents by contribution) and ``STEERING`` (for a grounded model a
+dose-response over steering strengths, on valid and on test; the strength is chosen on valid).
 
 Selection: "the model" is the variant with the highest mean valid NDCG@20 over seeds (each run's
 selected-epoch valid score from train_rec); its test is reported once. A variant within valid noise
@@ -64,7 +64,7 @@ def pooled(per_user: pa.Table, split: str) -> dict[str, np.ndarray]:
 
 
 def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.ndarray]) -> dict[str, Any]:
-    """"The model": the variant with the best mean valid NDCG@20 over seeds, its ties, and its test
+    """The model: the variant with the best mean valid NDCG@20 over seeds, its ties, and its test
     (read after the choice, never for it)."""
     valid = {}
     for r in per_run:

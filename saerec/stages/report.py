@@ -145,8 +145,8 @@ def _selection(section: rp.Section, evaluated: dict[str, Any]) -> None:
         (f"It ties on valid with {ties}: their gap is within the larger seed std or the paired bootstrap interval "
          "of the per-user valid difference contains 0, so valid cannot tell them apart." if ties else
          "No other variant is within valid noise of it."))
-    rows = [[f"{c['a']} − {c['b']}", rp.format_interval(c["valid"]), rp.format_interval(c["test"]), c["test"]["users"],
-             c["test"]["excludes_zero"]] for c in evaluated.get("comparisons", [])]
+    rows = [[f"{c['a']} − {c['b']}", rp.format_interval(c["valid"]), rp.format_interval(c["test"]),
+             c["test"]["users"], c["test"]["excludes_zero"]] for c in evaluated.get("comparisons", [])]
     if rows:
         section.blocks.append(rp.Table(
             ["pair", f"valid {chosen['metric']} difference [95 % interval]",
@@ -157,6 +157,12 @@ def _selection(section: rp.Section, evaluated: dict[str, Any]) -> None:
 
 def _study(summary: list[dict[str, Any]], study: str) -> list[dict[str, Any]]:
     return [r for r in summary if r["study"] == study]
+
+
+def _error_bar(row: dict[str, Any], metric: str) -> float:
+    """The std over seeds as an error bar; none drawn for one seed, which has no std."""
+    std = row[f"{metric}_std"]
+    return 0.0 if std is None else std
 
 
 def _mean_std_cells(row: dict[str, Any], metrics: list[str]) -> list[Any]:
@@ -182,7 +188,7 @@ def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
                                        [[label, *_mean_std_cells(r, metrics)] for label, r in zip(labels, ablation)],
                                        "Each SAERec part removed in turn, and the two baselines, same harness"))
         section.blocks.append(rp.Figure(rp.bar_chart(labels, [r[f"test_{chart_metric}_mean"] for r in ablation],
-                                                     [r[f"test_{chart_metric}_std"] for r in ablation],
+                                                     [_error_bar(r, f"test_{chart_metric}") for r in ablation],
                                                      "Ablations", f"test {chart_metric}"),
                                         f"Test {chart_metric} per variant (error bars: std over seeds)"))
     for study, title, key, scale, xlabel in (
@@ -194,7 +200,7 @@ def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
         x = [round(r[key] * scale) for r in rows]
         section = doc.section(title)
         section.blocks.append(rp.Table([xlabel, *metrics], [[v, *_mean_std_cells(r, metrics)] for v, r in zip(x, rows)]))
-        series = {m: ([r[f"test_{m}_mean"] for r in rows], [r[f"test_{m}_std"] for r in rows])
+        series = {m: ([r[f"test_{m}_mean"] for r in rows], [_error_bar(r, f"test_{m}") for r in rows])
                   for m in metrics if m.endswith("@20")}
         section.blocks.append(rp.Figure(rp.line_chart(x, series, title, xlabel, "test metric"),
                                         f"{title}: SAERec test metrics (error bars: std over seeds)"))
