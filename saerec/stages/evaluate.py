@@ -252,7 +252,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                "selected_seeds": selection["test"]["n"],
                                f"selected_valid_{SELECT_METRIC}": selection["valid"][selection["selected"]]["mean"],
                                f"selected_test_{SELECT_METRIC}": selection["test"]["mean"],
-                               "selected_ties": ", ".join(t["model"] for t in selection["ties"])}
+                               "selected_ties": ", ".join(t["model"] for t in selection["ties"]) or "none"}
     for c in comparisons:
         name = f"{c['a']}_minus_{c['b']}_test_{c['metric']}"
         metrics.update({name: c["test"]["difference"], f"{name}_low": c["test"]["low"],
