@@ -24,7 +24,7 @@ from bench.shared_data import shared_data_dir
 from saerec import artifacts
 from saerec.config import Config, load_config
 from saerec.pipeline import Runner, StageInput
-from saerec.rec import evaluate
+from saerec.rec import evaluate, stats
 from saerec.rec.runs import RunSettings, train_run
 from saerec.rec.variants import build_inputs, variant
 from saerec.runtime import init_ray
@@ -142,9 +142,9 @@ def read_parts(folder: Path) -> dict[str, dict[str, Any]]:
     return {row["cell"]: row for row in rows if "best_epoch" in row}
 
 
-def mean_std(rows: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, float]]:
-    return {m: {"mean": float(np.mean([r["test"][m] for r in rows])), "std": float(np.std([r["test"][m] for r in rows])),
-                "n": len(rows)} for m in metrics}
+def mean_std(rows: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, Any]]:
+    """Per test metric over the cells' seeds: mean, sample std (None for one seed) and n."""
+    return {m: stats.mean_std([r["test"][m] for r in rows]) for m in metrics}
 
 
 def spread(values: Any) -> dict[str, Any]:

@@ -91,8 +91,8 @@ def _load(args: argparse.Namespace, cell: str) -> torch.nn.Module:
 
 def step_steer(args: argparse.Namespace) -> None:
     """The dose-response of steering a grounded cell toward the intents whose summary matches
-    ``--query`` (judged intents, or every latent for grounded-all), on the test users, plus ten
-    explained recommendations."""
+    ``--query`` (judged intents, or every latent for grounded-all), on the valid and the test users
+    (the strength is chosen on valid), plus ten explained recommendations."""
     torch.set_num_threads(args.threads)
     published = Published(args.config)
     data = published.sequences()
@@ -108,7 +108,9 @@ def step_steer(args: argparse.Namespace) -> None:
     if not matched:
         raise SystemExit(f"no intent summary of {args.cell} mentions {args.query!r}")
     study = grounded_steering_study(model, split.test, matched, args.strengths, 20)
-    study["within_1pct_cost"] = cheapest_effect(study["dose_response"], "ndcg@20")
+    on_valid = grounded_steering_study(model, split.valid, matched, args.strengths, 20)
+    study["valid_dose_response"] = on_valid["dose_response"]
+    study["within_1pct_cost"] = cheapest_effect(study["valid_dose_response"], study["dose_response"], "ndcg@20")
     texts = artifacts.read_item_texts(published["prepare"], data.n_items)
     users = np.random.default_rng(0).choice(len(split.test), size=10, replace=False)
     out = explain_grounded(model, split.test.inputs[users], split.test.lengths[users], 3, 3)
@@ -134,10 +136,13 @@ def step_steer(args: argparse.Namespace) -> None:
 
 
 def _beats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Whether ``a``'s mean beats ``b``'s by more than 2 std (the larger of the two) on every metric."""
+    """Whether ``a``'s mean beats ``b``'s by more than 2 sample std (the larger of the two) on every
+    metric; never with a single seed on either side (no spread, so no claim: margins are None)."""
+    seeds = [a[METRICS[0]]["n"], b[METRICS[0]]["n"]]
+    if min(seeds) < 2:
+        return {"all_beyond_2std": False, "margin_minus_2std": {m: None for m in METRICS}, "seeds": seeds}
     margins = {m: a[m]["mean"] - b[m]["mean"] - 2 * max(a[m]["std"], b[m]["std"]) for m in METRICS}
-    return {"all_beyond_2std": all(v > 0 for v in margins.values()), "margin_minus_2std": margins,
-            "seeds": [a[METRICS[0]]["n"], b[METRICS[0]]["n"]]}
+    return {"all_beyond_2std": all(v > 0 for v in margins.values()), "margin_minus_2std": margins, "seeds": seeds}
 
 
 def step_report(args: argparse.Namespace) -> None:
@@ -181,7 +186,8 @@ def step_report(args: argparse.Namespace) -> None:
     args.out.write_text(json.dumps(out, indent=2))
     print(f"{'variant':18} {'seeds':>5} {'intents':>8} {'best ep':>9} {'s/ep':>5} " + " ".join(f"{m:>15}" for m in METRICS))
     for name, s in summary.items():
-        cells = " ".join(f"{s[m]['mean']:.4f}±{s[m]['std']:.4f}" for m in METRICS)
+        cells = " ".join(f"{s[m]['mean']:.4f}±{s[m]['std']:.4f}" if s[m]["std"] is not None else f"{s[m]['mean']:.4f}"
+                         for m in METRICS)
         print(f"{name:18} {len(s['seeds']):5d} {','.join(map(str, s['n_intents'])):>8} "
               f"{','.join(map(str, s['best_epochs'])):>9} {s['epoch_seconds']:5.0f} {cells}")
     print(f"{'BSARec (published)':18} " + " " * 31 + " ".join(f"{BSAREC[m]:15.4f}" for m in METRICS))

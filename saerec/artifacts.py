@@ -83,6 +83,8 @@ TEST_METRICS = Artifact("evaluate", "metrics.json", "test metrics per run and me
 RECOMMENDATIONS = Artifact("evaluate", "recommendations.parquet", "per test user: top-N, target, intents",
                            schemas.RECOMMENDATIONS)
 STEERING = Artifact("evaluate", "steering.json", "the steering study")
+PER_USER = Artifact("evaluate", "per_user.parquet", "per run and user: valid and test rank, NDCG@20, HR@20",
+                    schemas.PER_USER)
 SWEEP_RESULTS = Artifact("sweep", "results.parquet", "one row per trial")
 SWEEP_SUMMARY = Artifact("sweep", "summary.parquet", "mean and std over seeds per study point")
 SWEEP_JSON = Artifact("sweep", "results.json", "both tables, plus where each study point's inputs came from")

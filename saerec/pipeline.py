@@ -3,7 +3,7 @@
 A stage is ``run(ctx) -> metrics``. It reads only published upstream outputs (``ctx.input``),
 writes only into its fresh attempt folder (``ctx.output``), and is published by the runner,
 which writes ``_manifest.json`` last. Same fingerprint (own config sections + seed + upstream
-fingerprints) as the published manifest means the stage is skipped.
+fingerprints + the stage's code, see ``stage_code``) as the published manifest means the stage is skipped.
 
 A manifest holds no absolute location: it names its attempt folder relative to its own stage
 folder (``"attempt": "attempt-..."``) and its inputs by stage name and fingerprint. Every path is
@@ -12,9 +12,12 @@ that is copied or moved stays valid, and a stage only ever deletes inside its ow
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import platform
@@ -23,6 +26,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import pyarrow as pa
@@ -166,10 +170,100 @@ def _fingerprinted(stage: Stage, section: str, settings: dict[str, Any]) -> dict
     return settings if keys is None else {k: settings[k] for k in keys}
 
 
+# Modules that run or record a stage without deciding what it computes (the runner, storage, config
+# parsing, logging, Ray start-up): editing them re-runs nothing. Config *values* are fingerprinted.
+NOT_STAGE_CODE = frozenset({"saerec.pipeline", "saerec.storage", "saerec.config", "saerec.logs", "saerec.runtime"})
+# Covered, but their imports are not followed: the storage layout imports the model classes it
+# restores; a stage that computes with a model imports it itself, and one that only reads a
+# published model re-runs when the stage that trained it does (its input fingerprint changes).
+LAYOUT_MODULES = frozenset({"saerec.artifacts"})
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module ``name`` (``a/b.py`` or ``a/b/__init__.py``), found without importing it."""
+    top, *rest = name.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin is None:
+        return None
+    if spec.submodule_search_locations is None:
+        return None if rest else Path(spec.origin)
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
+    for found in (base.parent / f"{base.name}.py", base / "__init__.py"):
+        if found.is_file():
+            return found
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _imported(name: str, source: bytes, is_package: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """Every module name ``source`` imports anywhere (lazy imports too; ``from a import b`` gives
+    ``a`` and ``a.b``, dropped later when ``a.b`` is an attribute), and its string constants."""
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    strings: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            strings.add(node.value)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*parts, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return frozenset(found), frozenset(strings)
+
+
+def stage_code(stage: Stage) -> dict[str, str]:
+    """What a stage's code fingerprint covers, as ``{name: sha256 of its bytes}``.
+
+    The rule: the module defining ``stage.run`` and, transitively, every module of its own top
+    package or of ``saerec`` that it imports statically (``import``/``from ... import`` anywhere in
+    the source), except ``NOT_STAGE_CODE`` and the imports of ``LAYOUT_MODULES``; plus every file in
+    a non-package subfolder beside such a module whose source names that folder in a string (the
+    prompt templates that ``saerec.intents.prompts`` reads from ``templates/``). Dynamic imports
+    (``importlib``) are not followed: the sweep runs other stages through the runner, whose own
+    fingerprints cover them.
+    Names are module names and folder-relative paths, and hashes are of file contents, so the same
+    code gives the same fingerprint on every machine.
+    """
+    root = getattr(stage.run, "__module__", None)
+    if not root:
+        return {}
+    tops = {root.split(".")[0], "saerec"}
+    covered: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in NOT_STAGE_CODE:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is None:
+            continue
+        source = path.read_bytes()
+        covered[name] = hashlib.sha256(source).hexdigest()
+        imports, strings = _imported(name, source, path.name == "__init__.py")
+        if name not in LAYOUT_MODULES:
+            todo += [m for m in imports if m.split(".")[0] in tops]
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for folder in sorted(path.parent.iterdir()):
+            if (folder.is_dir() and not (folder / "__init__.py").exists()
+                    and any(t == folder.name or t.startswith(f"{folder.name}/") for t in strings)):
+                for data in sorted(f for f in folder.rglob("*") if f.is_file() and "__pycache__" not in f.parts):
+                    key = f"{package}:{data.relative_to(path.parent).as_posix()}"
+                    covered[key] = hashlib.sha256(data.read_bytes()).hexdigest()
+    return dict(sorted(covered.items()))
+
+
 def fingerprint(stage: Stage, cfg: Config, upstream: dict[str, dict[str, Any]]) -> str:
-    """Hash of what decides a stage's outputs: seed, its sections' result keys and its inputs."""
+    """Hash of what decides a stage's outputs: seed, its sections' result keys, its inputs and its
+    code (``stage_code``): editing that code re-runs the stage and, through their inputs, every
+    stage downstream; editing other code re-runs nothing."""
     payload = {
         "stage": stage.name,
+        "code": stage_code(stage),
         "seed": cfg.seed,
         "sections": {s: _fingerprinted(stage, s, result_settings(cfg.section(s))) for s in stage.sections},
         "inputs": {name: m["fingerprint"] for name, m in sorted(upstream.items())},

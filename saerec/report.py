@@ -66,11 +66,16 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def format_mean_std(mean: float, std: float, seeds: int) -> str:
-    """``0.1234`` for one seed, ``0.1234 ± 0.0056`` for several."""
-    if seeds > 1 and not math.isnan(std):
-        return f"{mean:.4f} ± {std:.4f}"
+def format_mean_std(mean: float, std: float | None, seeds: int) -> str:
+    """``0.1234`` for one seed (it has no spread), ``0.1234 ± 0.0056 (n=3)`` for several."""
+    if seeds > 1 and std is not None and not math.isnan(std):
+        return f"{mean:.4f} ± {std:.4f} (n={seeds})"
     return f"{mean:.4f}"
+
+
+def format_interval(result: Mapping[str, Any]) -> str:
+    """A paired comparison as ``+0.0012 [-0.0003, +0.0027]``."""
+    return f"{result['difference']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]"
 
 
 def _data_uri(png: bytes) -> str:
@@ -193,8 +198,9 @@ def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str]
     for name, paper in PAPER_BEAUTY.items():
         if with_paper and name not in shown:
             rows.append([name, "paper (Beauty)", *[paper.get(m) for m in metrics]])
-    caption = ("Test set, full ranking over all items. Paper rows: Tables 2 and 3 of the SAERec paper on Amazon "
-               "Beauty (other datasets are not comparable)." if with_paper else
-               "Test set, full ranking over all items. The paper's numbers are for Amazon Beauty and are not "
-               "shown beside the demo's.")
+    caption = ("Test set (columns named valid: the validation item), full ranking over all items. Paper rows: "
+               "Tables 2 and 3 of the SAERec paper on Amazon Beauty (other datasets are not comparable)."
+               if with_paper else
+               "Test set (columns named valid: the validation item), full ranking over all items. The paper's "
+               "numbers are for Amazon Beauty and are not shown beside the demo's.")
     return Table(columns, rows, caption)

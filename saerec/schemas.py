@@ -60,6 +60,20 @@ RECOMMENDATIONS = pa.schema([
 ])
 
 
+# evaluate: one row per run and user with the full-ranking rank (0-based) of the held-out item on valid
+# and on test, and the per-user NDCG@20 / HR@20 the paired comparisons read
+PER_USER = pa.schema([
+    ("variant", pa.string()),
+    ("seed", pa.int64()),
+    ("user", pa.int32()),
+    ("valid_rank", pa.int64()),
+    ("test_rank", pa.int64()),
+    ("valid_ndcg@20", pa.float64()),
+    ("valid_hr@20", pa.float64()),
+    ("test_ndcg@20", pa.float64()),
+    ("test_hr@20", pa.float64()),
+])
+
 # train_sae
 LATENT_FREQUENCY = pa.schema([("latent", pa.int32()), ("count", pa.int64()), ("frequency", pa.float64())])
 

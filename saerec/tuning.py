@@ -35,6 +35,7 @@ from ray import tune
 from saerec.rec import evaluate
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import RunSettings, train_run, with_k
+from saerec.rec.stats import mean_std
 from saerec.rec.variants import FULL_MODEL, NAMES, variant
 from saerec.schemas import sweep_results_schema
 
@@ -260,8 +261,9 @@ def results_table(rows: Sequence[dict[str, Any]], ks: Sequence[int]) -> pa.Table
 
 
 def summary_table(results: pa.Table, ks: Sequence[int]) -> pa.Table:
-    """Mean and standard deviation over seeds of every test metric, per study and setting."""
-    metrics = [f"test_{m}@{k}" for k in ks for m in ("hr", "ndcg")]
+    """Mean and sample standard deviation over seeds (null for one seed) of every valid and test
+    metric, per study and setting; ``seeds`` is the n of every mean."""
+    metrics = [f"{split}_{m}@{k}" for split in ("valid", "test") for k in ks for m in ("hr", "ndcg")]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in results.to_pylist():
         for study in row["studies"]:
@@ -272,11 +274,21 @@ def summary_table(results: pa.Table, ks: Sequence[int]) -> pa.Table:
         entry: dict[str, Any] = {"study": study, "variant": variant, "k": k, "review_drop": drop,
                                  "judge": judge, "seeds": len(members)}
         for metric in metrics:
-            values = np.array([m[metric] for m in members], dtype=np.float64)
-            entry[f"{metric}_mean"] = float(values.mean())
-            entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            spread = mean_std([m[metric] for m in members])
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = spread["mean"], spread["std"]
         out.append(entry)
-    return pa.Table.from_pylist(out)
+    return pa.Table.from_pylist(out, schema=pa.schema([
+        ("study", pa.string()), ("variant", pa.string()), ("k", pa.int32()), ("review_drop", pa.float64()),
+        ("judge", pa.string()), ("seeds", pa.int64()),
+        *[(f"{metric}_{stat}", pa.float64()) for metric in metrics for stat in ("mean", "std")]]))
+
+
+def best_point(summary: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The study point with the highest mean *valid* ``metric`` over seeds (ties: the first in the
+    table's order); its test mean is reported beside, never used to choose."""
+    if not summary:
+        raise ValueError("no study points to choose from")
+    return max(summary, key=lambda r: r[f"valid_{metric}_mean"])
 
 
 def _identity(spec: TrialSpec) -> dict[str, Any]:

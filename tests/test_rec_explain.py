@@ -95,8 +95,11 @@ def test_grounded_steering_raises_the_share_of_listed_items_carrying_the_boosted
         "a huge boost fills every list with the unseen carrying items"
     assert levels[-1]["carrying_share"] >= levels[1]["carrying_share"] >= levels[0]["carrying_share"]
     assert levels[-1]["users_changed"] > 0
-    cheap = cheapest_effect(levels, "ndcg@5", max_cost=1.0)
+    on_valid = grounded_steering_study(model, data.valid, [3], [0.5, 100.0], top_n=5)["dose_response"]
+    assert on_valid[0]["ndcg@5"] == pytest.approx(evaluate(model, data.valid, [5])["ndcg@5"])
+    cheap = cheapest_effect(on_valid, levels, "ndcg@5", max_cost=1.0)
     assert cheap is not None and cheap["strength"] == 100.0
+    assert cheap["carrying_share_after"] == levels[-1]["carrying_share"], "the chosen strength is reported on test"
     with pytest.raises(ValueError, match="non-empty subset"):
         grounded_steering_study(model, data.test, [6], [1.0], top_n=5)
     with pytest.raises(ValueError, match=">= 0"):

@@ -60,7 +60,9 @@ def test_main_table_puts_the_papers_numbers_beside_ours():
 
 def test_mean_std_format():
     assert rp.format_mean_std(0.12345, 0.01, 1) == "0.1235"
-    assert rp.format_mean_std(0.12345, 0.01, 3) == "0.1235 ± 0.0100"
+    assert rp.format_mean_std(0.12345, 0.01, 3) == "0.1235 ± 0.0100 (n=3)"
+    assert rp.format_mean_std(0.12345, None, 1) == "0.1235", "one seed: no spread shown"
+    assert rp.format_interval({"difference": 0.0012, "low": -0.0003, "high": 0.0027}) == "+0.0012 [-0.0003, +0.0027]"
 
 
 LATENTS = [2, 5, 7]
@@ -87,9 +89,18 @@ def _judge(ctx: StageContext) -> dict:
 
 
 def _evaluate(ctx: StageContext) -> dict:
-    test = {f"{m}@{k}": {"mean": 0.05 * k / 10, "std": 0.001} for m in ("hr", "ndcg") for k in (5, 10, 20)}
-    ctx.output.write_json("metrics.json", {"summary": {
-        "sasrec": {"seeds": [0, 1], "test": test}, "saerec": {"seeds": [0, 1], "test": test}}})
+    test = {f"{m}@{k}": {"mean": 0.05 * k / 10, "std": 0.001, "n": 2} for m in ("hr", "ndcg") for k in (5, 10, 20)}
+    one_seed = {m: {**v, "std": None, "n": 1} for m, v in test.items()}
+    valid = {"mean": 0.06, "std": 0.002, "n": 2}
+    interval = {"difference": 0.02, "low": 0.01, "high": 0.03, "users": 50, "excludes_zero": True}
+    ctx.output.write_json("metrics.json", {
+        "summary": {"sasrec": {"seeds": [0, 1], "valid": {**valid, "mean": 0.04}, "test": test},
+                    "saerec": {"seeds": [0, 1], "valid": valid, "test": test},
+                    "dense": {"seeds": [0], "valid": {"mean": 0.059, "std": None, "n": 1}, "test": one_seed}},
+        "selection": {"selected": "saerec", "metric": "ndcg@20", "valid": {"saerec": valid},
+                      "ties": [{"model": "dense"}], "test": test["ndcg@20"]},
+        "comparisons": [{"a": "saerec", "b": "sasrec", "metric": "ndcg@20", "valid": interval,
+                         "test": {**interval, "difference": 0.001, "low": -0.002, "excludes_zero": False}}]})
     ctx.output.write_json("steering.json", {"query": "acne", "matched_intents": [5], "flagged_before": 10,
                                             "flagged_after": 14})
     ctx.output.write_table("recommendations.parquet", pa.table({
@@ -153,7 +164,13 @@ def test_report_stage_reads_every_published_output(tmp_path):
     assert "| 7 | w7a, w7b | theme 7 | 0.7000 | 0.7500 |" in markdown and "| 5 | w5a, w5b | theme 5 |" in markdown
     assert "| 2 | w2a, w2b |" not in markdown, "only the example_intents most active kept intents"
     assert "paper (Beauty)" not in markdown, "a demo run is not compared with the paper's Beauty numbers"
-    assert "0.1000 ± 0.0010" in markdown, "two seeds give mean ± std"
+    assert "0.1000 ± 0.0010 (n=2)" in markdown, "two seeds give mean ± std and n"
+    main = markdown.split("## Main results")[1].split("## Sweeps")[0]
+    assert "| model | source | valid ndcg@20 | hr@10 |" in main, "valid beside test"
+    assert "| dense | this run | 0.0590 | 0.0500 |" in main, "one seed: no spread"
+    assert ("The model, chosen on mean valid ndcg@20 over seeds: saerec (valid 0.0600 ± 0.0020 (n=2), test "
+            "0.1000 ± 0.0010 (n=2), 2 seed(s)). It ties on valid with dense") in main
+    assert "| saerec − sasrec | +0.0200 [+0.0100, +0.0300] | +0.0010 [-0.0020, +0.0300] | 50 | no |" in main
     fusion = markdown.split("| branch | mean fusion weight |")[1].split("\n\n")[0]
     assert [line.split("|")[1].strip() for line in fusion.strip().splitlines()[1:]] == ["self", "personal", "public"]
     assert "| personal | 0.0600 |" in fusion

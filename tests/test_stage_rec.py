@@ -13,6 +13,7 @@ import time
 import numpy as np
 import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -225,3 +226,21 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
         "strength 0 is the model's own test ranking"
     assert {r["variant"] for r in artifacts.read_runs(StageInput(runner.store, trained))} == \
         {"grounded", "grounded-random", "dense"}
+    on_valid = {r["strength"]: r["ndcg@5"] for r in study["valid_dose_response"]}
+    assert set(on_valid) == {r["strength"] for r in levels}, "the strength is chosen on a valid dose-response"
+    runs = artifacts.read_runs(StageInput(runner.store, trained))
+    metrics = runner.store.read_json(f"{evaluated['output_dir']}/metrics.json")
+    chosen = max(runs, key=lambda r: r["valid"]["ndcg@20"])  # one seed each: its valid is the variant's mean
+    assert metrics["selection"]["selected"] == evaluated["metrics"]["selected_model"] == chosen["variant"]
+    assert evaluated["metrics"]["selected_valid_ndcg@20"] == chosen["valid"]["ndcg@20"]
+    assert metrics["summary"]["dense"]["test"]["ndcg@20"]["std"] is None, "one seed: no std"
+    per_user = runner.store.read_table(f"{evaluated['output_dir']}/per_user.parquet")
+    assert per_user.schema == schemas.PER_USER and per_user.num_rows == 3 * len(recs)
+    for run in runs:
+        mine = per_user.filter(pc.equal(per_user.column("variant"), run["variant"]))
+        mean_valid = float(pc.mean(mine.column("valid_ndcg@20")).as_py())
+        assert mean_valid == pytest.approx(run["valid"]["ndcg@20"], abs=1e-6), \
+            "evaluate's per-user valid ranks are the ones train_rec selected on"
+    [compared] = metrics["comparisons"]
+    assert (compared["a"], compared["b"]) == ("grounded", "grounded-random")
+    assert compared["test"]["low"] <= compared["test"]["difference"] <= compared["test"]["high"]

@@ -221,6 +221,9 @@ def test_summary_is_mean_and_std_over_seeds():
     assert summary[0]["seeds"] == 2
     assert summary[0]["test_ndcg@20_mean"] == pytest.approx(0.2)
     assert summary[0]["test_ndcg@20_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
+    assert summary[0]["valid_ndcg@20_mean"] == pytest.approx(0.2), "valid beside test"
+    one_seed = tuning.summary_table(tuning.results_table(rows[:1], (5, 10, 20)), (5, 10, 20)).to_pylist()
+    assert one_seed[0]["seeds"] == 1 and one_seed[0]["test_ndcg@20_std"] is None, "one seed has no std, not 0"
 
 
 DIM = 8
@@ -283,6 +286,11 @@ def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capl
         ("ablation", "saerec", 2), ("ablation", "noIde", 2), ("ablation", "kmeans", 2), ("ablation", "random", 2),
         ("ablation", "sasrec", 2),
         ("sensitivity", "saerec", 2), ("sensitivity", "saerec", 3), ("judge", "saerec", 2)}
+    best = max(summary, key=lambda r: r["valid_ndcg@20_mean"])
+    metrics = published["metrics"]
+    assert metrics["best_study_point"] == f"{best['study']}:{best['variant']}:k{best['k']}:drop{best['review_drop']}"
+    assert (metrics["best_valid_ndcg@20"], metrics["best_test_ndcg@20"]) == (best["valid_ndcg@20_mean"],
+                                                                             best["test_ndcg@20_mean"])
     assert runner.run_stage(sweep.STAGE).get("skipped") is True
 
 

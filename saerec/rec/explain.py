@@ -167,16 +167,28 @@ def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: Rankin
             "users": len(data), "dose_response": rows_out}
 
 
-def cheapest_effect(dose_response: Sequence[dict[str, float]], metric: str, max_cost: float = 0.01
-                    ) -> dict[str, float] | None:
-    """The strongest steering level whose relative loss of ``metric`` is at most ``max_cost``, with
-    its relative rise of the carrying share; None when no boosted level is that cheap."""
-    base = dose_response[0]
-    cheap = [r for r in dose_response[1:] if base[metric] - r[metric] <= max_cost * base[metric]]
+def cheapest_effect(valid: Sequence[dict[str, float]], test: Sequence[dict[str, float]], metric: str,
+                    max_cost: float = 0.01) -> dict[str, float] | None:
+    """The strongest steering level whose relative loss of ``metric`` on valid is at most ``max_cost``,
+    chosen on the valid dose-response only; for that strength it reports the valid and test cost and,
+    on test, the relative rise of the carrying share. None when no boosted level is that cheap on valid.
+    Both dose-responses are ``grounded_steering_study``'s over the same strengths."""
+    base = valid[0]
+    cheap = [r for r in valid[1:] if base[metric] - r[metric] <= max_cost * base[metric]]
     if not cheap:
         return None
-    best = cheap[-1]
-    rise = best["carrying_share"] / base["carrying_share"] - 1 if base["carrying_share"] > 0 else float("inf")
-    return {"strength": best["strength"], f"{metric}_cost": 1 - best[metric] / base[metric] if base[metric] else 0.0,
-            "carrying_share_before": base["carrying_share"], "carrying_share_after": best["carrying_share"],
-            "carrying_share_rise": rise}
+    strength = cheap[-1]["strength"]
+    on_test = {r["strength"]: r for r in test}
+    if strength not in on_test or 0.0 not in on_test:
+        raise ValueError(f"the test dose-response has no strength {strength} or 0 to report; it must use the "
+                         "valid one's strengths")
+    test_base, found = on_test[0.0], on_test[strength]
+
+    def cost(before: dict[str, float], after: dict[str, float]) -> float:
+        return 1 - after[metric] / before[metric] if before[metric] else 0.0
+
+    rise = (found["carrying_share"] / test_base["carrying_share"] - 1 if test_base["carrying_share"] > 0
+            else float("inf"))
+    return {"strength": strength, "chosen_on": "valid", f"valid_{metric}_cost": cost(base, cheap[-1]),
+            f"test_{metric}_cost": cost(test_base, found), "carrying_share_before": test_base["carrying_share"],
+            "carrying_share_after": found["carrying_share"], "carrying_share_rise": rise}

@@ -41,6 +41,12 @@ def hr_ndcg(ranks: np.ndarray | Tensor, ks: Sequence[int]) -> dict[str, float]:
     return out
 
 
+def user_ndcg_hr(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user NDCG@k and HR@k from 0-based ranks: the terms ``hr_ndcg`` averages."""
+    r = np.asarray(ranks, dtype=np.float64)
+    hit = r < k
+    return np.where(hit, 1.0 / np.log2(r + 2.0), 0.0), hit.astype(np.float64)
+
 @torch.no_grad()
 def rank_users(model: torch.nn.Module, data: RankingSet, mask_history: bool = True,
                batch_size: int = 1024, device: torch.device | str = "cpu") -> np.ndarray:

@@ -1,10 +1,20 @@
-"""Stage ``evaluate``: test every selected model once, explain its lists, and run the steering study.
+"""Stage ``evaluate``: test every selected model once, choose "the model" on valid, explain its
+lists, and run the steering study.
 
 Reads: train_rec (selected models), prepare (sequences, item texts), judge (intent summaries).
-Writes the artifacts ``TEST_METRICS`` (per run and mean ± std per variant over seeds),
-``RECOMMENDATIONS`` (per test user: top-N items, the held-out item, the personal and public
-intents with their summaries, the branch weights; for a grounded model each item's intents by
-contribution) and ``STEERING`` (for a grounded model a dose-response over steering strengths).
+Writes the artifacts ``TEST_METRICS`` (per run; mean, sample std and n per variant over seeds; the
+model chosen on valid with its ties; paired bootstrap intervals of the comparisons), ``PER_USER``
+(every run's valid and test rank per user), ``RECOMMENDATIONS`` (per test user: top-N items, the
+held-out item, the personal and public intents with their summaries, the branch weights; for a
+grounded model each item's intents by contribution) and ``STEERING`` (for a grounded model a
+dose-response over steering strengths, on valid and on test; the strength is chosen on valid).
+
+Selection: "the model" is the variant with the highest mean valid NDCG@20 over seeds (each run's
+selected-epoch valid score from train_rec); its test is reported once. A variant within valid noise
+of it ties (``saerec.rec.stats.select_on_valid``). Comparisons (the selected model vs SASRec, each
+variant reading judged or every SAE intent vs its random-intent control of the same model kind)
+are paired bootstraps over users on per-user NDCG@20, seeds pooled per user by mean, on test and
+on valid.
 """
 from __future__ import annotations
 
@@ -17,18 +27,72 @@ import torch
 from saerec import artifacts, schemas
 from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
-from saerec.rec import evaluate, leave_one_out
+from saerec.rec import leave_one_out
 from saerec.rec.explain import (cheapest_effect, explain_grounded, explain_users, grounded_steering_study,
                                 match_texts, steering_study, top_items)
-from saerec.rec.variants import EXPLAIN_ORDER, attends, is_grounded
+from saerec.rec.metrics import hr_ndcg, rank_users, user_ndcg_hr
+from saerec.rec.runs import SELECT_METRIC
+from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
+from saerec.rec.variants import EXPLAIN_ORDER, VARIANTS, attends, is_grounded
 
 EXPLAINED_INTENTS_PER_ITEM = 3
+PAIRED_K = 20  # the cut-off of the per-user metrics (schemas.PER_USER) and of SELECT_METRIC
 
 
-def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = rows[0].keys()
-    return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
-            for k in keys}
+def mean_std_of(rows: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per key: mean, sample std (None for one row) and n."""
+    return {k: mean_std([r[k] for r in rows]) for k in rows[0]}
+
+
+def per_user_table(variant: str, seed: int, users: np.ndarray, valid_ranks: np.ndarray,
+                   test_ranks: np.ndarray) -> pa.Table:
+    """One run's rows of ``PER_USER``."""
+    columns: dict[str, Any] = {"variant": [variant] * len(users), "seed": np.full(len(users), seed),
+                               "user": users.astype(np.int32), "valid_rank": valid_ranks, "test_rank": test_ranks}
+    for split, ranks in (("valid", valid_ranks), ("test", test_ranks)):
+        ndcg, hit = user_ndcg_hr(ranks, PAIRED_K)
+        columns[f"{split}_ndcg@{PAIRED_K}"] = ndcg
+        columns[f"{split}_hr@{PAIRED_K}"] = hit
+    return pa.table(columns, schema=schemas.PER_USER)
+
+
+def pooled(per_user: pa.Table, split: str) -> dict[str, np.ndarray]:
+    """Each variant's per-user NDCG@20 on ``split``, averaged over its seeds (rows in user order)."""
+    frame = per_user.select(["variant", "user", f"{split}_ndcg@{PAIRED_K}"]).to_pandas()
+    means = frame.groupby(["variant", "user"], sort=True)[f"{split}_ndcg@{PAIRED_K}"].mean()
+    return {name: means.loc[name].to_numpy() for name in means.index.get_level_values(0).unique()}
+
+
+def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The model: the variant with the best mean valid NDCG@20 over seeds, its ties, and its test
+    (read after the choice, never for it)."""
+    valid = {}
+    for r in per_run:
+        valid.setdefault(r["variant"], []).append(r["valid"][SELECT_METRIC])
+    choice = select_on_valid(valid, valid_per_user)
+    test = mean_std([r["test"][SELECT_METRIC] for r in per_run if r["variant"] == choice["selected"]])
+    return {**choice, "metric": SELECT_METRIC, "chosen_on": "valid", "test": test}
+
+
+def compared_pairs(variants: list[str], selected: str) -> list[tuple[str, str]]:
+    """The pairs evaluate compares: the selected model vs SASRec, and each variant that reads judged or
+    every SAE intent vs the random-intent control of the same model kind."""
+    pairs = [(selected, "sasrec")] if selected != "sasrec" and "sasrec" in variants else []
+    for name in variants:
+        found = VARIANTS.get(name)
+        if found is None or found.intent_set not in ("judged", "all"):
+            continue
+        pairs += [(name, c) for c in variants if c in VARIANTS and VARIANTS[c].intent_set == "random"
+                  and VARIANTS[c].model == found.model and (name, c) not in pairs]
+    return pairs
+
+
+def paired_comparisons(pairs: list[tuple[str, str]], per_user: pa.Table) -> list[dict[str, Any]]:
+    """Paired bootstrap of ``a - b`` on per-user NDCG@20 (seeds pooled), on test and on valid."""
+    scores = {split: pooled(per_user, split) for split in ("valid", "test")}
+    return [{"a": a, "b": b, "metric": f"ndcg@{PAIRED_K}",
+             **{split: paired_bootstrap(scores[split][a], scores[split][b]) for split in ("valid", "test")}}
+            for a, b in pairs]
 
 
 def pick_explained(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -98,11 +162,12 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
     }, schema=schemas.RECOMMENDATIONS)
 
 
-def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, latents: np.ndarray | None,
+def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, test: Any, latents: np.ndarray | None,
              summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection) -> dict[str, Any]:
     """Boost the intents whose summaries match ``evaluate.steering_query``: for SAERec, count the
     items whose text matches in the lists; for a grounded model, the dose-response over
-    ``evaluate.steering_strengths`` of the share of listed items carrying the boosted intents."""
+    ``evaluate.steering_strengths`` of the share of listed items carrying the boosted intents, on
+    ``valid`` (which picks the strongest level costing at most 1 % NDCG) and on ``test`` (reported)."""
     query = cfg.steering_query
     if not query:
         return {"skipped": "evaluate.steering_query is not set"}
@@ -116,9 +181,11 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, test: Any, late
     if is_grounded(run["spec"]):
         study = grounded_steering_study(model, test, matched.tolist(), cfg.steering_strengths, cfg.top_n,
                                         cfg.mask_history)
+        on_valid = grounded_steering_study(model, valid, matched.tolist(), cfg.steering_strengths, cfg.top_n,
+                                           cfg.mask_history)
         metric = f"ndcg@{cfg.top_n}"
-        return {**base, **study, "kind": "grounded dose-response", "within_1pct_cost": cheapest_effect(
-            study["dose_response"], metric)}
+        return {**base, **study, "valid_dose_response": on_valid["dose_response"], "kind": "grounded dose-response",
+                "within_1pct_cost": cheapest_effect(on_valid["dose_response"], study["dose_response"], metric)}
     flags = np.concatenate([[False], match_texts(item_texts, query)])
     study = steering_study(model, test.inputs, test.lengths, matched.tolist(), cfg.steering_boost, flags,
                            cfg.top_n, cfg.mask_history)
@@ -137,22 +204,30 @@ def run(ctx: StageContext) -> dict[str, Any]:
     max_len = runs[0]["spec"]["encoder"]["max_len"]
     split = leave_one_out(data.sequences, data.n_items, max_len, cfg.protocol)
 
-    per_run = []
+    per_run, user_rows = [], []
+    users = np.asarray(data.users)[split.test.users]
     for r in ctx.progress(runs, total=len(runs), desc="evaluate"):
         model = artifacts.read_model(train_rec, r)
-        test = evaluate(model, split.test, cfg.ks, cfg.mask_history)
+        test_ranks = rank_users(model, split.test, cfg.mask_history)
+        valid_ranks = rank_users(model, split.valid, cfg.mask_history)
         per_run.append({"name": r["name"], "variant": r["variant"], "seed": r["seed"], "best_epoch": r["best_epoch"],
                         "epochs": r["epochs"], "mean_epoch_seconds": r["mean_epoch_seconds"],
-                        "valid": r["valid"], "test": test})
+                        "valid": r["valid"], "test": hr_ndcg(test_ranks, cfg.ks)})
+        user_rows.append(per_user_table(r["variant"], r["seed"], users, valid_ranks, test_ranks))
+    per_user = pa.concat_tables(user_rows)
+    artifacts.write_table(ctx.output, artifacts.PER_USER, per_user)
     variants = list(dict.fromkeys(r["variant"] for r in per_run))
     summary = {v: {"seeds": [r["seed"] for r in per_run if r["variant"] == v],
-                   "test": mean_std([r["test"] for r in per_run if r["variant"] == v]),
-                   "epoch_seconds": mean_std([{"s": r["mean_epoch_seconds"]} for r in per_run
-                                              if r["variant"] == v])["s"]}
+                   "valid": mean_std([r["valid"][SELECT_METRIC] for r in per_run if r["variant"] == v]),
+                   "test": mean_std_of([r["test"] for r in per_run if r["variant"] == v]),
+                   "epoch_seconds": mean_std([r["mean_epoch_seconds"] for r in per_run if r["variant"] == v])}
                for v in variants}
+    selection = select_model(per_run, pooled(per_user, "valid"))
+    comparisons = paired_comparisons(compared_pairs(variants, selection["selected"]), per_user)
     artifacts.write_json(ctx.output, artifacts.TEST_METRICS, {"protocol": cfg.protocol, "ks": cfg.ks,
                                                               "mask_history": cfg.mask_history,
-                                                              "runs": per_run, "summary": summary})
+                                                              "runs": per_run, "summary": summary,
+                                                              "selection": selection, "comparisons": comparisons})
 
     explained = pick_explained(runs) or sorted(runs, key=lambda r: (r["variant"], r["seed"]))[0]
     model = artifacts.read_model(train_rec, explained)
@@ -167,11 +242,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     artifacts.write_table(ctx.output, artifacts.RECOMMENDATIONS, table)
 
     texts = artifacts.read_item_texts(ctx.input("prepare"), data.n_items)
-    study = steering(model, explained, split.test, latents, summaries, texts, cfg)
+    study = steering(model, explained, split.valid, split.test, latents, summaries, texts, cfg)
     artifacts.write_json(ctx.output, artifacts.STEERING, study)
 
     metrics: dict[str, Any] = {"protocol": cfg.protocol, "explained_model": explained["name"],
-                               "users": len(split.test)}
+                               "users": len(split.test), "selected_model": selection["selected"],
+                               "selected_seeds": selection["test"]["n"],
+                               f"selected_valid_{SELECT_METRIC}": selection["valid"][selection["selected"]]["mean"],
+                               f"selected_test_{SELECT_METRIC}": selection["test"]["mean"],
+                               "selected_ties": ", ".join(t["model"] for t in selection["ties"]) or "none"}
+    for c in comparisons:
+        name = f"{c['a']}_minus_{c['b']}_test_{c['metric']}"
+        metrics.update({name: c["test"]["difference"], f"{name}_low": c["test"]["low"],
+                        f"{name}_high": c["test"]["high"]})
     for v in variants:
         for k in cfg.ks:
             for m in ("hr", "ndcg"):
@@ -179,6 +262,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if study.get("within_1pct_cost"):
         metrics["steering_strength_within_1pct"] = study["within_1pct_cost"]["strength"]
         metrics["steering_carrying_share_rise"] = study["within_1pct_cost"]["carrying_share_rise"]
+        metrics["steering_test_cost"] = study["within_1pct_cost"][f"test_ndcg@{cfg.top_n}_cost"]
     if "flagged_before" in study:
         metrics["steering_flagged_before"] = study["flagged_before"]
         metrics["steering_flagged_after"] = study["flagged_after"]

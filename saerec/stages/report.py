@@ -102,11 +102,13 @@ def _detection_by(metrics: dict) -> str:
 def _main_results(doc: rp.Document, ctx: StageContext) -> None:
     evaluated = artifacts.read_json(ctx.input("evaluate"), artifacts.TEST_METRICS)
     ours: dict[str, dict[str, Any]] = {}
+    valid_column = f"valid {SELECT_METRIC}"
     for variant, info in evaluated["summary"].items():
         seeds = len(info["seeds"])
+        shown = {**({valid_column: info["valid"]} if "valid" in info else {}), **info["test"]}
         ours[variant] = {m: (rp.format_mean_std(v["mean"], v["std"], seeds) if seeds > 1 else v["mean"])
-                         for m, v in info["test"].items()}
-    metrics = [m for m in rp.MAIN_METRICS if any(m in v for v in ours.values())]
+                         for m, v in shown.items()}
+    metrics = [m for m in (valid_column, *rp.MAIN_METRICS) if any(m in v for v in ours.values())]
     section = doc.section("Main results")
     demo = ctx.input("prepare").manifest["config"]["data"]["source"] == "demo"
     paper_rows = {v: VARIANTS[v].paper_row for v in ours if v in VARIANTS}
@@ -114,9 +116,11 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
     selection = ("selected on the validation item only (strict protocol)"
                  if evaluated.get("protocol", "strict") == "strict" else
                  "trained on the validation item and selected on the test item (paper protocol)")
-    section.blocks.append(f"Our rows are this run's test metrics (mean ± std over seeds when several), each model "
+    section.blocks.append(f"Our rows are this run's test metrics beside the valid {SELECT_METRIC} that selects "
+                          "(mean ± sample std over n seeds when several), each model's epochs "
                           f"{selection}. The paper's SASRec row is a SASRec trained with one sampled negative; ours "
                           "uses cross-entropy over all items, a much stronger baseline.")
+    _selection(section, evaluated)
     evaluated_metrics = ctx.input("evaluate").metrics
     fusion = [[b, round(evaluated_metrics[f"fusion_weight_{b}"], 4)] for b in ("self", "personal", "public")
               if f"fusion_weight_{b}" in evaluated_metrics]
@@ -127,8 +131,38 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
                                        "are ignored"))
 
 
+def _selection(section: rp.Section, evaluated: dict[str, Any]) -> None:
+    """The model chosen on valid, its ties, and the paired comparisons over users."""
+    chosen = evaluated.get("selection")
+    if not chosen:
+        return
+    name, valid, test = chosen["selected"], chosen["valid"][chosen["selected"]], chosen["test"]
+    ties = ", ".join(t["model"] for t in chosen["ties"])
+    section.blocks.append(
+        f"The model, chosen on mean valid {chosen['metric']} over seeds: {name} (valid "
+        f"{rp.format_mean_std(valid['mean'], valid['std'], valid['n'])}, test "
+        f"{rp.format_mean_std(test['mean'], test['std'], test['n'])}, {test['n']} seed(s)). " +
+        (f"It ties on valid with {ties}: their gap is within the larger seed std or the paired bootstrap interval "
+         "of the per-user valid difference contains 0, so valid cannot tell them apart." if ties else
+         "No other variant is within valid noise of it."))
+    rows = [[f"{c['a']} − {c['b']}", rp.format_interval(c["valid"]), rp.format_interval(c["test"]),
+             c["test"]["users"], c["test"]["excludes_zero"]] for c in evaluated.get("comparisons", [])]
+    if rows:
+        section.blocks.append(rp.Table(
+            ["pair", f"valid {chosen['metric']} difference [95 % interval]",
+             f"test {chosen['metric']} difference [95 % interval]", "users", "test interval excludes 0"], rows,
+            "Paired bootstrap over users (seeds pooled per user by mean): the model chosen on valid against SASRec, "
+            "and each intent variant against its random-intent control"))
+
+
 def _study(summary: list[dict[str, Any]], study: str) -> list[dict[str, Any]]:
     return [r for r in summary if r["study"] == study]
+
+
+def _error_bar(row: dict[str, Any], metric: str) -> float:
+    """The std over seeds as an error bar; none drawn for one seed, which has no std."""
+    std = row[f"{metric}_std"]
+    return 0.0 if std is None else std
 
 
 def _mean_std_cells(row: dict[str, Any], metrics: list[str]) -> list[Any]:
@@ -154,7 +188,7 @@ def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
                                        [[label, *_mean_std_cells(r, metrics)] for label, r in zip(labels, ablation)],
                                        "Each SAERec part removed in turn, and the two baselines, same harness"))
         section.blocks.append(rp.Figure(rp.bar_chart(labels, [r[f"test_{chart_metric}_mean"] for r in ablation],
-                                                     [r[f"test_{chart_metric}_std"] for r in ablation],
+                                                     [_error_bar(r, f"test_{chart_metric}") for r in ablation],
                                                      "Ablations", f"test {chart_metric}"),
                                         f"Test {chart_metric} per variant (error bars: std over seeds)"))
     for study, title, key, scale, xlabel in (
@@ -166,7 +200,7 @@ def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
         x = [round(r[key] * scale) for r in rows]
         section = doc.section(title)
         section.blocks.append(rp.Table([xlabel, *metrics], [[v, *_mean_std_cells(r, metrics)] for v, r in zip(x, rows)]))
-        series = {m: ([r[f"test_{m}_mean"] for r in rows], [r[f"test_{m}_std"] for r in rows])
+        series = {m: ([r[f"test_{m}_mean"] for r in rows], [_error_bar(r, f"test_{m}") for r in rows])
                   for m in metrics if m.endswith("@20")}
         section.blocks.append(rp.Figure(rp.line_chart(x, series, title, xlabel, "test metric"),
                                         f"{title}: SAERec test metrics (error bars: std over seeds)"))
@@ -220,15 +254,19 @@ def _dose_response(section: rp.Section, study: dict[str, Any]) -> None:
         f"{study['query']!r} ({'; '.join(s or '?' for s in study['matched_summaries'])}); {study['items_carrying']} "
         f"items carry one of them. Each item's score is raised by strength x the user's score spread x its weight "
         "on those intents, so strength 0 is the model's own ranking.")
+    valid = {r["strength"]: r for r in study.get("valid_dose_response", [])}
     section.blocks.append(rp.Table(
-        ["strength", f"share of top-{n} items carrying them", f"NDCG@{n}", f"HR@{n}", "users whose list changed"],
-        [[r["strength"], round(r["carrying_share"], 4), round(r[f"ndcg@{n}"], 4), round(r[f"hr@{n}"], 4),
-          round(r["users_changed"], 4)] for r in levels], "Steering dose-response on the test users"))
+        ["strength", f"share of top-{n} items carrying them", f"valid NDCG@{n}", f"NDCG@{n}", f"HR@{n}",
+         "users whose list changed"],
+        [[r["strength"], round(r["carrying_share"], 4), valid.get(r["strength"], {}).get(f"ndcg@{n}"),
+          round(r[f"ndcg@{n}"], 4), round(r[f"hr@{n}"], 4), round(r["users_changed"], 4)] for r in levels],
+        "Steering dose-response on the test users, with the valid NDCG that chooses the strength"))
     cheap = study.get("within_1pct_cost")
     section.blocks.append(
-        f"At the strongest level costing at most 1 % NDCG@{n} (strength {cheap['strength']}), the carrying share "
-        f"rises {cheap['carrying_share_rise']:+.1%} relative." if cheap else
-        f"Every steering level costs more than 1 % NDCG@{n}.")
+        f"The strongest level costing at most 1 % valid NDCG@{n} is strength {cheap['strength']} (chosen on valid); "
+        f"on test it costs {cheap[f'test_ndcg@{n}_cost']:.1%} NDCG@{n} and the carrying share rises "
+        f"{cheap['carrying_share_rise']:+.1%} relative." if cheap else
+        f"Every steering level costs more than 1 % valid NDCG@{n}.")
     base = levels[0]
 
     def relative(key: str) -> list[float]:

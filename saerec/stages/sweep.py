@@ -9,7 +9,7 @@ published. Tune's experiment state and each trial's training state live in ``ctx
 so a killed sweep re-run with the same inputs keeps its finished trials and continues the others.
 
 Outputs: ``results.parquet`` (one row per trial, ``schemas.sweep_results_schema``),
-``summary.parquet`` (mean and std over seeds per study point) and ``results.json`` (both, plus
+``summary.parquet`` (mean, sample std and n over seeds per study point, valid and test) and ``results.json`` (both, plus
 where each study point's upstream outputs came from).
 """
 from __future__ import annotations
@@ -164,13 +164,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     artifacts.write_table(ctx.output, artifacts.SWEEP_SUMMARY, summary)
     artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"protocol": settings.protocol,"trials": results.to_pylist(), "summary": summary.to_pylist(),
                                            "upstream": notes, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
-    best = max(summary.to_pylist(), key=lambda r: r[f"test_{SELECT_METRIC}_mean"])
+    best = tuning.best_point(summary.to_pylist(), SELECT_METRIC)
     return {"protocol": settings.protocol, "trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
             "upstream_seconds": round(upstream_seconds, 3), "tune_seconds": round(time.time() - tune_start, 3),
             "trial_train_seconds": float(np.sum(results.column("train_seconds").to_numpy())),
             "trials_resumed_mid_training": int(np.sum(results.column("resumed_from_epoch").to_numpy() > 0)),
             "best_study_point": f"{best['study']}:{best['variant']}:k{best['k']}:drop{best['review_drop']}",
-            f"best_test_{SELECT_METRIC}": best[f"test_{SELECT_METRIC}_mean"]}
+            f"best_valid_{SELECT_METRIC}": best[f"valid_{SELECT_METRIC}_mean"],
+            f"best_test_{SELECT_METRIC}": best[f"test_{SELECT_METRIC}_mean"], "best_seeds": best["seeds"]}
 
 
 STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge", "profile"), sections=SECTIONS,
