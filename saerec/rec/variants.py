@@ -35,6 +35,7 @@ from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig, SASRec
 
 INTENT_SETS = ("judged", "all", "kmeans", "random", "text")
+RANDOM_SET = "random"  # the control: random vectors or profiles with the judged set's shape
 ProfileRows = dict[int, tuple[list[int], list[float]]]
 GROUNDED_KINDS = ("grounded", "grounded-attention")
 ATTENDING_KINDS = ("attention", "grounded-attention")
@@ -96,6 +97,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 NAMES: tuple[str, ...] = tuple(VARIANTS)
 # The model whose k, review drop and judge the sweep's one-factor studies vary.
 FULL_MODEL = "saerec"
+# The plain recommender every other model is compared with (evaluate's paired intervals).
+BASELINE = "sasrec"
 # Which trained variant's lists evaluate explains and steers: the first of these that was trained.
 EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "saerec-grounded", "saerec-grounded-history", "saerec",
                  "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans", "random")

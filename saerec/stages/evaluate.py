@@ -33,7 +33,7 @@ from saerec.rec.explain import (cheapest_effect, explain_grounded, explain_users
 from saerec.rec.metrics import hr_ndcg, rank_users, user_ndcg_hr
 from saerec.rec.runs import SELECT_METRIC
 from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
-from saerec.rec.variants import EXPLAIN_ORDER, VARIANTS, attends, is_grounded
+from saerec.rec.variants import BASELINE, EXPLAIN_ORDER, RANDOM_SET, VARIANTS, attends, is_grounded
 
 EXPLAINED_INTENTS_PER_ITEM = 3
 PAIRED_K = 20  # the cut-off of the per-user metrics (schemas.PER_USER) and of SELECT_METRIC
@@ -77,12 +77,12 @@ def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.nda
 def compared_pairs(variants: list[str], selected: str) -> list[tuple[str, str]]:
     """The pairs evaluate compares: the selected model vs SASRec, and each variant that reads judged or
     every SAE intent vs the random-intent control of the same model kind."""
-    pairs = [(selected, "sasrec")] if selected != "sasrec" and "sasrec" in variants else []
+    pairs = [(selected, BASELINE)] if selected != BASELINE and BASELINE in variants else []
     for name in variants:
         found = VARIANTS.get(name)
         if found is None or found.intent_set not in ("judged", "all"):
             continue
-        pairs += [(name, c) for c in variants if c in VARIANTS and VARIANTS[c].intent_set == "random"
+        pairs += [(name, c) for c in variants if c in VARIANTS and VARIANTS[c].intent_set == RANDOM_SET
                   and VARIANTS[c].model == found.model and (name, c) not in pairs]
     return pairs
 
