@@ -228,6 +228,7 @@ class Runner:
     def __init__(self, cfg: Config, store: Store):
         self.cfg = cfg
         self.store = store
+        self._damaged_manifests: set[str] = set()  # said once each
 
     def stage_dir(self, stage: str) -> str:
         return self.store.join(self.cfg.run.name, stage)
@@ -247,8 +248,10 @@ class Runner:
             if isinstance(manifest, dict) and isinstance(manifest.get("fingerprint"), str):
                 return manifest
             problem = "not a saerec manifest (no fingerprint)"
-        log.warning(f"{self.store.uri(path)} cannot be read ({problem}); stage {stage} is taken as not published "
-                    "and runs again")
+        if path not in self._damaged_manifests:
+            self._damaged_manifests.add(path)
+            log.warning(f"{self.store.uri(path)} cannot be read ({problem}); stage {stage} is taken as not published "
+                        "and runs again")
         return None
 
     def _attempt(self, stage: str, manifest: dict[str, Any]) -> str | None:

@@ -264,9 +264,10 @@ def test_a_damaged_manifest_is_not_published_and_the_next_run_recovers(s3_server
         runner.run_stage(DOUBLE)
     again = runner.run_stage(NUMBERS)
     assert "skipped" not in again and again["fingerprint"] == first["fingerprint"]
-    assert any(r.getMessage().startswith(f"{runner.store.uri(path)} cannot be read (") and
-               r.getMessage().endswith("stage numbers is taken as not published and runs again")
-               for r in caplog.records if r.levelname == "WARNING")
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1, "said once, however often the manifest is looked at"
+    assert said[0].startswith(f"{runner.store.uri(path)} cannot be read (")
+    assert said[0].endswith("stage numbers is taken as not published and runs again")
     assert _attempts(runner, "numbers") == [again["attempt"]], "the earlier attempt went with the damaged manifest"
     assert runner.run_stage(DOUBLE)["metrics"] == {"rows": 30}
 
