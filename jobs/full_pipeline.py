@@ -26,6 +26,7 @@ from saerec.stages import STAGE_ORDER, load_stage  # noqa: E402
 from saerec.storage import Store, StorageError  # noqa: E402
 
 KNOWN_ERRORS = (ConfigError, DataError, RayStartError, RunLockError, StageError, StorageError)
+INTERRUPTED = "interrupted; published stages are kept, re-run to resume"
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 log = logging.getLogger("saerec.job")
 
@@ -48,16 +49,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def select_stages(stages: str | None, until: str | None) -> list[str]:
+    """The stages to run, in pipeline order; a selection that leaves none is an error, not a no-op."""
     names = list(STAGE_ORDER)
     if until:
         names = names[: names.index(until) + 1]
-    if stages:
+    if stages is not None:
         wanted = [s.strip() for s in stages.split(",") if s.strip()]
+        if not wanted:
+            raise ConfigError(f"--stages {stages!r} names no stage; stages are: {', '.join(STAGE_ORDER)}")
         unknown = [s for s in wanted if s not in STAGE_ORDER]
         if unknown:
             raise ConfigError(f"--stages: unknown stage {unknown[0]!r}; stages are: {', '.join(STAGE_ORDER)}")
         names = [s for s in names if s in wanted]
+        if not names:
+            raise ConfigError(f"--stages {','.join(wanted)} with --until {until} selects no stage: "
+                              f"{'they come' if len(wanted) > 1 else 'it comes'} after {until}; drop --until "
+                              "or name a stage up to it")
     return names
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether Ctrl-C caused ``exc``: a KeyboardInterrupt, or an error Ray raised while handling one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                 log.info(f"[{name}] skipped: published output matches (use --force to re-run)")
             else:
                 log.info(f"[{name}] done in {time.time() - start:.1f}s: {summarise(manifest['metrics'])}")
-    except KNOWN_ERRORS as exc:
-        log.error(f"error: {exc}")
-        return 2
+    except BaseException as exc:
+        if _interrupted(exc):
+            log.error(INTERRUPTED)
+            return 130
+        if isinstance(exc, KNOWN_ERRORS):
+            log.error(f"error: {exc}")
+            return 2
+        raise
     finally:
         if lock is not None:
             lock.release()

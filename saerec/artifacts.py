@@ -28,6 +28,7 @@ from saerec import schemas
 from saerec.pipeline import StageError, StageFiles
 from saerec.rec.variants import Sources, restore_model
 from saerec.sae.model import TopKSAE
+from saerec.storage import display_uri, storage_errors
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,29 @@ def dataset(files: StageFiles, art: Artifact) -> pads.Dataset:
     return dataset_at(art.path(files), files.store.fs)
 
 
+def write_dataset(ds: Any, art: Artifact, directory: str, filesystem: Any, **ray_remote_args: Any) -> None:
+    """Write a Ray Dataset as the Parquet parts of a folder artifact in an attempt folder.
+
+    Storage that refuses the write (read-only, full, gone) is a StorageError naming the folder,
+    not the Ray task's traceback.
+    """
+    path = art.under(directory)
+    with storage_errors(display_uri(filesystem, path)):
+        ds.write_parquet(path, filesystem=filesystem, ray_remote_args=ray_remote_args)
+
+
 def dataset_at(path: str, filesystem: Any) -> pads.Dataset:
     """The same from a plain path and filesystem (what travels to a Ray task or actor)."""
     return pads.dataset(path, filesystem=filesystem, format="parquet")
 
 
 def _tensors(files: StageFiles, art: Artifact, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    data = files.read_bytes(name or art.name)
-    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-    return load_tensors(data), header.get("__metadata__", {})
+    """A safetensors file's tensors and metadata; a damaged file is a StageError naming it (and its stage)."""
+    name = name or art.name
+    data = files.read_bytes(name)
+    with files.reading(name):
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        return load_tensors(data), header.get("__metadata__", {})
 
 
 def _write_tensors(files: StageFiles, name: str, tensors: dict[str, torch.Tensor],
@@ -270,10 +285,7 @@ def write_intent_set(files: StageFiles, intents: IntentSet) -> None:
 
 
 def read_intent_set(judge: StageFiles) -> IntentSet:
-    try:
-        tensors, metadata = _tensors(judge, INTENTS)
-    except Exception as exc:
-        raise _fail(INTENTS, judge, f"cannot be read: {exc}") from exc
+    tensors, metadata = _tensors(judge, INTENTS)
     for key in ("vectors", "latents"):
         if key not in tensors:
             raise _fail(INTENTS, judge, f"has no tensor {key!r} (has: {sorted(tensors)})")

@@ -37,9 +37,19 @@ def _listof(*items: Any) -> Any:
     return field(default_factory=lambda: list(items))
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
 @dataclass
 class RunSection:
     name: str = "demo"
+
+    def __post_init__(self) -> None:
+        # The run lives at {storage.uri}/{run.name} and nowhere else: one folder name, never a path.
+        if not _RUN_NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise ConfigError(f"run.name: got {self.name!r}; a run name is one folder name of at most 128 "
+                              "letters, digits, '.', '_' or '-' (not '.' or '..'), as the run lives at "
+                              "{storage.uri}/{run.name}")
 
 
 @dataclass

@@ -9,6 +9,12 @@ A manifest holds no absolute location: it names its attempt folder relative to i
 folder (``"attempt": "attempt-..."``) and its inputs by stage name and fingerprint. Every path is
 resolved against the storage root and run name the job was given, so a run folder or S3 prefix
 that is copied or moved stays valid, and a stage only ever deletes inside its own stage folder.
+
+The runner writes a marker (``_saerec_attempt.json``) into each attempt folder it creates, and
+removes an attempt folder only when it carries that marker (or the stage's manifest named it) and
+lies inside the stage folder with links resolved. A manifest records each output's size, and a
+stage checks its inputs' sizes before it starts, so a file cut short after publishing is named
+with the stage to re-run instead of failing somewhere inside a reader.
 """
 from __future__ import annotations
 
@@ -20,16 +26,20 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
 import platform
 import posixpath
+import socket
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import pyarrow as pa
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from saerec.config import Config, result_settings
@@ -38,7 +48,10 @@ from saerec.storage import MANIFEST, Store, StorageError
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 ATTEMPT_PREFIX = "attempt-"
+ATTEMPT_MARKER = "_saerec_attempt.json"
 TRAIN_DIR = "_train"
+# What a reader raises on a file that is not what it should be (cut short, overwritten, not the format).
+UNREADABLE = (ValueError, OSError, pa.ArrowException, SafetensorError)
 
 
 class StageError(RuntimeError):
@@ -72,11 +85,26 @@ class StageFiles:
     def uri(self, name: str = "") -> str:
         return self.store.uri(self.path(name) if name else self.dir)
 
+    @contextmanager
+    def reading(self, name: str) -> Iterator[None]:
+        """Parse a file of this folder: one that cannot be parsed is a StageError naming it (``unreadable``)."""
+        try:
+            yield
+        except (StorageError, StageError):
+            raise
+        except UNREADABLE as exc:
+            raise self.unreadable(name, exc) from exc
+
+    def unreadable(self, name: str, exc: BaseException) -> StageError:
+        return StageError(f"cannot read {self.uri(name)}: {_first_line(exc)}")
+
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        return self.store.read_table(self.path(name), columns)
+        with self.reading(name):
+            return self.store.read_table(self.path(name), columns)
 
     def read_json(self, name: str) -> Any:
-        return self.store.read_json(self.path(name))
+        with self.reading(name):
+            return self.store.read_json(self.path(name))
 
     def read_bytes(self, name: str) -> bytes:
         return self.store.read_bytes(self.path(name))
@@ -92,7 +120,8 @@ class StageFiles:
 
     def read_tensors(self, name: str) -> dict[str, Any]:
         from safetensors.torch import load
-        return load(self.read_bytes(name))
+        with self.reading(name):
+            return load(self.read_bytes(name))
 
     def write_tensors(self, name: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
         from safetensors.torch import save
@@ -119,6 +148,18 @@ class StageInput(StageFiles):
     @property
     def metrics(self) -> dict[str, Any]:
         return self.manifest.get("metrics", {})
+
+    def unreadable(self, name: str, exc: BaseException) -> StageError:
+        """A published input that cannot be read: the fix is to re-run the stage that wrote it."""
+        stage = self.manifest.get("stage")
+        return StageError(f"cannot read {self.uri(name)}, an output of stage {stage}: {_first_line(exc)}; the "
+                          "file is damaged (cut short or overwritten): re-run that stage with "
+                          f"--stages {stage} --force")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass
@@ -281,15 +322,31 @@ class Runner:
     def __init__(self, cfg: Config, store: Store):
         self.cfg = cfg
         self.store = store
+        self._damaged_manifests: set[str] = set()  # said once each
 
     def stage_dir(self, stage: str) -> str:
         return self.store.join(self.cfg.run.name, stage)
 
     def _read_manifest(self, stage: str) -> dict[str, Any] | None:
+        """The stored manifest, or None when there is none or it cannot be read: a damaged manifest
+        (cut short by a full disk, say) is said, and the stage is taken as not published, so the
+        next run re-runs it and replaces the manifest."""
         path = posixpath.join(self.stage_dir(stage), MANIFEST)
         if not self.store.exists(path):
             return None
-        return self.store.read_json(path)
+        try:
+            manifest = self.store.read_json(path)
+        except ValueError as exc:
+            problem = _first_line(exc)
+        else:
+            if isinstance(manifest, dict) and isinstance(manifest.get("fingerprint"), str):
+                return manifest
+            problem = "not a saerec manifest (no fingerprint)"
+        if path not in self._damaged_manifests:
+            self._damaged_manifests.add(path)
+            log.warning(f"{self.store.uri(path)} cannot be read ({problem}); stage {stage} is taken as not published "
+                        "and runs again")
+        return None
 
     def _attempt(self, stage: str, manifest: dict[str, Any]) -> str | None:
         """The manifest's attempt folder name if that folder is in this run's stage folder.
@@ -348,12 +405,28 @@ class Runner:
         return (published is not None and published.get("fingerprint") == fingerprint(stage, self.cfg, upstream)
                 and self._attempt(stage.name, published) is not None)
 
+    def _check_outputs(self, stage: str, manifest: dict[str, Any]) -> None:
+        """Stop before reading a published output that is missing or not the size its manifest recorded.
+
+        Manifests written before sizes were recorded are not checked; their readers still name a bad file.
+        """
+        sizes = manifest.get("output_sizes")
+        if not isinstance(sizes, dict):
+            return
+        found = self.store.file_sizes(manifest["output_dir"])
+        for name, size in sorted(sizes.items()):
+            path = posixpath.join(manifest["output_dir"], name)
+            actual = found.get(path)
+            if actual != size:
+                state = "is missing" if actual is None else f"has {actual} bytes where its manifest recorded {size}"
+                raise StageError(f"{self.store.uri(path)}, an output of stage {stage}, {state}: it was cut short "
+                                 f"or changed after it was published; re-run that stage with --stages {stage} --force")
+
     def _clean_leftovers(self, stage: str, keep: str | None) -> int:
         """Remove attempt folders no manifest points at: what killed runs left behind."""
         removed = 0
         for name in self.store.list_dirs(self.stage_dir(stage)):
-            if name.startswith(ATTEMPT_PREFIX) and name != keep:
-                self._discard(stage, name)
+            if name.startswith(ATTEMPT_PREFIX) and name != keep and self._discard(stage, name):
                 removed += 1
         return removed
 
@@ -368,11 +441,16 @@ class Runner:
                 raise self._unresolvable(stage.name, published)
             return {**published, "attempt": keep, "output_dir": posixpath.join(self.stage_dir(stage.name), keep),
                     "skipped": True}
+        for name, manifest in upstream.items():
+            self._check_outputs(name, manifest)
         log.info(f"[{stage.name}] running...")
         if self._clean_leftovers(stage.name, keep):
             log.info(f"[{stage.name}] removed leftovers of an unfinished earlier run")
         attempt = f"{ATTEMPT_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         out_dir = posixpath.join(self.stage_dir(stage.name), attempt)
+        self.store.write_json(posixpath.join(out_dir, ATTEMPT_MARKER), {
+            "stage": stage.name, "run": self.cfg.run.name, "attempt": attempt, "host": socket.gethostname(),
+            "pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         ctx = StageContext(
             stage=stage.name, run_name=self.cfg.run.name, seed=self.cfg.seed,
             sections={s: self.cfg.section(s) for s in stage.sections}, store=self.store,
@@ -385,6 +463,8 @@ class Runner:
         except BaseException:
             self._discard(stage.name, attempt)
             raise
+        sizes = {posixpath.relpath(p, out_dir): n for p, n in self.store.file_sizes(out_dir).items()}
+        sizes.pop(ATTEMPT_MARKER, None)
         manifest = {
             "stage": stage.name,
             "run": self.cfg.run.name,
@@ -394,7 +474,8 @@ class Runner:
                        for n, m in upstream.items()},
             "config": {s: dataclasses.asdict(self.cfg.section(s)) for s in stage.sections},
             "seed": self.cfg.seed,
-            "outputs": [posixpath.relpath(p, out_dir) for p in self.store.list_files(out_dir)],
+            "outputs": sorted(sizes),
+            "output_sizes": sizes,
             "metrics": metrics,
             "versions": _versions(),
             "wall_time_s": round(time.time() - start, 3),
@@ -402,18 +483,44 @@ class Runner:
         }
         self.store.write_json(posixpath.join(self.stage_dir(stage.name), MANIFEST), manifest)
         if keep is not None:
-            self._discard(stage.name, keep)
+            self._discard(stage.name, keep, published=True)
         return {**manifest, "output_dir": out_dir}
 
-    def _discard(self, stage: str, attempt: str) -> None:
-        """Delete one attempt folder of this run's stage: the only deletion a stage ever makes."""
+    def _discard(self, stage: str, attempt: str, published: bool = False) -> bool:
+        """Delete one attempt folder of this run's stage: the only deletion a stage ever makes.
+
+        The folder must lie inside the stage folder with links resolved, and carry the runner's
+        marker or be the one the stage's manifest named (``published``; older runs wrote no
+        marker). Anything else is left in place with a warning. Returns whether it was removed.
+        """
         if "/" in attempt or not attempt.startswith(ATTEMPT_PREFIX):
             raise StageError(f"refusing to delete {attempt!r}: not an attempt folder of stage {stage}")
-        directory = posixpath.join(self.stage_dir(stage), attempt)
+        stage_dir = self.stage_dir(stage)
+        directory = posixpath.join(stage_dir, attempt)
         try:
+            if not self.store.contains(stage_dir, directory):
+                log.warning(f"not removing {self.store.uri(directory)}: it leads outside {self.store.uri(stage_dir)}")
+                return False
+            if not published and not self._marked(directory, attempt):
+                log.warning(f"not removing {self.store.uri(directory)}: it has no {ATTEMPT_MARKER}, so no saerec "
+                            "runner made it; delete it by hand if it is yours")
+                return False
             self.store.delete_dir(directory)
         except StorageError as exc:
             log.warning(f"could not remove {self.store.uri(directory)}: {exc}")
+            return False
+        return True
+
+    def _marked(self, directory: str, attempt: str) -> bool:
+        """Whether the attempt folder carries the marker the runner wrote when it created it."""
+        path = posixpath.join(directory, ATTEMPT_MARKER)
+        if not self.store.exists(path):
+            return False
+        try:
+            marker = self.store.read_json(path)
+        except ValueError:
+            return False
+        return isinstance(marker, dict) and marker.get("attempt") == attempt
 
 
 # Counts of input left out (bad records, duplicates, empty texts, cut texts): shown whenever they are

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import yaml
 
+from saerec.pipeline import ATTEMPT_MARKER
 from saerec.stages import STAGE_ORDER
 from saerec.storage import MANIFEST, Store
 from tests.conftest import REPO
@@ -36,7 +37,7 @@ def test_submitted_job_publishes_every_stage_in_the_bucket(submitted_demo, s3_se
         assert manifest["stage"] == stage and manifest["run"] == "demo"
         attempt = store.join("demo", stage, manifest["attempt"])
         stored = store.list_files(attempt)
-        assert sorted(posixpath.relpath(p, attempt) for p in stored) == sorted(manifest["outputs"])
+        assert sorted(posixpath.relpath(p, attempt) for p in stored) == sorted(manifest["outputs"] + [ATTEMPT_MARKER])
         attempts = [d for d in store.list_dirs(store.join("demo", stage)) if d.startswith("attempt-")]
         assert attempts == [manifest["attempt"]], "exactly one published attempt"
 

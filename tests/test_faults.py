@@ -1,20 +1,25 @@
-"""Storage faults: an S3 server that restarts or vanishes mid-stage, bad credentials, a missing bucket.
-After each: nothing lost, duplicated or half-published, and no credential in any output. (Faults on
-a Ray head, a killed driver among them, are in test_cluster.py, which owns the head.)"""
+"""Storage faults: an S3 server that restarts or vanishes mid-stage, bad credentials, a missing bucket,
+read-only storage under a Ray Data write, and Ctrl-C. After each: nothing lost, duplicated or
+half-published, and no credential in any output. (Faults on a Ray head, a killed driver among
+them, are in test_cluster.py, which owns the head.)"""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
 import pytest
 
 from saerec.config import load_config
-from saerec.pipeline import MANIFEST, Runner, Stage, StageContext
+from saerec.pipeline import ATTEMPT_MARKER, MANIFEST, Runner, Stage, StageContext
 from saerec.storage import Store, StorageError
 from tests.conftest import REPO
 from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
@@ -50,7 +55,8 @@ def _runner(server: SeaweedS3) -> Runner:
 
 def _published_files(runner: Runner, stage: str) -> list[str]:
     manifest = runner.manifest(stage)
-    return sorted(posixpath.relpath(p, manifest["output_dir"]) for p in runner.store.list_files(manifest["output_dir"]))
+    return sorted(posixpath.relpath(p, manifest["output_dir"]) for p in runner.store.list_files(manifest["output_dir"])
+                  if posixpath.basename(p) != ATTEMPT_MARKER)
 
 
 def test_s3_restart_during_a_stage_is_retried(own_s3):
@@ -80,7 +86,8 @@ def test_s3_gone_during_a_stage_fails_clearly_and_publishes_nothing(own_s3, capl
     stage_dir = runner.stage_dir("parts")
     assert runner.store.list_dirs(stage_dir) == [posixpath.basename(published["output_dir"])]
     assert sorted(runner.store.list_files(stage_dir)) == sorted(
-        [posixpath.join(stage_dir, MANIFEST)] + [posixpath.join(published["output_dir"], f) for f in published["outputs"]])
+        [posixpath.join(stage_dir, MANIFEST), posixpath.join(published["output_dir"], ATTEMPT_MARKER)]
+        + [posixpath.join(published["output_dir"], f) for f in published["outputs"]])
 
 
 def _job(env_update: dict[str, str], *sets: str) -> subprocess.CompletedProcess:
@@ -107,3 +114,60 @@ def test_missing_bucket_fails_clearly(s3_server):
     assert result.returncode == 2
     assert "error: bucket 'no-such-bucket-here' of s3://no-such-bucket-here/x does not exist" in result.stderr
     assert SECRET_KEY not in result.stdout + result.stderr
+
+
+# -- read-only storage and Ctrl-C (issue 33, items 11 and 12) ---------------------------------------------------
+
+
+def _read_only(folder: Path) -> Callable[[], None]:
+    """Make ``folder`` refuse new files even to root (an immutable folder), or skip; returns the undo."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder read-only for root here (chattr +i refused)")
+    return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_read_only_storage_under_a_ray_data_write_is_a_storage_error(ray_local, tmp_path):
+    import pyarrow.fs as pafs
+    from saerec import artifacts
+    attempt = tmp_path / "attempt"
+    (attempt / "embeddings").mkdir(parents=True)
+    for locked, art in ((attempt / "embeddings", artifacts.EMBEDDINGS), (attempt, artifacts.VOCABULARY)):
+        undo = _read_only(locked)  # files refused inside a write task; then the folder refused on the driver
+        try:
+            with pytest.raises(StorageError) as failure:
+                artifacts.write_dataset(ray_local.data.range(20), art, str(attempt), pafs.LocalFileSystem(), num_cpus=0)
+        finally:
+            undo()
+        message = str(failure.value)
+        assert message.startswith(f"storage operation on {art.under(str(attempt))} failed: "), message
+        assert "not permitted" in message or "Permission denied" in message
+        assert "ray::" not in message and "\n" not in message
+
+
+def test_ctrl_c_during_a_stage_exits_130_and_leaves_a_clean_run(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "jobs" / "full_pipeline.py"), "--set", f"storage.uri={out}",
+           "--set", "data.demo.users=20000", "--until", "embed"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           start_new_session=True)
+    try:
+        for line in job.stdout:
+            if "] running..." in line:
+                break
+        time.sleep(2)  # into the stage's work
+        os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, stderr[-3000:]
+    assert "interrupted; published stages are kept, re-run to resume" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    for stage in (out / "demo").glob("*"):
+        attempts = sorted(p.name for p in stage.iterdir() if p.name.startswith("attempt-"))
+        manifest = stage / MANIFEST
+        published = [json.loads(manifest.read_text())["attempt"]] if manifest.exists() else []
+        assert attempts == published, f"{stage.name}: only a published attempt is left"

@@ -1,4 +1,5 @@
 """Storage and the stage contract against a real S3 server (SeaweedFS) and the local disk."""
+import json
 import os
 import posixpath
 import subprocess
@@ -8,6 +9,7 @@ import textwrap
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
+import torch
 
 from saerec.config import load_config
 from saerec.pipeline import Runner, StageError, StageInput
@@ -230,3 +232,96 @@ def test_manifests_from_before_still_load_or_say_how_to_rerun(tmp_path):
     assert "skipped" not in copy.run_stage(NUMBERS, force=True)
     assert _snapshot(original.store) == before, "an old manifest's absolute path is never deleted"
     assert _attempts(copy, "numbers") == [copy.manifest("numbers")["attempt"]]
+
+
+# -- issue 33: atomic manifests, damaged manifests and damaged outputs ---------------------------------------
+
+
+def test_a_local_file_is_replaced_whole_never_rewritten_in_place(tmp_path):
+    """A manifest is written beside its place and renamed into it: a reader holding the old file
+    still reads it whole, and no temporary file stays behind."""
+    runner = make_runner(str(tmp_path / "out"), None, "data.demo.users=30")
+    runner.run_stage(NUMBERS)
+    path = posixpath.join(runner.stage_dir("numbers"), MANIFEST)
+    with open(path, "rb") as old:
+        runner.run_stage(NUMBERS, force=True)
+        assert json.loads(old.read())["metrics"] == {"rows": 30}, "the old manifest was not cut short"
+    assert sorted(os.listdir(runner.stage_dir("numbers"))) == sorted([MANIFEST, runner.manifest("numbers")["attempt"]])
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"[1, 2]"])
+def test_a_damaged_manifest_is_not_published_and_the_next_run_recovers(s3_server, s3_uri, tmp_path, where,
+                                                                        damage, caplog):
+    uri, endpoint = (s3_uri, s3_server.endpoint) if where == "s3" else (str(tmp_path / "out"), None)
+    runner = make_runner(uri, endpoint, "data.demo.users=30")
+    first = runner.run_stage(NUMBERS)
+    path = posixpath.join(runner.stage_dir("numbers"), MANIFEST)
+    runner.store.write_bytes(path, damage(runner.store.read_bytes(path)))
+
+    assert runner.manifest("numbers") is None and not runner.is_published(NUMBERS)
+    with pytest.raises(StageError, match="needs the published output of stage numbers"):
+        runner.run_stage(DOUBLE)
+    again = runner.run_stage(NUMBERS)
+    assert "skipped" not in again and again["fingerprint"] == first["fingerprint"]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1, "said once, however often the manifest is looked at"
+    assert said[0].startswith(f"{runner.store.uri(path)} cannot be read (")
+    assert said[0].endswith("stage numbers is taken as not published and runs again")
+    assert _attempts(runner, "numbers") == [again["attempt"]], "the earlier attempt went with the damaged manifest"
+    assert runner.run_stage(DOUBLE)["metrics"] == {"rows": 30}
+
+
+def _damage(runner, stage, name, change):
+    path = posixpath.join(runner.manifest(stage)["output_dir"], name)
+    runner.store.write_bytes(path, change(runner.store.read_bytes(path)))
+    return runner.store.uri(path)
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_a_truncated_output_names_the_file_and_the_stage_to_rerun(s3_server, s3_uri, tmp_path, where):
+    uri, endpoint = (s3_uri, s3_server.endpoint) if where == "s3" else (str(tmp_path / "out"), None)
+    runner = make_runner(uri, endpoint, "data.demo.users=30")
+    runner.run_stage(NUMBERS)
+    size = len(runner.store.read_bytes(posixpath.join(runner.manifest("numbers")["output_dir"], "numbers.parquet")))
+    damaged = _damage(runner, "numbers", "numbers.parquet", lambda b: b[:100])
+    with pytest.raises(StageError) as failure:
+        runner.run_stage(DOUBLE)
+    assert str(failure.value) == (
+        f"{damaged}, an output of stage numbers, has 100 bytes where its manifest recorded {size}: it was cut "
+        "short or changed after it was published; re-run that stage with --stages numbers --force")
+    assert runner.manifest("double") is None and _attempts(runner, "double") == []
+
+    runner.run_stage(NUMBERS, force=True)  # what the message says to do
+    assert runner.run_stage(DOUBLE)["metrics"] == {"rows": 30}
+
+
+def test_an_output_damaged_in_place_names_the_file_and_the_stage(tmp_path):
+    """Same size, wrong bytes (or a manifest from before sizes were recorded): the reader's error,
+    named with the file and the stage to re-run, instead of a traceback from inside the reader."""
+    from saerec import artifacts
+    from saerec.pipeline import Stage
+
+    def write_sae(ctx):
+        artifacts.write_sae(ctx.output, {"d_in": 2}, {"w": torch.ones(2, 2)}, {})
+        return {}
+
+    runner = make_runner(str(tmp_path / "out"))
+    sae_stage = Stage(name="train_sae", run=write_sae)
+    runner.run_stage(sae_stage)
+    damaged = _damage(runner, "train_sae", "sae.safetensors", lambda b: b[:8] + b"\x00" * (len(b) - 8))
+    found = StageInput(runner.store, runner.manifest("train_sae"))
+    with pytest.raises(StageError) as failure:
+        artifacts.read_sae_files(found)
+    assert str(failure.value).startswith(f"cannot read {damaged}, an output of stage train_sae: ")
+    assert str(failure.value).endswith("the file is damaged (cut short or overwritten): re-run that stage with "
+                                       "--stages train_sae --force")
+    _damage(runner, "train_sae", "sae_config.json", lambda b: b[:-5] + b"\x00" * 5)
+    with pytest.raises(StageError, match=r"cannot read .*/sae_config.json, an output of stage train_sae: "):
+        artifacts.read_sae_files(found)
+
+    runner.run_stage(NUMBERS)
+    damaged = _damage(runner, "numbers", "numbers.parquet", lambda b: b[:4] + b"\x00" * (len(b) - 8) + b[-4:])
+    with pytest.raises(StageError, match=rf"cannot read {damaged}, an output of stage numbers: .*re-run that stage "
+                                         r"with --stages numbers --force"):
+        StageInput(runner.store, runner.manifest("numbers")).read_table("numbers.parquet")

@@ -129,8 +129,8 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection) 
 
     start = time.perf_counter()
     embeddings_dir = artifacts.EMBEDDINGS.under(out_dir)
-    _encode_dataset(corpus, cfg, "text", ["text_id"], True, cfg.num_actors).write_parquet(
-        embeddings_dir, filesystem=filesystem, ray_remote_args={"num_cpus": IO_TASK_CPUS})
+    artifacts.write_dataset(_encode_dataset(corpus, cfg, "text", ["text_id"], True, cfg.num_actors),
+                            artifacts.EMBEDDINGS, out_dir, filesystem, num_cpus=IO_TASK_CPUS)
     texts_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -139,8 +139,8 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection) 
     # One block per batch, so that every actor of the pool gets a share of the words.
     words = ray.data.from_arrow([table.slice(i, cfg.batch_size) for i in range(0, table.num_rows, cfg.batch_size)])
     word_actors = min(cfg.num_actors, -(-len(vocabulary) // cfg.batch_size))
-    _encode_dataset(words, cfg, "word", ["word", "count"], False, word_actors).write_parquet(
-        artifacts.VOCABULARY.under(out_dir), filesystem=filesystem, ray_remote_args={"num_cpus": IO_TASK_CPUS})
+    artifacts.write_dataset(_encode_dataset(words, cfg, "word", ["word", "count"], False, word_actors),
+                            artifacts.VOCABULARY, out_dir, filesystem, num_cpus=IO_TASK_CPUS)
     words_s = time.perf_counter() - start
 
     texts, empty, truncated, tokens = _summarise(embeddings_dir, filesystem, spec.dim)
