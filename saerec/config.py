@@ -291,6 +291,10 @@ class RecSection:
     max_failures: int = _bounded(2, lo=0, resource=True)  # restarts of the worker group after a worker dies, from its last checkpoint
     checkpoint_seconds: float = _bounded(30.0, lo=0.0, resource=True)  # a run (train_rec's or a sweep trial's) saves its state after an epoch once this has passed
     prefix_augment: bool = False  # every prefix of a training sequence is an example, loss at its end (the public code's recipe)
+    # bsarec backbone (saerec/rec/bsarec.py), defaults = BSARec's best on Beauty. alpha: the frequency filter's share
+    # against attention, open so that both branches train (a branch without gradient stops multi-worker DDP).
+    bsarec_alpha: float = _bounded(0.7, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    bsarec_c: int = _bounded(5, lo=1)  # frequency cut-off: the lowest c // 2 + 1 DFT frequencies of the max_len window are "low"
 
     def __post_init__(self) -> None:
         _check_variants(self.models, "rec.models")

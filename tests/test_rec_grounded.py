@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saerec.rec.grounded import GroundedSASRec, ItemProfiles
-from saerec.rec.sasrec import EncoderConfig
+from saerec.rec.sasrec import BACKBONES, EncoderConfig
 
 N_ITEMS, N_INTENTS = 12, 5
 
@@ -14,10 +14,11 @@ def _profiles() -> ItemProfiles:
     return ItemProfiles.from_lists(N_ITEMS, {1: ([0, 3], [0.5, 0.25]), 2: ([3], [1.0]), 7: ([4, 1, 2], [0.2, 0.3, 0.1])})
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("projected", [False, True])
-def test_the_score_is_the_id_part_plus_the_intent_contributions(projected):
+def test_the_score_is_the_id_part_plus_the_intent_contributions(projected, backbone):
     torch.manual_seed(0)
-    cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0)
+    cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0, backbone=backbone)
     model = GroundedSASRec(cfg, _profiles(), N_INTENTS, torch.randn(N_INTENTS, 4) if projected else None).eval()
     seqs, lengths = torch.tensor([[1, 2, 7, 0], [3, 4, 5, 6]]), torch.tensor([3, 4])
     reps = model(seqs, lengths, last_only=True)

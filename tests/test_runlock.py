@@ -280,15 +280,18 @@ def test_wait_lock_job_waits_then_runs(tmp_path):
 @pytest.mark.timeout(900)
 def test_two_real_jobs_on_s3_the_second_is_refused_and_the_first_publishes(s3_server, s3_uri):
     store = Store(s3_uri, s3_server.endpoint)
-    args = [*storage_args(store, s3_server.endpoint), "--until", "prepare"]
+    args = [*storage_args(store, s3_server.endpoint), "--until", "embed"]
     for override in TINY_DEMO:
         args += ["--set", override]
     first = job(*args, env=s3_server.env, wait=False)
     try:
-        deadline = time.time() + 120
-        while lease_on_disk(store) is None:
-            assert first.poll() is None and time.time() < deadline, "the first job never took the lock"
+        deadline = time.time() + 300
+        # Wait for prepare's attempt folder: the lock is held and Ray is up (a driver stopped while Ray
+        # starts can miss Ray's start-up deadlines on a loaded machine).
+        while not store.list_dirs(store.join("demo", "prepare")):
+            assert first.poll() is None and time.time() < deadline, "the first job never started prepare"
             time.sleep(0.2)
+        assert lease_on_disk(store) is not None
         first.send_signal(signal.SIGSTOP)  # hold it mid-run, lock taken, while the second job starts
         try:
             second = job(*args, env=s3_server.env)
@@ -302,7 +305,7 @@ def test_two_real_jobs_on_s3_the_second_is_refused_and_the_first_publishes(s3_se
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, err[-3000:]
-    assert "[prepare] done" in out
+    assert "[prepare] done" in out and "[embed] done" in out
     assert lease_on_disk(store) is None, "the first job released its lock"
     manifest = json.loads(store.read_bytes(store.join("demo", "prepare", "_manifest.json")))
     attempts = [d for d in store.list_dirs(store.join("demo", "prepare")) if d.startswith("attempt-")]

@@ -180,7 +180,7 @@ def test_a_paper_protocol_run_is_marked_in_every_manifest_and_metrics_file(tmp_p
 
 
 def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explained_exactly(tmp_path, ray_local):
-    runner = _runner(str(tmp_path / "out"), "rec.models=[grounded, grounded-random, dense]")
+    runner = _runner(str(tmp_path / "out"), "rec.models=[grounded, grounded-random, dense, bsarec-grounded]")
     prep, emb = StageInput(runner.store, runner.manifest("prepare")), StageInput(runner.store, runner.manifest("embed"))
     corpus = artifacts.dataset(prep, artifacts.CORPUS).to_table().to_pandas()
     splits = artifacts.read_table(prep, artifacts.INTERACTIONS).to_pandas()
@@ -224,18 +224,20 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
     assert levels[0]["strength"] == 0.0 and levels[0]["users_changed"] == 0.0
     assert levels[0]["ndcg@5"] == pytest.approx(evaluated["metrics"]["grounded_test_ndcg@5"], abs=1e-6), \
         "strength 0 is the model's own test ranking"
-    assert {r["variant"] for r in artifacts.read_runs(StageInput(runner.store, trained))} == \
-        {"grounded", "grounded-random", "dense"}
     on_valid = {r["strength"]: r["ndcg@5"] for r in study["valid_dose_response"]}
     assert set(on_valid) == {r["strength"] for r in levels}, "the strength is chosen on a valid dose-response"
     runs = artifacts.read_runs(StageInput(runner.store, trained))
+    assert {r["variant"] for r in runs} == {"grounded", "grounded-random", "dense", "bsarec-grounded"}
+    on_bsarec = artifacts.read_model(StageInput(runner.store, trained),
+                                     next(r for r in runs if r["variant"] == "bsarec-grounded"))
+    assert on_bsarec.cfg.backbone == "bsarec" and "bsarec-grounded_test_ndcg@20" in evaluated["metrics"]
     metrics = runner.store.read_json(f"{evaluated['output_dir']}/metrics.json")
     chosen = max(runs, key=lambda r: r["valid"]["ndcg@20"])  # one seed each: its valid is the variant's mean
     assert metrics["selection"]["selected"] == evaluated["metrics"]["selected_model"] == chosen["variant"]
     assert evaluated["metrics"]["selected_valid_ndcg@20"] == chosen["valid"]["ndcg@20"]
     assert metrics["summary"]["dense"]["test"]["ndcg@20"]["std"] is None, "one seed: no std"
     per_user = runner.store.read_table(f"{evaluated['output_dir']}/per_user.parquet")
-    assert per_user.schema == schemas.PER_USER and per_user.num_rows == 3 * len(recs)
+    assert per_user.schema == schemas.PER_USER and per_user.num_rows == len(runs) * len(recs)
     for run in runs:
         mine = per_user.filter(pc.equal(per_user.column("variant"), run["variant"]))
         mean_valid = float(pc.mean(mine.column("valid_ndcg@20")).as_py())

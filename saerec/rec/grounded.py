@@ -14,8 +14,10 @@ without text has an empty profile and is its ID embedding alone.
 Profiles are padded to ``m`` intents per item: ``ids`` (n_items + 1, m) and ``weights`` of the
 same shape, weight 0 marking padding; row 0 is the padding item.
 
-``GroundedSASRec`` is SASRec over such items; ``GroundedSAERec`` is the full SAERec (intent
-attention and fusion) over them, its attention reading the same E_i.
+``GroundedItems`` is the one grounded item table; ``GroundedSASRec`` puts it under any backbone
+(``EncoderConfig.backbone``: SASRec or BSARec), since the encoder never sees how items are built.
+``GroundedSAERec`` is the full SAERec (intent attention and fusion) over them, its attention
+reading the same E_i.
 """
 from __future__ import annotations
 
@@ -104,7 +106,7 @@ class GroundedItems:
 
 
 class GroundedSASRec(GroundedItems, SASRec):
-    """SASRec over grounded items (see the module docstring)."""
+    """SASRec, or the backbone ``cfg.backbone`` names, over grounded items (see the module docstring)."""
 
     def __init__(self, cfg: EncoderConfig, profiles: ItemProfiles, n_intents: int,
                  intents: Tensor | None = None) -> None:

@@ -51,10 +51,14 @@ class RunSettings:
     checkpoint_seconds: float = 30.0
     protocol: Protocol = "strict"
     prefix_augment: bool = False
+    bsarec_alpha: float = 0.7
+    bsarec_c: int = 5
 
     def encoder(self, n_items: int) -> EncoderConfig:
+        """The encoder settings (the variant picks the backbone, see ``model_spec``)."""
         return EncoderConfig(n_items=n_items, d=self.d, blocks=self.blocks, heads=self.heads,
-                             max_len=self.max_len, dropout=self.dropout)
+                             max_len=self.max_len, dropout=self.dropout, bsarec_alpha=self.bsarec_alpha,
+                             bsarec_c=self.bsarec_c)
 
     def fit_config(self, seed: int) -> FitConfig:
         return FitConfig(lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
@@ -74,7 +78,8 @@ def run_settings(rec: Any, evaluate: Any, max_epochs: int | None = None, patienc
                        batch_size=rec.batch_size, max_epochs=max_epochs or rec.max_epochs,
                        patience=patience or rec.patience, ks=tuple(sorted(set(evaluate.ks) | set(SELECTION_KS))),
                        mask_history=evaluate.mask_history, checkpoint_seconds=rec.checkpoint_seconds,
-                       protocol=evaluate.protocol, prefix_augment=rec.prefix_augment)
+                       protocol=evaluate.protocol, prefix_augment=rec.prefix_augment,
+                       bsarec_alpha=rec.bsarec_alpha, bsarec_c=rec.bsarec_c)
 
 
 def with_k(settings: RunSettings, k: int) -> RunSettings:

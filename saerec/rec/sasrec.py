@@ -1,5 +1,11 @@
 """SASRec (Kang & McAuley 2018) with pre-LayerNorm blocks: the baseline and SAERec's encoder.
 
+``SASRec`` is also the frame every backbone shares (``EncoderConfig.backbone``): item and position
+embeddings, the backbone's stack of causal blocks, the output layer tied to the item table, and
+the hooks the item representations and SAERec override. ``sasrec`` stacks the pre-LN blocks
+below and ends with a LayerNorm. ``bsarec`` (saerec.rec.bsarec) puts a LayerNorm on the embeddings
+and stacks post-LN BSARec blocks, as the BSARec paper's code does.
+
 Sequences are RIGHT-padded with item 0. With a causal mask a real position then only ever
 attends to real positions, so no key-padding mask is needed and no row is fully masked.
 Position ids count back from the most recent item, so the same item in the same place
@@ -14,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saerec.rec.bsarec import BSARecBlock
 from saerec.rec.losses import full_softmax_cross_entropy
+
+BACKBONES = ("sasrec", "bsarec")
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,9 @@ class EncoderConfig:
 
     ``scale_embeddings`` multiplies item embeddings by sqrt(d) as the original SASRec does; on
     Beauty it made no difference on valid (bench/rec.py), so the plain sum is the default.
+    ``backbone`` picks the blocks; ``bsarec_alpha`` (the filter's share) and ``bsarec_c`` (the
+    frequency cut-off; ``c >= max_len`` keeps every frequency) are read by ``bsarec`` only. Their
+    defaults are BSARec's best on Beauty.
     """
 
     n_items: int
@@ -33,8 +45,17 @@ class EncoderConfig:
     dropout: float = 0.5
     init_std: float = 0.02
     scale_embeddings: bool = False
+    backbone: str = "sasrec"
+    bsarec_alpha: float = 0.7
+    bsarec_c: int = 5
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; allowed: {', '.join(BACKBONES)}")
+        if not 0.0 <= self.bsarec_alpha <= 1.0:
+            raise ValueError(f"bsarec_alpha must be in [0, 1], got {self.bsarec_alpha}")
+        if self.bsarec_c < 1:
+            raise ValueError(f"bsarec_c must be >= 1, got {self.bsarec_c}")
         if self.n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {self.n_items}")
         if self.d % self.heads:
@@ -86,8 +107,19 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+def backbone_stack(cfg: EncoderConfig) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+    """The backbone's (embedding norm, causal blocks, final norm); sasrec's keeps its old weight names."""
+    if cfg.backbone == "bsarec":
+        blocks = (BSARecBlock(cfg.d, cfg.heads, cfg.dropout, cfg.max_len, cfg.bsarec_alpha, cfg.bsarec_c)
+                  for _ in range(cfg.blocks))
+        return nn.LayerNorm(cfg.d), nn.ModuleList(blocks), nn.Identity()
+    blocks = (CausalBlock(cfg.d, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
+    return nn.Identity(), nn.ModuleList(blocks), nn.LayerNorm(cfg.d)
+
+
 class SASRec(nn.Module):
-    """Self-attentive next-item model; item embeddings are shared with the output layer."""
+    """Self-attentive next-item model; item embeddings are shared with the output layer. Its
+    blocks are the backbone's (see the module docstring)."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -95,8 +127,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d)
         self.emb_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(CausalBlock(cfg.d, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
-        self.final_ln = nn.LayerNorm(cfg.d)
+        self.emb_ln, self.blocks, self.final_ln = backbone_stack(cfg)
         init_weights(self, cfg.init_std)
 
     def encode(self, seqs: Tensor, lengths: Tensor) -> Tensor:
@@ -110,7 +141,7 @@ class SASRec(nn.Module):
         if self.cfg.scale_embeddings:
             x = x * math.sqrt(self.cfg.d)
         x = x + self.pos_emb(pos)
-        x = self.emb_drop(x)
+        x = self.emb_drop(self.emb_ln(x))
         for block in self.blocks:
             x = block(x)
         return self.final_ln(x)

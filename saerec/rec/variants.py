@@ -1,6 +1,6 @@
 """The registry of recommender variants: the one place that names them.
 
-A variant is a model class, the intent set it reads and its ablation switches. train_rec,
+A variant is a backbone, a model class, the intent set it reads and its ablation switches. train_rec,
 evaluate, the sweep, the report and config validation all take names and labels from here;
 adding a variant is one entry below plus its model code.
 
@@ -13,6 +13,12 @@ Intent sets: ``judged`` (the kept SAE latents), ``all`` (every SAE latent, no ju
 ``kmeans`` (k-means centroids of the same text embeddings), ``random`` (Gaussian vectors with
 the judged set's count and norms: the control for whether the text matters at all) and ``text``
 (each item's mean text embedding, for the ``dense`` variant; not intents).
+
+Backbones (the sequence encoder, ``EncoderConfig.backbone``): ``sasrec`` and ``bsarec``
+(``saerec.rec.bsarec``). The backbone is independent of the item representation. Every variant
+that is a plain encoder over an item representation (id, grounded, dense: ``ON_EVERY_BACKBONE``)
+also exists on BSARec, named with a ``bsarec-`` prefix (``bsarec`` for ids alone). SAERec's intent
+attention variants stay on SASRec, as in the paper.
 
 Item profiles (grounded variants), one per intent set: ``judged`` and ``all`` are the profile
 stage's; ``random`` and ``kmeans`` are controls derived from the judged profiles that keep each
@@ -32,7 +38,7 @@ from saerec.rec.dense import DenseTextSASRec
 from saerec.rec.grounded import GroundedSAERec, GroundedSASRec, ItemProfiles
 from saerec.rec.kmeans import kmeans
 from saerec.rec.saerec_model import IntentConfig, SAERec
-from saerec.rec.sasrec import EncoderConfig, SASRec
+from saerec.rec.sasrec import BACKBONES, EncoderConfig, SASRec
 
 INTENT_SETS = ("judged", "all", "kmeans", "random", "text")
 RANDOM_SET = "random"  # the control: random vectors or profiles with the judged set's shape
@@ -44,7 +50,7 @@ ATTENDING_KINDS = ("attention", "grounded-attention")
 @dataclass(frozen=True)
 class Variant:
     """One trainable model: its report label, the intent set it reads, its IntentConfig switches,
-    and the paper's row it corresponds to (for the report's side-by-side table)."""
+    the paper's row it corresponds to (for the report's side-by-side table) and its backbone."""
 
     name: str
     label: str
@@ -54,6 +60,12 @@ class Variant:
     every_intent: bool = False  # retrieve every intent of the set (k = its size), as the public code does
     model: str = "attention"  # attention (SAERec), grounded, grounded-attention or dense-text
     projected: bool = False  # grounded: E_i = W_m v_i from the intent vectors instead of a free vector
+    backbone: str = "sasrec"  # the sequence encoder, one of BACKBONES
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"variant {self.name}: unknown backbone {self.backbone!r}; "
+                             f"allowed: {', '.join(BACKBONES)}")
 
     @property
     def grounded(self) -> bool:
@@ -66,7 +78,7 @@ class Variant:
         return self.intent_set is not None and self.model in ATTENDING_KINDS
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
+_SASREC_VARIANTS = (
     Variant("sasrec", "SASRec", paper_row="SASRec"),
     Variant("saerec", "SAERec (paper eqs. 3-8)", "judged", paper_row="SAERec"),
     Variant("saerec-code", "SAERec (public code: every latent, last-item retrieval, residual fusion)", "all",
@@ -93,6 +105,23 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             model="grounded"),
     Variant("dense", "Dense-text SASRec (items = ID + W x text embedding; not interpretable)", "text",
             model="dense-text"),
+)
+# The variants that are a plain encoder over an item representation: each exists on every backbone.
+ON_EVERY_BACKBONE = ("sasrec", "grounded", "grounded-proj", "grounded-all", "grounded-random", "grounded-kmeans",
+                     "dense")
+
+
+def on_backbone(base: Variant, backbone: str, title: str) -> Variant:
+    """``base`` with its encoder swapped for ``backbone``: named ``{backbone}-{base}`` (the backbone
+    alone for plain ids), labelled with ``title`` in place of SASRec."""
+    name = backbone if base.name == "sasrec" else f"{backbone}-{base.name}"
+    return dataclasses.replace(base, name=name, label=base.label.replace("SASRec", title), backbone=backbone,
+                               paper_row=None)
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    *_SASREC_VARIANTS,
+    *(on_backbone(v, "bsarec", "BSARec") for v in _SASREC_VARIANTS if v.name in ON_EVERY_BACKBONE),
 )}
 NAMES: tuple[str, ...] = tuple(VARIANTS)
 # The model whose k, review drop and judge the sweep's one-factor studies vary.
@@ -100,7 +129,8 @@ FULL_MODEL = "saerec"
 # The plain recommender every other model is compared with (evaluate's paired intervals).
 BASELINE = "sasrec"
 # Which trained variant's lists evaluate explains and steers: the first of these that was trained.
-EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "saerec-grounded", "saerec-grounded-history", "saerec",
+EXPLAIN_ORDER = ("grounded", "grounded-proj", "grounded-all", "bsarec-grounded", "bsarec-grounded-proj",
+                 "bsarec-grounded-all", "saerec-grounded", "saerec-grounded-history", "saerec",
                  "noEMA", "noFus", "noPub", "noPer", "noIde", "saerec-code", "kmeans", "random")
 
 
@@ -127,8 +157,10 @@ def is_grounded(spec: Mapping[str, Any]) -> bool:
 
 def model_spec(name: str, encoder: EncoderConfig, k: int, ema_beta: float,
                intent_shape: tuple[int, int] | None, profiles: ItemProfiles | None = None) -> dict[str, Any]:
-    """Everything needed to rebuild a variant's model; stored beside its weights."""
+    """Everything needed to rebuild a variant's model; stored beside its weights. The variant sets
+    the encoder's backbone."""
     found = variant(name)
+    encoder = dataclasses.replace(encoder, backbone=found.backbone)
     spec: dict[str, Any] = {"variant": name, "encoder": dataclasses.asdict(encoder), "intent_set": found.intent_set,
                             "model": found.model if found.intent_set is not None else "sasrec"}
     if found.intent_set is None:

@@ -76,14 +76,15 @@ def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.nda
 
 def compared_pairs(variants: list[str], selected: str) -> list[tuple[str, str]]:
     """The pairs evaluate compares: the selected model vs SASRec, and each variant that reads judged or
-    every SAE intent vs the random-intent control of the same model kind."""
+    every SAE intent vs the random-intent control of the same model kind and backbone."""
     pairs = [(selected, BASELINE)] if selected != BASELINE and BASELINE in variants else []
     for name in variants:
         found = VARIANTS.get(name)
         if found is None or found.intent_set not in ("judged", "all"):
             continue
         pairs += [(name, c) for c in variants if c in VARIANTS and VARIANTS[c].intent_set == RANDOM_SET
-                  and VARIANTS[c].model == found.model and (name, c) not in pairs]
+                  and VARIANTS[c].model == found.model and VARIANTS[c].backbone == found.backbone
+                  and (name, c) not in pairs]
     return pairs
 
 

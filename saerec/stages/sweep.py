@@ -40,7 +40,7 @@ SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judg
 # The keys of rec and evaluate that trials read: rec.models, rec.seeds or the steering settings
 # do not re-run the sweep.
 REC_KEYS = ("d", "blocks", "heads", "max_len", "dropout", "ema_beta", "lr", "weight_decay", "batch_size",
-            "max_epochs", "patience", "k", "kmeans_clusters", "prefix_augment")
+            "max_epochs", "patience", "k", "kmeans_clusters", "prefix_augment", "bsarec_alpha", "bsarec_c")
 EVALUATE_KEYS = ("protocol", "ks", "mask_history")
 
 
