@@ -216,7 +216,8 @@ def popularity_tables(by_popularity: Mapping[str, Any], metrics: Sequence[str] =
     and the paired comparisons within each bucket (evaluate's ``by_popularity``)."""
     buckets = by_popularity["buckets"]
     cold, head_min = by_popularity["cold_max_train"], by_popularity["head_min_train"]
-    bounds = {"head": f"≥ {head_min}", "tail": f"{cold + 1}–{head_min - 1}", "cold": f"≤ {cold}"}
+    tail = f"{cold + 1}–{head_min - 1}" if head_min > cold + 2 else f"{cold + 1}" if head_min == cold + 2 else "none"
+    bounds = {"head": f"≥ {head_min}", "tail": tail, "cold": f"≤ {cold}"}
     shown = [m for m in metrics if any(m in b for model in by_popularity["models"].values() for b in model.values())]
     rows = [[model, f"{name} ({bounds[name]})", values["users"], *[_shown(values[m]) if m in values else None
                                                                  for m in shown]]

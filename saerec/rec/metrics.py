@@ -5,8 +5,8 @@ Popularity buckets (``popularity_buckets``), from each item's training interacti
 part of the split, so no valid or test interaction counts):
 - ``cold``: at most ``COLD_MAX_TRAIN`` (2) training interactions, new items (0) included: an ID
   embedding has next to nothing to learn from, text is all a model has;
-- ``head``: the rest of the most popular fifth of the catalogue (Pareto's 20 %): items with at
-  least as many training interactions as the ``ceil(0.2 * n_items)``-th most frequent one, so
+- ``head``: the most popular fifth of the catalogue (Pareto's 20 %), less any cold item: items with
+  at least as many training interactions as the ``ceil(0.2 * n_items)``-th most frequent one, so
   ties at the border are head too and the rule depends on the counts alone;
 - ``tail``: everything else.
 A user belongs to the bucket of the item held out for them.
