@@ -204,3 +204,37 @@ def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str]
                "Test set (columns named valid: the validation item), full ranking over all items. The paper's "
                "numbers are for Amazon Beauty and are not shown beside the demo's.")
     return Table(columns, rows, caption)
+
+
+def _shown(value: Mapping[str, Any]) -> Any:
+    """A ``{mean, std, n}`` cell: the mean alone for one seed, mean ± std (n) for several."""
+    return value["mean"] if value["n"] < 2 else format_mean_std(value["mean"], value["std"], value["n"])
+
+
+def popularity_tables(by_popularity: Mapping[str, Any], metrics: Sequence[str] = MAIN_METRICS) -> list[Table]:
+    """Test metrics per model and bucket of the held-out item's training frequency (head, tail, cold),
+    and the paired comparisons within each bucket (evaluate's ``by_popularity``)."""
+    buckets = by_popularity["buckets"]
+    cold, head_min = by_popularity["cold_max_train"], by_popularity["head_min_train"]
+    tail = f"{cold + 1}–{head_min - 1}" if head_min > cold + 2 else f"{cold + 1}" if head_min == cold + 2 else "none"
+    bounds = {"head": f"≥ {head_min}", "tail": tail, "cold": f"≤ {cold}"}
+    shown = [m for m in metrics if any(m in b for model in by_popularity["models"].values() for b in model.values())]
+    rows = [[model, f"{name} ({bounds[name]})", values["users"], *[_shown(values[m]) if m in values else None
+                                                                 for m in shown]]
+            for model, found in by_popularity["models"].items() for name, values in found.items()]
+    sizes = "; ".join(f"{name}: {b['items']:,} items, {b['train_share']:.1%} of training interactions, "
+                      f"{b['test_users']:,} test users" for name, b in buckets.items())
+    tables = [Table(["model", "bucket (training interactions of the held-out item)", "test users", *shown], rows,
+                    f"Test metrics by the held-out item's popularity in training. Head: the most popular "
+                    f"{by_popularity['head_item_share']:.0%} of items (at least as many training interactions as the "
+                    f"item at that rank, ties included); cold: at most {cold} (new items included); tail: the rest. "
+                    f"{sizes}.")]
+    pairs = [[f"{c['a']} − {c['b']}", name, found["users"], format_interval(found), found["excludes_zero"]]
+             for c in by_popularity.get("comparisons", []) for name, found in c["buckets"].items()]
+    if pairs:
+        metric = by_popularity["comparisons"][0]["metric"]
+        tables.append(Table(["pair", "bucket", "test users", f"test {metric} difference [95 % interval]",
+                             "interval excludes 0"], pairs,
+                            "Paired bootstrap over the bucket's users (seeds pooled per user by mean), the same pairs "
+                            "as the main comparisons"))
+    return tables

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from saerec.config import Config, ConfigError, load_config, result_settings
+from saerec.data.inputs import check_inputs
+from saerec.sae.sizing import num_latents
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +28,17 @@ def test_beauty_config_loads_and_overrides_apply():
     assert cfg.data.path == "/x/beauty"
     assert cfg.sae.k == 16
     assert cfg.rec.seeds == [0, 1, 2]
+
+
+def test_sports_config_reads_the_shared_sports_folder_and_sizes_its_sae_by_rule(data_dir):
+    folder = data_dir / "sports"
+    cfg = load_config(REPO / "configs" / "sports.yaml", [f"data.path={folder}"])
+    assert (cfg.run.name, cfg.data.source, cfg.data.text) == ("sports", "sequences", "items")
+    assert cfg.judge.domain == "Amazon sports and outdoors products"
+    check_inputs(cfg.data)
+    assert cfg.sae.n_latents is None, "the SAE is sized from the corpus"
+    texts = (folder / "items.tsv").read_text().splitlines()[1:]
+    assert len(texts) == 18357 and num_latents(len(texts)) == 512, "18,357 item texts: 2^round(8.6) latents"
 
 
 @pytest.mark.parametrize("override, named", [

@@ -100,7 +100,18 @@ def _evaluate(ctx: StageContext) -> dict:
         "selection": {"selected": "saerec", "metric": "ndcg@20", "valid": {"saerec": valid},
                       "ties": [{"model": "dense"}], "test": test["ndcg@20"]},
         "comparisons": [{"a": "saerec", "b": "sasrec", "metric": "ndcg@20", "valid": interval,
-                         "test": {**interval, "difference": 0.001, "low": -0.002, "excludes_zero": False}}]})
+                         "test": {**interval, "difference": 0.001, "low": -0.002, "excludes_zero": False}}],
+        "by_popularity": {
+            "cold_max_train": 2, "head_item_share": 0.2, "head_min_train": 15,
+            "buckets": {"head": {"items": 20, "train_share": 0.6, "test_users": 30},
+                        "tail": {"items": 70, "train_share": 0.39, "test_users": 15},
+                        "cold": {"items": 10, "train_share": 0.01, "test_users": 5}},
+            "models": {"saerec": {"head": {"users": 30, **test}, "tail": {"users": 15, **test},
+                                  "cold": {"users": 5, **test, "ndcg@20": {"mean": 0.25, "std": 0.05, "n": 2}}},
+                       "dense": {"head": {"users": 30, **one_seed}, "tail": {"users": 15, **one_seed},
+                                 "cold": {"users": 0}}},
+            "comparisons": [{"a": "saerec", "b": "sasrec", "metric": "ndcg@20", "split": "test",
+                             "buckets": {"cold": {**interval, "users": 5}}}]}})
     ctx.output.write_json("steering.json", {"query": "acne", "matched_intents": [5], "flagged_before": 10,
                                             "flagged_after": 14})
     ctx.output.write_table("recommendations.parquet", pa.table({
@@ -157,7 +168,7 @@ def test_report_stage_reads_every_published_output(tmp_path):
     markdown = runner.store.read_bytes(f"{published['output_dir']}/report.md").decode()
     for text in (html, markdown):
         assert len(_images(text)) == 4
-        for heading in ("Dataset", "Sparse autoencoder", "Intents", "Main results", "Ablations",
+        for heading in ("Dataset", "Sparse autoencoder", "Intents", "Main results", "By item popularity", "Ablations",
                         "Sensitivity to k", "Robustness to review removal", "Judge LLM choice", "Steering study",
                         "Wall time per stage"):
             assert heading in text
@@ -171,6 +182,14 @@ def test_report_stage_reads_every_published_output(tmp_path):
     assert ("The model, chosen on mean valid ndcg@20 over seeds: saerec (valid 0.0600 ± 0.0020 (n=2), test "
             "0.1000 ± 0.0010 (n=2), 2 seed(s)). It ties on valid with dense") in main
     assert "| saerec − sasrec | +0.0200 [+0.0100, +0.0300] | +0.0010 [-0.0020, +0.0300] | 50 | no |" in main
+    popular = markdown.split("## By item popularity")[1].split("## Sweeps")[0]
+    assert "| model | bucket (training interactions of the held-out item) | test users | hr@10 |" in popular
+    assert "| saerec | cold (≤ 2) | 5 | 0.0500 ± 0.0010 (n=2) |" in popular
+    assert "| 0.2500 ± 0.0500 (n=2) |" in popular and "| saerec | tail (3–14) | 15 |" in popular
+    assert "| dense | head (≥ 15) | 30 | 0.0500 | 0.1000 |" in popular, "one seed: no spread"
+    assert "| dense | cold (≤ 2) | 0 | — | — | — | — |" in popular, "an empty bucket has no metrics"
+    assert "cold: 10 items, 1.0% of training interactions, 5 test users" in popular
+    assert "| saerec − sasrec | cold | 5 | +0.0200 [+0.0100, +0.0300] | yes |" in popular
     fusion = markdown.split("| branch | mean fusion weight |")[1].split("\n\n")[0]
     assert [line.split("|")[1].strip() for line in fusion.strip().splitlines()[1:]] == ["self", "personal", "public"]
     assert "| personal | 0.0600 |" in fusion

@@ -20,6 +20,7 @@ import torch
 from saerec import artifacts, schemas
 from saerec.config import ConfigError, load_config
 from saerec.pipeline import Runner, Stage, StageContext, StageInput
+from saerec.rec.metrics import POPULARITY_BUCKETS, hr_ndcg, popularity_buckets
 from saerec.sae.model import TopKSAE
 from saerec.stages import evaluate, prepare, profile, train_rec
 from saerec.storage import Store
@@ -246,3 +247,31 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
     [compared] = metrics["comparisons"]
     assert (compared["a"], compared["b"]) == ("grounded", "grounded-random")
     assert compared["test"]["low"] <= compared["test"]["difference"] <= compared["test"]["high"]
+
+    popular = metrics["by_popularity"]
+    train_counts = np.bincount(splits[splits["split"] == "train"]["item"], minlength=n_items + 1)
+    item_buckets, head_min = popularity_buckets(train_counts)
+    targets = splits[splits["split"] == "test"].set_index("user")["item"]
+    assert popular["head_min_train"] == head_min and popular["cold_max_train"] == 2
+    sizes = {name: int((item_buckets[targets.to_numpy()] == i).sum()) for i, name in enumerate(POPULARITY_BUCKETS)}
+    assert {name: b["test_users"] for name, b in popular["buckets"].items()} == sizes
+    assert sum(sizes.values()) == len(recs) and sizes["head"] and sizes["tail"], "the demo has head and tail targets"
+    assert {k: evaluated["metrics"][f"test_users_{k}"] for k in sizes} == sizes
+    frame = per_user.to_pandas()
+    frame["bucket"] = item_buckets[targets.loc[frame["user"]].to_numpy()]
+    for variant, found in popular["models"].items():
+        mine = frame[frame["variant"] == variant]
+        for i, name in enumerate(POPULARITY_BUCKETS):
+            ranks = mine[mine["bucket"] == i]["test_rank"].to_numpy()
+            assert found[name]["users"] == len(ranks) == sizes[name]
+            if len(ranks):
+                assert found[name]["ndcg@20"]["mean"] == pytest.approx(hr_ndcg(ranks, [20])["ndcg@20"])
+                assert found[name]["hr@10"]["n"] == 1
+        overall = sum(found[b]["users"] * found[b]["ndcg@20"]["mean"] for b in sizes if sizes[b]) / len(recs)
+        assert overall == pytest.approx(metrics["summary"][variant]["test"]["ndcg@20"]["mean"]), \
+            "the buckets partition the test users"
+    [by_bucket] = popular["comparisons"]
+    assert (by_bucket["a"], by_bucket["b"]) == ("grounded", "grounded-random")
+    assert {k: v["users"] for k, v in by_bucket["buckets"].items()} == {k: n for k, n in sizes.items() if n}
+    for found in by_bucket["buckets"].values():
+        assert found["low"] <= found["difference"] <= found["high"]

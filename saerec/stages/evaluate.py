@@ -15,6 +15,10 @@ of it ties (``saerec.rec.stats.select_on_valid``). Comparisons (the selected mod
 variant reading judged or every SAE intent vs its random-intent control of the same model kind)
 are paired bootstraps over users on per-user NDCG@20, seeds pooled per user by mean, on test and
 on valid.
+
+Popularity (``by_popularity`` in ``TEST_METRICS``): every model's test metrics per bucket of the
+held-out item's training frequency (head, tail, cold; ``saerec.rec.metrics`` defines them), mean,
+sample std and n over seeds, and the same paired comparisons within each bucket, on test.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import leave_one_out
 from saerec.rec.explain import (cheapest_effect, explain_grounded, explain_users, grounded_steering_study,
                                 match_texts, steering_study, top_items)
-from saerec.rec.metrics import hr_ndcg, rank_users, user_ndcg_hr
+from saerec.rec.metrics import (COLD_MAX_TRAIN, HEAD_ITEM_SHARE, POPULARITY_BUCKETS, bucket_metrics, hr_ndcg,
+                                item_train_counts, popularity_buckets, rank_users, user_ndcg_hr)
 from saerec.rec.runs import SELECT_METRIC
 from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
 from saerec.rec.variants import BASELINE, EXPLAIN_ORDER, RANDOM_SET, VARIANTS, attends, is_grounded
@@ -94,6 +99,41 @@ def paired_comparisons(pairs: list[tuple[str, str]], per_user: pa.Table) -> list
     return [{"a": a, "b": b, "metric": f"ndcg@{PAIRED_K}",
              **{split: paired_bootstrap(scores[split][a], scores[split][b]) for split in ("valid", "test")}}
             for a, b in pairs]
+
+
+def popularity_definition(counts: np.ndarray, item_buckets: np.ndarray, head_min: int,
+                          user_buckets: np.ndarray) -> dict[str, Any]:
+    """The buckets' thresholds and sizes: items, their share of training interactions, test users."""
+    total = max(int(counts.sum()), 1)
+    return {"counted_on": "training interactions (the training part of the split)",
+            "cold_max_train": COLD_MAX_TRAIN, "head_item_share": HEAD_ITEM_SHARE, "head_min_train": head_min,
+            "buckets": {name: {"items": int((item_buckets[1:] == i).sum()),
+                               "train_share": float(counts[1:][item_buckets[1:] == i].sum() / total),
+                               "test_users": int((user_buckets == i).sum())}
+                        for i, name in enumerate(POPULARITY_BUCKETS)}}
+
+
+def by_popularity(per_user: pa.Table, user_buckets: dict[int, int], variants: list[str], ks: list[int],
+                  pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Per model and popularity bucket: users and test HR/NDCG (mean, sample std, n over seeds); per
+    compared pair and bucket: the paired bootstrap of test NDCG@20 (seeds pooled per user)."""
+    frame = per_user.select(["variant", "seed", "user", "test_rank"]).to_pandas()
+    frame["bucket"] = frame["user"].map(user_buckets)
+    models: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        mine = frame[frame["variant"] == variant]
+        runs = [bucket_metrics(rows["test_rank"].to_numpy(), rows["bucket"].to_numpy(), ks)
+                for _, rows in mine.groupby("seed", sort=True)]
+        models[variant] = {name: {"users": runs[0][name]["users"],
+                                  **({m: mean_std([r[name][m] for r in runs]) for m in runs[0][name] if m != "users"})}
+                           for name in POPULARITY_BUCKETS}
+    scores = pooled(per_user, "test")
+    buckets = np.array([user_buckets[u] for u in np.unique(frame["user"].to_numpy())])
+    comparisons = [{"a": a, "b": b, "metric": f"ndcg@{PAIRED_K}", "split": "test",
+                    "buckets": {name: paired_bootstrap(scores[a][buckets == i], scores[b][buckets == i])
+                                for i, name in enumerate(POPULARITY_BUCKETS) if (buckets == i).any()}}
+                   for a, b in pairs]
+    return {"models": models, "comparisons": comparisons}
 
 
 def pick_explained(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -207,6 +247,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     per_run, user_rows = [], []
     users = np.asarray(data.users)[split.test.users]
+    counts = item_train_counts(split.train, data.n_items)
+    item_buckets, head_min = popularity_buckets(counts)
+    user_buckets = item_buckets[split.test.targets]
     for r in ctx.progress(runs, total=len(runs), desc="evaluate"):
         model = artifacts.read_model(train_rec, r)
         test_ranks = rank_users(model, split.test, cfg.mask_history)
@@ -224,11 +267,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
                    "epoch_seconds": mean_std([r["mean_epoch_seconds"] for r in per_run if r["variant"] == v])}
                for v in variants}
     selection = select_model(per_run, pooled(per_user, "valid"))
-    comparisons = paired_comparisons(compared_pairs(variants, selection["selected"]), per_user)
+    pairs = compared_pairs(variants, selection["selected"])
+    comparisons = paired_comparisons(pairs, per_user)
+    popularity = {**popularity_definition(counts, item_buckets, head_min, user_buckets),
+                  **by_popularity(per_user, dict(zip(users.tolist(), user_buckets.tolist())), variants, cfg.ks, pairs)}
     artifacts.write_json(ctx.output, artifacts.TEST_METRICS, {"protocol": cfg.protocol, "ks": cfg.ks,
                                                               "mask_history": cfg.mask_history,
                                                               "runs": per_run, "summary": summary,
-                                                              "selection": selection, "comparisons": comparisons})
+                                                              "selection": selection, "comparisons": comparisons,
+                                                              "by_popularity": popularity})
 
     explained = pick_explained(runs) or sorted(runs, key=lambda r: (r["variant"], r["seed"]))[0]
     model = artifacts.read_model(train_rec, explained)
@@ -256,6 +303,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         name = f"{c['a']}_minus_{c['b']}_test_{c['metric']}"
         metrics.update({name: c["test"]["difference"], f"{name}_low": c["test"]["low"],
                         f"{name}_high": c["test"]["high"]})
+    for name, bucket in popularity["buckets"].items():
+        metrics[f"test_users_{name}"] = bucket["test_users"]
+        found = popularity["models"][selection["selected"]][name].get(SELECT_METRIC)
+        if found is not None:
+            metrics[f"selected_test_{SELECT_METRIC}_{name}"] = found["mean"]
     for v in variants:
         for k in cfg.ks:
             for m in ("hr", "ndcg"):

@@ -131,6 +131,13 @@ def _main_results(doc: rp.Document, ctx: StageContext) -> None:
                                        "are ignored"))
 
 
+def _by_popularity(doc: rp.Document, ctx: StageContext) -> None:
+    """Where the models differ: head, tail and cold held-out items (runs from before the breakdown have none)."""
+    found = artifacts.read_json(ctx.input("evaluate"), artifacts.TEST_METRICS).get("by_popularity")
+    if found:
+        doc.section("By item popularity").blocks.extend(rp.popularity_tables(found))
+
+
 def _selection(section: rp.Section, evaluated: dict[str, Any]) -> None:
     """The model chosen on valid, its ties, and the paired comparisons over users."""
     chosen = evaluated.get("selection")
@@ -300,6 +307,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     _sae(doc, ctx)
     _intents(doc, ctx, cfg)
     _main_results(doc, ctx)
+    _by_popularity(doc, ctx)
     _sweeps(doc, ctx)
     _steering(doc, ctx)
     _wall_times(doc, ctx)
