@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from saerec.config import ConfigError, load_config
-from saerec.intents.models import check_model, check_models, judge_models
+from saerec.intents.models import OFFLINE_VARS, check_model, check_models, judge_models
+from saerec.runtime import LOCAL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 MISTRAL = "mistralai/Mistral-7B-Instruct-v0.3"
@@ -85,3 +87,11 @@ def test_the_job_stops_before_ray_with_the_models_name(hub_cache, tmp_path):
     assert done.stderr.startswith(f"error: judge.model='{MISTRAL}' is a Hugging Face hub id")
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
     assert "started local Ray" not in done.stdout
+
+
+def test_a_cluster_job_may_download_models_and_a_local_run_may_not():
+    """runtime_env.yaml leaves offline mode to the cluster (an opt-in), the local run sets it."""
+    for env_file in (REPO / "runtime_env.yaml", REPO / "configs" / "runtime_env.pip.yaml"):
+        env_vars = yaml.safe_load(env_file.read_text())["env_vars"]
+        assert not set(OFFLINE_VARS) & set(env_vars) and env_vars["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert all(LOCAL_ENV[var] == "1" for var in OFFLINE_VARS)
