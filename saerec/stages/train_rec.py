@@ -97,7 +97,8 @@ def epoch_line(metrics: dict[str, Any], runs: list[str]) -> str | None:
     return (f"[train_rec] {run} (run {runs.index(run) + 1}/{len(runs)}) epoch {metrics['epoch']}/"
             f"{metrics['max_epochs']}: loss {metrics['loss']:.4f}, valid {SELECT_METRIC} "
             f"{metrics[f'valid_{SELECT_METRIC}']:.4f}, best {metrics[f'best_{SELECT_METRIC}']:.4f} (epoch "
-            f"{metrics['best_epoch']}), patience {metrics['patience_left']} left, {metrics['epoch_seconds']:.1f} s/epoch")
+            f"{metrics['best_epoch']}), patience {metrics['patience_left']} left, "
+            f"{metrics['epoch_seconds']:.1f} s/epoch")
 
 
 def train_all(ctx: StageContext, cfg: RecSection, settings: RunSettings, runs: list[dict[str, Any]],
