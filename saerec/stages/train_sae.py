@@ -282,7 +282,7 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str | None:
     if metrics.get("final"):
         return None
     return (f"[train_sae] epoch {metrics['epoch']}/{epochs}: loss {metrics['loss']:.4f}, fvu {metrics['fvu']:.4f}, "
-            f"dead {metrics['dead_pct']:.1f}%, {metrics['seconds']:.1f} s/epoch")
+            f"dead {metrics['dead_pct']:.1f}%, {metrics['seconds']:.2f} s/epoch")
 
 
 def train_on_ray(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, name: str, num_workers: int,
