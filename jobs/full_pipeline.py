@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saerec.config import ConfigError, load_config  # noqa: E402
 from saerec.data.inputs import check_inputs  # noqa: E402
 from saerec.data.records import DataError  # noqa: E402
+from saerec.intents.models import check_models  # noqa: E402
 from saerec.logs import show_job_messages  # noqa: E402
 from saerec.pipeline import Runner, StageError, summarise  # noqa: E402
 from saerec.runlock import RunLock, RunLockError  # noqa: E402
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         names = select_stages(args.stages, args.until)
+        check_models(cfg, names)
         store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
         store.check()
         log.info(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "

@@ -6,6 +6,7 @@ stages run end to end on real prepare output, real Ray Train, and real S3.
 """
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from saerec.sae.model import TopKSAE
 from saerec.stages import evaluate, prepare, profile, train_rec
 from saerec.storage import Store
 from tests.conftest import TINY_DEMO
+from tests.test_logs import logged
 
 DIM = 8
 LATENTS = [3, 10, 11, 20, 21, 40]
@@ -167,7 +169,8 @@ def test_a_killed_train_worker_is_replaced_and_the_run_goes_on(tmp_path, ray_loc
 
 def test_a_paper_protocol_run_is_marked_in_every_manifest_and_metrics_file(tmp_path, ray_local):
     runner = _runner(str(tmp_path / "out"), "rec.models=[sasrec]", "evaluate.protocol=paper")
-    trained = runner.run_stage(train_rec.STAGE)
+    with logged("saerec.train_progress") as lines:
+        trained = runner.run_stage(train_rec.STAGE)
     evaluated = runner.run_stage(evaluate.STAGE)
     assert trained["metrics"]["protocol"] == evaluated["metrics"]["protocol"] == "paper"
     assert trained["config"]["evaluate"]["protocol"] == evaluated["config"]["evaluate"]["protocol"] == "paper"
@@ -175,6 +178,17 @@ def test_a_paper_protocol_run_is_marked_in_every_manifest_and_metrics_file(tmp_p
     [run] = metrics["runs"]
     assert metrics["protocol"] == "paper"
     assert run["valid"] == pytest.approx(run["test"]), "under paper the selection set is the test set"
+    # the driver printed one line per epoch, and what it said is what the run recorded
+    [history] = [r["history"] for r in runner.store.read_json(f"{trained['output_dir']}/runs.json")["runs"]]
+    pattern = (r"\[train_rec\] sasrec-seed0 \(run 1/1\) epoch (\d+)/2: loss ([\d.]+), valid ndcg@20 ([\d.]+), "
+               r"best ([\d.]+) \(epoch (\d+)\), patience (\d+) left, [\d.]+ s/epoch")
+    found = [re.fullmatch(pattern, line) for line in lines]
+    assert len(found) == len(history) == 2 and all(found), lines
+    for epoch, match in enumerate(found, start=1):
+        best = max(history[:epoch], key=lambda h: h["valid_ndcg@20"])
+        assert int(match[1]) == epoch and match[2] == f"{history[epoch - 1]['loss']:.4f}"
+        assert match[3] == f"{history[epoch - 1]['valid_ndcg@20']:.4f}" and match[4] == f"{best['valid_ndcg@20']:.4f}"
+        assert int(match[5]) == best["epoch"] and int(match[6]) == 2 - (epoch - best["epoch"])
     strict = _runner(str(tmp_path / "out"), "rec.models=[sasrec]")
     assert runner.is_published(train_rec.STAGE) and not strict.is_published(train_rec.STAGE), \
         "the protocol is in train_rec's fingerprint"

@@ -16,6 +16,7 @@ from saerec.pipeline import Runner, Stage, StageContext, StageError, StageFiles
 from saerec.sae import TopKSAE, TrainState, build_optimizer, evaluate, train_epoch
 from saerec.stages import train_sae
 from saerec.storage import Store
+from tests.test_logs import logged
 from tests.test_sae import sparse_mixture
 
 DIM = 16
@@ -60,7 +61,8 @@ def test_stage_on_s3_publishes_a_consistent_sae(s3_server, s3_uri, ray_local):
     store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
     runner = Runner(cfg, store)
     runner.run_stage(TOY_EMBED)
-    manifest = runner.run_stage(train_sae.STAGE)
+    with logged("saerec.train_progress") as lines:
+        manifest = runner.run_stage(train_sae.STAGE)
     out = StageFiles(store, manifest["output_dir"])
     metrics = manifest["metrics"]
 
@@ -84,6 +86,11 @@ def test_stage_on_s3_publishes_a_consistent_sae(s3_server, s3_uri, ray_local):
     history = out.read_json("metrics.json")["history"]
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3]
     assert history[-1]["fvu"] < history[0]["fvu"] and metrics["fvu"] < 0.5
+    # the driver printed one line per epoch, with what the epoch recorded
+    assert [line.rsplit(", ", 1)[0] for line in lines] == [
+        f"[train_sae] epoch {h['epoch']}/3: loss {h['loss']:.4f}, fvu {h['fvu']:.4f}, dead {h['dead_pct']:.1f}%"
+        for h in history], lines
+    assert all(line.endswith(" s/epoch") for line in lines)
     assert runner.run_stage(train_sae.STAGE).get("skipped") is True
 
     # Ray Data, Train and DDP plumbing change nothing: a plain loop with the same seed, pre-bias

@@ -124,7 +124,7 @@ def train_run(variant: str, seed: int, settings: RunSettings, split: LeaveOneOut
         if due:
             last_saved = time.monotonic()
         if on_epoch is not None:
-            on_epoch(state.history[-1], snapshot if due else None)
+            on_epoch({**state.history[-1], **state.progress(fit_cfg)}, snapshot if due else None)
 
     result = fit(trained, split, fit_cfg, settings.max_len, device=device, resume=resume, on_epoch=epoch_done,
                  shard=shard)

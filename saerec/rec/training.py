@@ -83,12 +83,20 @@ class FitState:
     best_model: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     rng_state: dict[str, Any] | None = None
+    epoch_seconds: float = 0.0  # the last epoch's wall time, training and validation (progress only, not saved)
 
     def to_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """A torch-serialisable snapshot including the live model and optimiser."""
         return {"epoch": self.epoch, "stopper": vars(self.stopper).copy(), "best_model": self.best_model,
                 "history": self.history, "rng_state": self.rng_state,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+    def progress(self, cfg: FitConfig) -> dict[str, Any]:
+        """Where the fit stands after its last epoch, for a progress line: the bound, the best
+        validation score so far, the epochs of patience left and the last epoch's wall time."""
+        return {"max_epochs": cfg.max_epochs, f"best_{cfg.select_metric}": self.stopper.best_score,
+                "best_epoch": self.stopper.best_epoch, "patience_left": cfg.patience - self.stopper.bad_epochs,
+                "epoch_seconds": self.epoch_seconds}
 
     @classmethod
     def from_dict(cls, snap: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> "FitState":
@@ -187,6 +195,7 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
         state.history.append({"epoch": state.epoch, "loss": loss, "train_seconds": seconds,
                               **{f"valid_{k}": v for k, v in valid.items()}})
         state.rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+        state.epoch_seconds = time.perf_counter() - start
         if on_epoch is not None:
             on_epoch(state, state.to_dict(core, optimizer))
     if state.best_model is None:

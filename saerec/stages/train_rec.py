@@ -30,12 +30,14 @@ from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import SELECT_METRIC, RunSettings, run_settings, train_run
 from saerec.rec.variants import build_inputs, variant
+from saerec.train_progress import epoch_lines, quiet_reports
 
 CHECKPOINT_FILE = "train_rec_state.pt"
 
 
 def _train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: train each (variant, seed) run in turn, checkpointing as it goes."""
+    quiet_reports()
     torch.set_num_threads(config["threads"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -87,6 +89,18 @@ def _train_loop(config: dict[str, Any]) -> None:
     report({"run": "all", "done": len(state["done"])}, save=True)
 
 
+def epoch_line(metrics: dict[str, Any], runs: list[str]) -> str | None:
+    """The driver's line for one reported epoch (None for the closing report of all runs)."""
+    if "epoch" not in metrics:
+        return None
+    run = metrics["run"]
+    return (f"[train_rec] {run} (run {runs.index(run) + 1}/{len(runs)}) epoch {metrics['epoch']}/"
+            f"{metrics['max_epochs']}: loss {metrics['loss']:.4f}, valid {SELECT_METRIC} "
+            f"{metrics[f'valid_{SELECT_METRIC}']:.4f}, best {metrics[f'best_{SELECT_METRIC}']:.4f} (epoch "
+            f"{metrics['best_epoch']}), patience {metrics['patience_left']} left, "
+            f"{metrics['epoch_seconds']:.1f} s/epoch")
+
+
 def train_all(ctx: StageContext, cfg: RecSection, settings: RunSettings, runs: list[dict[str, Any]],
               sequences: list[np.ndarray], n_items: int, intents: dict[str, torch.Tensor],
               profiles: dict[str, ItemProfiles]) -> dict[str, Any]:
@@ -96,16 +110,19 @@ def train_all(ctx: StageContext, cfg: RecSection, settings: RunSettings, runs: l
     checkpoint: finished runs are kept, the run in progress goes on from its last saved epoch.
     """
     storage_path, filesystem = ctx.train_storage()
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"runs": runs, "sequences": sequences, "n_items": n_items, "settings": settings,
-                           "intents": intents, "profiles": profiles, "use_gpu": cfg.use_gpu,
-                           "threads": 1 if cfg.use_gpu else max(1, torch.get_num_threads() // cfg.num_workers)},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=ray.train.RunConfig(name="train_rec", storage_path=storage_path, storage_filesystem=filesystem,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)))
-    result = trainer.fit()
+    names = [r["name"] for r in runs]
+    with epoch_lines(lambda metrics: epoch_line(metrics, names)) as callbacks:
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config={"runs": runs, "sequences": sequences, "n_items": n_items, "settings": settings,
+                               "intents": intents, "profiles": profiles, "use_gpu": cfg.use_gpu,
+                               "threads": 1 if cfg.use_gpu else max(1, torch.get_num_threads() // cfg.num_workers)},
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+            run_config=ray.train.RunConfig(name="train_rec", storage_path=storage_path, storage_filesystem=filesystem,
+                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                           failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                                           callbacks=callbacks))
+        result = trainer.fit()
     if result.checkpoint is None:
         raise StageError("train_rec: Ray Train finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:

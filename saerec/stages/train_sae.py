@@ -43,6 +43,7 @@ from saerec.sae import (TopKSAE, TrainState, build_optimizer, checkpoint_state, 
                         load_checkpoint_state, num_latents, train_epoch)
 from saerec.sae.model import geometric_median
 from saerec.sae.training import unwrap
+from saerec.train_progress import epoch_lines, quiet_reports
 
 PRE_BIAS_SAMPLE = 8192
 SHUFFLE_BUFFER_BATCHES = 4
@@ -133,6 +134,7 @@ def pre_bias_from_sample(ds, method: str) -> list[float] | None:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Per-worker loop: resume if a checkpoint exists, train, checkpoint every epoch, evaluate."""
+    quiet_reports()
     run = SaeRun(**config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -275,6 +277,14 @@ def _report(rank: int, metrics: dict[str, Any], model, optimizer, state, history
 # -- on the driver ---------------------------------------------------------------------------------
 
 
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str | None:
+    """The driver's line for one reported epoch (None for the final evaluation's report)."""
+    if metrics.get("final"):
+        return None
+    return (f"[train_sae] epoch {metrics['epoch']}/{epochs}: loss {metrics['loss']:.4f}, fvu {metrics['fvu']:.4f}, "
+            f"dead {metrics['dead_pct']:.1f}%, {metrics['seconds']:.2f} s/epoch")
+
+
 def train_on_ray(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, name: str, num_workers: int,
         use_gpu: bool, max_failures: int = 0):
     """Train on ``ds`` with Ray Train; resumes from the checkpoints under (storage_path, name).
@@ -282,21 +292,23 @@ def train_on_ray(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, na
     A worker that dies mid-run makes Ray Train restart the worker group up to ``max_failures``
     times, each restart resuming from the last checkpoint.
     """
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=asdict(run),
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=storage_filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-        ),
-        datasets={"train": ds},
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
-    )
-    result = trainer.fit()
+    with epoch_lines(lambda metrics: epoch_line(metrics, run.epochs)) as callbacks:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=asdict(run),
+            scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+            run_config=ray.train.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=storage_filesystem,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                callbacks=callbacks,
+            ),
+            datasets={"train": ds},
+            dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        )
+        result = trainer.fit()
     if result.checkpoint is None:
         raise StageError(f"train_sae: Ray Train finished without a checkpoint under {storage_path}/{name}")
     return result
