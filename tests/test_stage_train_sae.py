@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from saerec import artifacts, schemas
-from saerec.config import load_config
+from saerec.config import ConfigError, load_config
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageFiles
 from saerec.sae import TopKSAE, TrainState, build_optimizer, evaluate, train_epoch
 from saerec.stages import train_sae
@@ -173,5 +173,7 @@ def test_settings_follow_the_sizing_rule_and_reject_bad_values():
     assert spec.dead_after == 198_502 and spec.lr == pytest.approx(1e-3)
     small = train_sae.resolve_run(load_config(None, ["sae.n_latents=64"]).sae, 16, 500, seed=0)
     assert small.model["n_latents"] == 64 and small.model["aux_k"] == 64
-    with pytest.raises(StageError, match="sae.k=32"):
-        train_sae.resolve_run(load_config(None, ["sae.n_latents=16"]).sae, 16, 500, seed=0)
+    with pytest.raises(ConfigError, match="sae.k=32 exceeds sae.n_latents=16"):
+        load_config(None, ["sae.n_latents=16"])
+    with pytest.raises(StageError, match="sae.k=512 exceeds the number of latents 256"):
+        train_sae.resolve_run(load_config(None, ["sae.k=512"]).sae, 16, 500, seed=0)
