@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 server, a local Ray on 127.0.0.1, the shared data folder, tiny configs."""
+"""Shared fixtures: a real S3 server, a local Ray on 127.0.0.1, the shared data folder, tiny configs;
+and the ``slow``/``cluster`` marks with the file order that lets two xdist workers finish together."""
 from __future__ import annotations
 
 import os
@@ -78,3 +79,36 @@ def submitted_demo(ray_head, s3_server):
     """The tiny demo submitted once to ``ray_head`` with S3 storage; cluster and fault tests share its outputs."""
     from tests.ray_head import submit_demo
     return submit_demo(ray_head, s3_server.endpoint, s3_server.bucket, TINY_DEMO)
+
+
+# A test that uses one of these fixtures starts Ray (``ray_local``: once per xdist worker) or a
+# ``ray start --head`` (the cluster fixtures), so it carries these marks without repeating them.
+FIXTURE_MARKS = {"ray_local": ("slow",), "ray_head": ("slow", "cluster"), "submitted_demo": ("slow", "cluster")}
+# Files that each keep one worker busy for over two minutes (measured with --durations), longest first.
+LONGEST_FILES = ("test_cluster.py", "test_demo_text_matters.py", "test_stage_train_sae.py", "test_stage_rec.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start Ray, then order the files: the longest, then those with the most
+    slow tests, then the quick ones.
+
+    With ``--dist loadfile --no-loadscope-reorder`` xdist hands out whole files in this order, each
+    worker taking the next file when it is nearly done: the long files are spread over both workers
+    first and the short ones fill in at the end, instead of one long file starting last.
+    """
+    slow_per_file: dict[Path, int] = {}
+    for item in items:
+        for fixture, marks in FIXTURE_MARKS.items():
+            if fixture in item.fixturenames:
+                for mark in marks:
+                    item.add_marker(mark)
+        slow_per_file.setdefault(item.path, 0)
+        slow_per_file[item.path] += item.get_closest_marker("slow") is not None
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        longest = LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+        return longest, -slow_per_file[item.path]
+
+    items.sort(key=rank)

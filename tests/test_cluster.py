@@ -1,5 +1,6 @@
-"""Cluster submission: the README's recipe on a local ``ray start --head`` with S3 storage, the launcher
-files, and faults on the head (a missing bucket, a SIGKILLed driver)."""
+"""Cluster submission: the README's recipe on a local ``ray start --head`` with S3 storage (the one
+full tiny pipeline of the suite: every stage runs, a second submission skips every stage), the
+launcher files, and faults on the head (a missing bucket, a SIGKILLed driver)."""
 from __future__ import annotations
 
 import posixpath
@@ -33,6 +34,7 @@ def test_submitted_job_publishes_every_stage_in_the_bucket(submitted_demo, s3_se
     assert "all selected stages are published." in result.stdout
     store = Store(submitted_demo.uri, s3_server.endpoint)
     for stage in STAGE_ORDER:
+        assert f"[{stage}] done" in result.stdout
         manifest = store.read_json(store.join("demo", stage, MANIFEST))
         assert manifest["stage"] == stage and manifest["run"] == "demo"
         attempt = store.join("demo", stage, manifest["attempt"])
@@ -40,6 +42,24 @@ def test_submitted_job_publishes_every_stage_in_the_bucket(submitted_demo, s3_se
         assert sorted(posixpath.relpath(p, attempt) for p in stored) == sorted(manifest["outputs"] + [ATTEMPT_MARKER])
         attempts = [d for d in store.list_dirs(store.join("demo", stage)) if d.startswith("attempt-")]
         assert attempts == [manifest["attempt"]], "exactly one published attempt"
+
+
+def _published_attempts(store: Store) -> dict[str, str]:
+    return {stage: store.read_json(store.join("demo", stage, MANIFEST))["attempt"] for stage in STAGE_ORDER}
+
+
+@PIPELINE_TIMEOUT
+def test_second_submission_skips_every_stage_and_publishes_nothing_new(submitted_demo, ray_head, s3_server):
+    """Runs before the SIGKILL test below, which re-publishes the sweep with other settings."""
+    assert submitted_demo.result.returncode == 0
+    store = Store(submitted_demo.uri, s3_server.endpoint)
+    before = _published_attempts(store)
+    again = ray_head.submit(*pipeline_args(submitted_demo.uri, s3_server.endpoint, submitted_demo.overrides), cwd=REPO)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    for stage in STAGE_ORDER:
+        assert f"[{stage}] skipped" in again.stdout
+    assert "running..." not in again.stdout
+    assert _published_attempts(store) == before
 
 
 @PIPELINE_TIMEOUT

@@ -14,6 +14,7 @@ from saerec.runtime import DASHBOARD_TIMEOUT_VAR, LOCAL_ENV, RayStartError, free
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_local_ray_listens_on_loopback_only():
     script = textwrap.dedent(f"""
         import sys, os; sys.path.insert(0, {str(REPO)!r})
