@@ -49,9 +49,11 @@ class ProfileAccumulator:
         """The whole pooled table as (item, latent, weight) triples, every latent that fired,
         before any cut to an item's strongest intents."""
         items, latents, values = self.keys // self.n_latents, self.keys % self.n_latents, self.values
-        if self.pooling == "mean":
-            counts = torch.as_tensor([self.texts[int(i)] for i in items.tolist()], dtype=torch.float32)
-            values = values / counts
+        if self.pooling == "mean" and len(items):
+            counts = torch.zeros(max(int(items.max()), max(self.texts)) + 1)
+            counts[torch.as_tensor(list(self.texts), dtype=torch.long)] = torch.as_tensor(
+                list(self.texts.values()), dtype=torch.float32)
+            values = values / counts[items]
         return items, latents, values
 
     def profiles(self, kept: np.ndarray, max_intents: int) -> dict[int, tuple[list[int], list[float]]]:
