@@ -79,7 +79,7 @@ class DataSection:
     duplicates: Literal["drop", "keep"] = "drop"  # drop: repeated (user, item, time) records and repeated corpus texts
     item_meta: str | None = None  # sequences: item_id asin title brand TSV; a relative path is inside data.path
     text_template: str | None = None  # e.g. "{title}[. Brand: {brand}]"; null: {text}, or that with item_meta
-    item_categories: str | None = None  # item_id<TAB>categories TSV (evaluation labels); sequences: relative to data.path
+    item_categories: str | None = None  # item_id<TAB>categories TSV, evaluation labels; relative: in the data folder
     demo: DemoSection = field(default_factory=DemoSection)
 
     def __post_init__(self) -> None:

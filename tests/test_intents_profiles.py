@@ -58,4 +58,5 @@ def test_pooled_table_holds_every_latent_uncut_and_an_item_that_never_fires_is_a
     expected = {(item, lat): float(dense[items == item].mean(0)[lat]) for item in (1, 2, 3) for lat in range(5)
                 if dense[items == item].mean(0)[lat] > 0}
     assert got == pytest.approx(expected), "item 9's one text fired nothing"
-    assert folded.profiles(np.arange(5), 1)[3][0] == [3] and (3, 1) in got, "profiles cut to the strongest; pooled does not"
+    assert folded.profiles(np.arange(5), 1)[3][0] == [3] and (3, 1) in got, \
+        "profiles cut to the strongest; pooled does not"

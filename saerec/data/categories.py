@@ -30,7 +30,8 @@ def read_item_categories(path: Path, bad: BadRecords) -> dict[str, list[str]]:
             row = text.rstrip("\r\n").split("\t")
             if lineno == 1:
                 if row != HEADER:
-                    raise DataError(f"{path}:1: expected the header 'item_id<TAB>categories', got {text.rstrip()[:80]!r}")
+                    raise DataError(f"{path}:1: expected the header 'item_id<TAB>categories', "
+                                    f"got {text.rstrip()[:80]!r}")
                 continue
             if not text.strip():
                 continue
