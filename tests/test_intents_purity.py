@@ -91,3 +91,7 @@ def test_kept_latents_that_group_a_category_beat_every_control():
     assert summary["purity_ratio_vs_random"] == pytest.approx(1.0 / summary["purity_random"], rel=1e-3)
     assert summary["purity_ratio_vs_rejected"] > 1.0
     assert purity.compare(study, lab, n=61, draws=5, seed=0) == [], "fewer labelled items than a set's size"
+    broad = _lab(categories, max_share=0.4)
+    assert broad.skipped == ["Left", "Right"] and purity.compare(study, broad, n=10, draws=5, seed=0) == [], \
+        "no informative category left: no purity rather than zeros"
+    assert purity.summary([])["purity_kept"] is None

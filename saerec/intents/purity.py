@@ -128,8 +128,9 @@ class Study:
 
 def compare(study: Study, lab: Labels, n: int, draws: int, seed: int) -> list[Scored]:
     """Every kept and rejected latent with ``n`` labelled items, ``len(kept)`` k-means clusters and
-    ``draws`` random sets, each scored by purity; nothing when fewer than ``n`` items are labelled."""
-    if len(lab.items) < n:
+    ``draws`` random sets, each scored by purity. Nothing when fewer than ``n`` items are labelled or
+    every category was skipped as too broad (a demo of 6 planted intents: each is on ~20 % of items)."""
+    if len(lab.items) < n or not any(lab.categories.values()):
         return []
     rejected = np.setdiff1d(np.arange(study.n_latents), study.kept)
     out: list[Scored] = []

@@ -110,6 +110,10 @@ def _purity(doc: rp.Document, ctx: StageContext) -> None:
         f"Purity of an item set: the share of its items in their most common category. Each intent's set is its "
         f"top-{n} labelled items by profile weight; categories on more than a fixed share of items are skipped as "
         f"too broad (skipped: {skipped}). The labels are evaluation data that no model read.")
+    if scored.empty:
+        section.blocks.append(f"Not scored: fewer than {n} labelled items, or no category left after skipping the "
+                              "broad ones (profile.purity_max_share).")
+        return
     rows = [[label_, metrics.get(f"purity_{group}"), metrics.get(f"purity_{group}_sets"),
              metrics.get(f"purity_ratio_vs_{group}") if group != "kept" else None]
             for group, label_ in PURITY_GROUPS.items()]
