@@ -60,6 +60,9 @@ USERS = Artifact("prepare", "users.parquet", "user id -> raw id", schemas.USERS)
 ITEMS = Artifact("prepare", "items.parquet", "item id -> raw id and description", schemas.ITEMS)
 CORPUS = Artifact("prepare", "corpus/", "the training-only text corpus, in parts", schemas.CORPUS)
 PLANTED = Artifact("prepare", "planted_intents.json", "demo only: the planted intents and their words")
+ITEM_CATEGORIES = Artifact("prepare", "item_categories.parquet",
+                           "evaluation labels, never model input: each labelled item's categories",
+                           schemas.ITEM_CATEGORIES)
 EMBEDDINGS = Artifact("embed", "embeddings/", "one vector per corpus text (text_id, vector, tokens, truncated)")
 VOCABULARY = Artifact("embed", "vocabulary/", "the candidate words and their vectors (word, count, vector)")
 SAE_WEIGHTS = Artifact("train_sae", "sae.safetensors", "the SAE's state dict")
@@ -75,6 +78,9 @@ FEATURES = Artifact("judge", "features.parquet", "per latent: summary, verdict, 
 INTENTS = Artifact("judge", "intents.safetensors", "the kept latents' vectors and ids (summaries, words in metadata)")
 PROFILES = Artifact("profile", "item_profiles.parquet", "per intent set and item: its intents and pooled weights",
                     schemas.ITEM_PROFILES)
+INTENT_PURITY = Artifact("profile", "intent_purity.parquet",
+                         "with category labels: the purity of each kept and rejected latent, k-means cluster "
+                         "and random item set", schemas.INTENT_PURITY)
 ITEM_TEXT_VECTORS = Artifact("profile", "item_text_vectors.parquet", "per item with text: its texts' mean embedding",
                              schemas.ITEM_TEXT_VECTORS)
 MODELS = Artifact("train_rec", "models/", "one safetensors file per (variant, seed), the spec in its metadata")
@@ -216,6 +222,14 @@ def read_corpus_texts(prepare: StageFiles, text_ids: np.ndarray) -> dict[int, st
 def read_planted(prepare: StageFiles) -> list[dict[str, Any]] | None:
     """The demo's planted intents ([{name, words}]), or None for real data."""
     return read_json(prepare, PLANTED) if PLANTED.exists(prepare) else None
+
+
+def read_item_categories(prepare: StageFiles) -> dict[int, list[str]] | None:
+    """``item -> category names`` for the labelled items, or None when the run has no labels."""
+    if not ITEM_CATEGORIES.exists(prepare):
+        return None
+    table = read_table(prepare, ITEM_CATEGORIES, ["item", "categories"])
+    return dict(zip(table.column("item").to_pylist(), table.column("categories").to_pylist()))
 
 
 # -- embed -----------------------------------------------------------------------------------------

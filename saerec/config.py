@@ -89,6 +89,7 @@ class DataSection:
     duplicates: Literal["drop", "keep"] = "drop"  # drop: repeated (user, item, time) records and repeated corpus texts
     item_meta: str | None = None  # sequences: item_id asin title brand TSV; a relative path is inside data.path
     text_template: str | None = None  # e.g. "{title}[. Brand: {brand}]"; null: {text}, or that with item_meta
+    item_categories: str | None = None  # item_id<TAB>categories TSV, evaluation labels; relative: in the data folder
     demo: DemoSection = field(default_factory=DemoSection)
 
     def __post_init__(self) -> None:
@@ -99,6 +100,9 @@ def _check_item_text(cfg: DataSection) -> None:
     """The item text template names only fields its source has, and metadata comes with its source."""
     from saerec.data import template
 
+    if cfg.item_categories is not None and cfg.source == "demo":
+        raise ConfigError("data.item_categories is for data.source=amazon or sequences; the demo labels each item "
+                          "with its planted intents itself")
     if cfg.item_meta is not None and cfg.source != "sequences":
         origin = "data.meta_path" if cfg.source == "amazon" else "its own metadata"
         raise ConfigError(f"data.item_meta is read by data.source=sequences only; data.source={cfg.source} takes "
@@ -361,6 +365,9 @@ def parse_judge(choice: str, configured: JudgeSection, index: int) -> JudgeSecti
 class ProfileSection:
     pooling: Literal["mean", "max"] = "mean"  # how an item's texts' SAE codes are pooled into its profile
     max_intents: int = _bounded(64, lo=1)  # intents kept per item (its strongest)
+    purity_top_n: int = _bounded(20, lo=2)  # items per intent scored for category purity
+    purity_max_share: float = _bounded(0.15, lo=0.0, hi=1.0, lo_open=True)  # skip categories on more items than this
+    purity_draws: int = _bounded(100, lo=1)  # random item sets drawn for chance purity
 
 
 @dataclass

@@ -181,6 +181,22 @@ def line_chart(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequ
     return _figure(plot)
 
 
+def histograms(series: Mapping[str, Sequence[float]], bins: Sequence[float], title: str, xlabel: str) -> bytes:
+    """Overlaid step histograms, each as the share of its own values per bin, so groups of
+    different sizes (125 kept intents, 3,000 rejected latents) compare by shape."""
+    def plot(ax: Any) -> None:
+        for name, values in series.items():
+            if len(values):
+                ax.hist(list(values), bins=list(bins), weights=[1 / len(values)] * len(values), histtype="step",
+                        linewidth=1.8, label=f"{name} (n={len(values)})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("share of sets")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _figure(plot)
+
+
 def main_results_table(ours: dict[str, dict[str, float]], metrics: Sequence[str] = MAIN_METRICS,
                        with_paper: bool = True, paper_rows: Mapping[str, str | None] | None = None) -> Table:
     """Our test metrics per model, with the paper's Beauty numbers beside them (— where it has

@@ -106,6 +106,9 @@ EXPLAINED_LATENTS = pa.schema([
 
 # profile: per intent set ("judged": the kept latents, intent i = the judge's i-th kept latent;
 # "all": every SAE latent) and item, the item's intents (positions in that set) and pooled weights
+ITEM_CATEGORIES = pa.schema([("item", pa.int32()), ("categories", pa.list_(pa.string()))])
+INTENT_PURITY = pa.schema([("group", pa.string()), ("id", pa.int32()), ("purity", pa.float32()),
+                           ("category", pa.string())])
 ITEM_PROFILES = pa.schema([
     ("set", pa.string()),
     ("item", pa.int32()),

@@ -46,3 +46,17 @@ def test_profiles_keep_only_the_kept_latents_renumbered_and_the_strongest_first(
     assert profiles[3] == ([1], [pytest.approx(0.2)]), "item 3's strongest kept latent only (mean over 3 texts)"
     with pytest.raises(ValueError, match="do not describe the same texts"):
         folded.add(items[:2], values, latents)
+
+
+def test_pooled_table_holds_every_latent_uncut_and_an_item_that_never_fires_is_absent():
+    items, values, latents = _codes()
+    folded = ProfileAccumulator(5, "mean")
+    folded.add(torch.cat([items, torch.tensor([9])]), torch.cat([values, torch.zeros(1, 2)]),
+               torch.cat([latents, torch.tensor([[0, 1]])]))
+    got = {(int(i), int(lat)): float(w) for i, lat, w in zip(*folded.pooled())}
+    dense = torch.zeros(6, 5).scatter(1, latents, values)
+    expected = {(item, lat): float(dense[items == item].mean(0)[lat]) for item in (1, 2, 3) for lat in range(5)
+                if dense[items == item].mean(0)[lat] > 0}
+    assert got == pytest.approx(expected), "item 9's one text fired nothing"
+    assert folded.profiles(np.arange(5), 1)[3][0] == [3] and (3, 1) in got, \
+        "profiles cut to the strongest; pooled does not"

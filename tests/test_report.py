@@ -144,11 +144,24 @@ def _sweep(ctx: StageContext) -> dict:
     return {"trials": len(specs), "seeds": 2, "tune_seconds": 12.5, "upstream_seconds": 3.0}
 
 
+def _profile(ctx: StageContext) -> dict:
+    groups = ["kept"] * 3 + ["rejected"] * 4 + ["kmeans"] * 3 + ["random"] * 5
+    purity = [0.9, 0.8, 0.85, 0.3, 0.5, 0.2, 0.9, 0.6, 0.5, 0.4, 0.1, 0.15, 0.1, 0.2, 0.1]
+    artifacts.write_table(ctx.output, artifacts.INTENT_PURITY, pa.table({
+        "group": groups, "id": pa.array(range(len(groups)), pa.int32()), "purity": pa.array(purity, pa.float32()),
+        "category": ["Nails"] * len(groups)}, schema=schemas.INTENT_PURITY))
+    return {"purity_top_n": 20, "purity_skipped_categories": ["Skin Care"], "purity_kept": 0.85,
+            "purity_kept_sets": 3, "purity_rejected": 0.475, "purity_rejected_sets": 4, "purity_kmeans": 0.5,
+            "purity_kmeans_sets": 3, "purity_random": 0.13, "purity_random_sets": 5,
+            "purity_ratio_vs_random": 6.538, "purity_ratio_vs_kmeans": 1.7, "purity_ratio_vs_rejected": 1.789}
+
+
 STAND_INS = {
     "embed": _published("embed", ("prepare",), _embed),
     "train_sae": _published("train_sae", ("embed",), _train_sae),
     "explain": _published("explain", ("train_sae",), lambda ctx: {"latents": 10}),
     "judge": _published("judge", ("explain",), _judge),
+    "profile": _published("profile", ("judge",), _profile),
     "train_rec": _published("train_rec", ("judge",), lambda ctx: {"runs": 4}),
     "evaluate": _published("evaluate", ("train_rec",), _evaluate),
     "sweep": _published("sweep", ("evaluate",), _sweep),
@@ -163,17 +176,21 @@ def test_report_stage_reads_every_published_output(tmp_path):
         runner.run_stage(stage)
     published = runner.run_stage(report_stage.STAGE)
     assert sorted(published["outputs"]) == ["report.html", "report.md"]
-    assert published["metrics"]["figures"] == 4
+    assert published["metrics"]["figures"] == 5
     html = runner.store.read_bytes(f"{published['output_dir']}/report.html").decode()
     markdown = runner.store.read_bytes(f"{published['output_dir']}/report.md").decode()
     for text in (html, markdown):
-        assert len(_images(text)) == 4
-        for heading in ("Dataset", "Sparse autoencoder", "Intents", "Main results", "By item popularity", "Ablations",
+        assert len(_images(text)) == 5
+        for heading in ("Dataset", "Sparse autoencoder", "Intents", "Category purity of intents", "Main results",
+                        "By item popularity", "Ablations",
                         "Sensitivity to k", "Robustness to review removal", "Judge LLM choice", "Steering study",
                         "Wall time per stage"):
             assert heading in text
     assert "| 7 | w7a, w7b | theme 7 | 0.7000 | 0.7500 |" in markdown and "| 5 | w5a, w5b | theme 5 |" in markdown
     assert "| 2 | w2a, w2b |" not in markdown, "only the example_intents most active kept intents"
+    purity = markdown.split("## Category purity of intents")[1].split("\n## ")[0]
+    assert "| kept intents | 0.8500 | 3 | — |" in purity and "| random item sets | 0.1300 | 5 | 6.5380 |" in purity
+    assert "(skipped: Skin Care)" in purity and len(_images(purity)) == 1
     assert "paper (Beauty)" not in markdown, "a demo run is not compared with the paper's Beauty numbers"
     assert "0.1000 ± 0.0010 (n=2)" in markdown, "two seeds give mean ± std and n"
     main = markdown.split("## Main results")[1].split("## Sweeps")[0]

@@ -96,7 +96,8 @@ def planted_intents(n: int) -> list[dict[str, object]]:
 
 
 def generate(spec: DemoSpec, folder: Path) -> dict[str, Path]:
-    """Write ``reviews_Demo_5.json.gz``, ``meta_Demo.json.gz`` and ``planted_intents.json``."""
+    """Write ``reviews_Demo_5.json.gz``, ``meta_Demo.json.gz``, ``planted_intents.json`` and
+    ``item_categories.tsv`` (each item labelled with its planted intents)."""
     rng = np.random.default_rng(spec.seed)
     intents = planted_intents(spec.intents)
     n_int = len(intents)
@@ -143,7 +144,20 @@ def generate(spec: DemoSpec, folder: Path) -> dict[str, Path]:
                 out.write(json.dumps(_review(rng, user, item, words[current], words, t)) + "\n")
     intents_path = folder / "planted_intents.json"
     intents_path.write_text(json.dumps(intents, indent=2))
-    return {"reviews": reviews_path, "meta": meta_path, "planted_intents": intents_path}
+    categories_path = folder / "item_categories.tsv"
+    categories_path.write_text(_categories(intents, primary, secondary))
+    return {"reviews": reviews_path, "meta": meta_path, "planted_intents": intents_path,
+            "item_categories": categories_path}
+
+
+def _categories(intents: list[dict[str, object]], primary: np.ndarray, secondary: np.ndarray) -> str:
+    """Each item's planted intents as its categories (the TSV ``data.item_categories`` reads), derived
+    from the draws already made, so the demo's random stream and every other number stay as they were."""
+    rows = ["item_id\tcategories"]
+    for item, (first, second) in enumerate(zip(primary, secondary)):
+        names = [intents[int(first)]["name"]] + ([intents[int(second)]["name"]] if second >= 0 else [])
+        rows.append(f"D{item:05d}\t{'|'.join(dict.fromkeys(str(n) for n in names))}")
+    return "\n".join(rows) + "\n"
 
 
 def _review(rng: np.random.Generator, user: int, item: int, own: list[str],

@@ -32,6 +32,7 @@ def check_inputs(cfg: DataSection) -> None:
         if cfg.meta_path:
             _readable_file(Path(cfg.meta_path).expanduser(), "data.meta_path", "amazon",
                            "a metadata file such as meta_Beauty.json.gz")
+        _check_categories(cfg)
         return
     folder = input_path(cfg)
     expected = "a folder with sequences.txt and items.tsv (users.tsv optional)"
@@ -47,6 +48,14 @@ def check_inputs(cfg: DataSection) -> None:
     if meta is not None:
         _readable_file(meta, "data.item_meta", "sequences",
                        "an item metadata file with columns item_id asin title brand")
+    _check_categories(cfg)
+
+
+def _check_categories(cfg: DataSection) -> None:
+    path = item_categories_path(cfg)
+    if path is not None:
+        _readable_file(path, "data.item_categories", cfg.source,
+                       "a category label file with columns item_id categories")
 
 
 def input_path(cfg: DataSection) -> Path:
@@ -64,3 +73,15 @@ def item_meta_path(cfg: DataSection) -> Path | None:
         return None
     meta = Path(cfg.item_meta).expanduser()
     return meta if meta.is_absolute() else input_path(cfg) / meta
+
+
+def item_categories_path(cfg: DataSection) -> Path | None:
+    """``data.item_categories``: an absolute path (or ``~``) as given; a relative one inside the
+    data folder (``data.path`` for sequences, the reviews file's folder for amazon)."""
+    if not cfg.item_categories:
+        return None
+    path = Path(cfg.item_categories).expanduser()
+    if path.is_absolute():
+        return path
+    folder = input_path(cfg)
+    return (folder if cfg.source == "sequences" else folder.parent) / path

@@ -45,18 +45,26 @@ class ProfileAccumulator:
         merged = torch.zeros(len(unique)).scatter_reduce(0, where, values, reduce=reduce, include_self=False)
         self.keys, self.values = unique, merged
 
+    def pooled(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The whole pooled table as (item, latent, weight) triples, every latent that fired,
+        before any cut to an item's strongest intents."""
+        items, latents, values = self.keys // self.n_latents, self.keys % self.n_latents, self.values
+        if self.pooling == "mean" and len(items):
+            counts = torch.zeros(max(int(items.max()), max(self.texts)) + 1)
+            counts[torch.as_tensor(list(self.texts), dtype=torch.long)] = torch.as_tensor(
+                list(self.texts.values()), dtype=torch.float32)
+            values = values / counts[items]
+        return items, latents, values
+
     def profiles(self, kept: np.ndarray, max_intents: int) -> dict[int, tuple[list[int], list[float]]]:
         """``{item: (intent ids, weights)}`` over the ``kept`` latents (intent i = kept[i]), each
         item's strongest ``max_intents`` first; items whose texts fire none of them are absent."""
         position = torch.full((self.n_latents,), -1, dtype=torch.long)
         position[torch.as_tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
-        items, latents = self.keys // self.n_latents, self.keys % self.n_latents
+        items, latents, values = self.pooled()
         intents = position[latents]
         keep = intents >= 0
-        items, intents, values = items[keep], intents[keep], self.values[keep]
-        if self.pooling == "mean":
-            counts = torch.as_tensor([self.texts[int(i)] for i in items.tolist()], dtype=torch.float32)
-            values = values / counts
+        items, intents, values = items[keep], intents[keep], values[keep]
         out: dict[int, tuple[list[int], list[float]]] = {}
         order = np.lexsort((-values.numpy(), items.numpy()))
         items_np, intents_np, values_np = items.numpy()[order], intents.numpy()[order], values.numpy()[order]

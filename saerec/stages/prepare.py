@@ -5,6 +5,10 @@ Metrics: the counts of ``collect`` and ``write_corpus`` (``duplicates_dropped``,
 first line numbers) and ``bad_record_examples`` when any were skipped, one ``{kind}_skipped`` per
 kind counted on its own (``bad_time``, ``not_utf8``, ``repeated_user``, ``repeated_item``,
 ``tab_in_text``), and the texts kept after a repair: ``surrogates_replaced`` and ``texts_truncated``.
+
+With category labels (``data.item_categories``; the demo labels each item with its planted
+intents) it also publishes ``ITEM_CATEGORIES``, evaluation labels that no model reads, and counts
+``items_with_categories`` and ``category_names``.
 """
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from saerec import artifacts
+import pyarrow as pa
+
+from saerec import artifacts, schemas
 from saerec.config import DataSection
 from saerec.data import amazon, demo, sequences, template
+from saerec.data.categories import read_item_categories
 from saerec.data.dataset import CorpusOptions, Tables, collect, with_item_texts, workdir, write_corpus
-from saerec.data.inputs import check_inputs, input_path, item_meta_path
+from saerec.data.inputs import check_inputs, input_path, item_categories_path, item_meta_path
 from saerec.data.records import BadRecords, Interaction
 from saerec.pipeline import Stage, StageContext
 
@@ -38,6 +45,18 @@ def _sequences(folder: Path, cfg: DataSection, bad: BadRecords, scratch: Path) -
         tables.stats["users_with_reviewer_id"] = sum(
             1 for u in tables.users.column("raw_id").to_pylist() if u in reviewers)
     return tables
+
+
+def _categories(tables: Tables, path: Path, bad: BadRecords) -> tuple[pa.Table, dict[str, int]]:
+    """The kept items' category labels (evaluation data), by item id; raw ids the run does not keep are ignored."""
+    labels = read_item_categories(path, bad)
+    pairs = [(item, labels[raw]) for item, raw in zip(tables.items.column("item").to_pylist(),
+                                                      tables.items.column("raw_id").to_pylist()) if labels.get(raw)]
+    table = pa.table({"item": pa.array([p[0] for p in pairs], pa.int32()),
+                      "categories": pa.array([p[1] for p in pairs], pa.list_(pa.string()))},
+                     schema=schemas.ITEM_CATEGORIES)
+    return table, {"items_with_categories": len(pairs),
+                   "category_names": len({name for _, names in pairs for name in names})}
 
 
 def empty_corpus_hint(cfg: DataSection) -> str:
@@ -73,11 +92,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                 ctx.seed), scratch / "demo")
             tables = _amazon(files["reviews"], files["meta"], cfg, bad, scratch)
             artifacts.write_json(ctx.output, artifacts.PLANTED, json.loads(files["planted_intents"].read_text()))
+            categories: Path | None = files["item_categories"]
         elif cfg.source == "amazon":
             meta = Path(cfg.meta_path).expanduser() if cfg.meta_path else None
             tables = _amazon(input_path(cfg), meta, cfg, bad, scratch)
+            categories = item_categories_path(cfg)
         else:
             tables = _sequences(input_path(cfg), cfg, bad, scratch)
+            categories = item_categories_path(cfg)
+        labelled: dict[str, int] = {}
+        if categories is not None:
+            table, labelled = _categories(tables, categories, bad)
+            artifacts.write_table(ctx.output, artifacts.ITEM_CATEGORIES, table)
 
         artifacts.write_table(ctx.output, artifacts.INTERACTIONS, tables.interactions)
         artifacts.write_table(ctx.output, artifacts.USERS, tables.users)
@@ -86,7 +112,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                 empty_hint=empty_corpus_hint(cfg))
         corpus = write_corpus(tables, options,
                               lambda part, t: artifacts.write_table(ctx.output, artifacts.CORPUS, t, part))
-    return {**tables.stats, **corpus, **bad.metrics()}
+    return {**tables.stats, **corpus, **labelled, **bad.metrics()}
 
 
 STAGE = Stage(name="prepare", run=run, sections=("data",))

@@ -12,6 +12,14 @@ embedding, the dense-text control's input) and ``PROFILES``: for the ``judged`` 
 latents, in the judge's order) and the ``all`` set (every latent, for noIde) one row per item with
 text, its strongest ``profile.max_intents`` intents and their pooled weights. An item without
 text has no row: its profile is empty.
+
+With prepare's category labels it also scores category purity (``saerec.intents.purity``): the
+kept latents against the rejected ones (every latent the judge did not keep), k-means clusters of
+the items' text embeddings (as many as kept latents) and random item sets, each latent's top
+``profile.purity_top_n`` items taken from the full pooled table (before the cut to an item's
+strongest intents). Metrics ``purity_{kept,rejected,kmeans,random}`` (means), ``..._sets``
+(how many sets each), ``purity_ratio_vs_{random,kmeans,rejected}``; every scored set is in
+``INTENT_PURITY``.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import torch
 
 from saerec import artifacts, schemas
 from saerec.config import ProfileSection
+from saerec.intents import purity
 from saerec.intents.profiles import ProfileAccumulator
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.sae.model import TopKSAE
@@ -89,11 +98,31 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics[f"{name}_mean_intents_per_item"] = round(float(np.mean(lengths)), 3) if lengths else 0.0
     artifacts.write_table(ctx.output, artifacts.PROFILES, pa.table(rows, schema=schemas.ITEM_PROFILES))
     with_text = sorted(folded.texts)
-    means = [] if text_sums is None else [
-        (text_sums[item] / folded.texts[item]).float().tolist() for item in with_text]
+    means = torch.zeros(0, 1) if text_sums is None else (
+        text_sums[with_text] / torch.tensor([folded.texts[i] for i in with_text], dtype=torch.float64).unsqueeze(1)
+    ).float()
     artifacts.write_table(ctx.output, artifacts.ITEM_TEXT_VECTORS,
-                          pa.table({"item": with_text, "vector": means}, schema=schemas.ITEM_TEXT_VECTORS))
+                          pa.table({"item": with_text, "vector": means.tolist()}, schema=schemas.ITEM_TEXT_VECTORS))
+    categories = artifacts.read_item_categories(prepare)
+    if categories is not None:
+        metrics.update(_purity(ctx, cfg, folded, kept, int(sae_config["n_latents"]), np.array(with_text), means,
+                               categories))
     return metrics
+
+
+def _purity(ctx: StageContext, cfg: ProfileSection, folded: ProfileAccumulator, kept: np.ndarray, n_latents: int,
+            text_items: np.ndarray, text_vectors: torch.Tensor, categories: dict[int, list[str]]) -> dict[str, Any]:
+    """Category purity of the kept latents against rejected latents, k-means clusters and chance;
+    every scored set is published for the report's histogram."""
+    lab = purity.labels(categories, cfg.purity_max_share)
+    items, latents, weights = (t.numpy() for t in folded.pooled())
+    study = purity.Study(items, latents, weights, kept, n_latents, text_items.astype(np.int64), text_vectors)
+    scored = purity.compare(study, lab, cfg.purity_top_n, cfg.purity_draws, ctx.seed)
+    artifacts.write_table(ctx.output, artifacts.INTENT_PURITY, pa.table({
+        "group": [s.group for s in scored], "id": [s.id for s in scored], "purity": [s.purity for s in scored],
+        "category": [s.category for s in scored]}, schema=schemas.INTENT_PURITY))
+    return {"purity_top_n": cfg.purity_top_n, "purity_labelled_items": len(lab.categories),
+            "purity_skipped_categories": lab.skipped, **purity.summary(scored)}
 
 
 STAGE = Stage(name="profile", run=run, inputs=("prepare", "embed", "train_sae", "judge"), sections=("profile",))

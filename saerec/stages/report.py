@@ -16,7 +16,7 @@ from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec.runs import SELECT_METRIC
 from saerec.rec.variants import VARIANTS, label
 
-INPUTS = ("prepare", "embed", "train_sae", "explain", "judge", "train_rec", "evaluate", "sweep")
+INPUTS = ("prepare", "embed", "train_sae", "explain", "judge", "profile", "train_rec", "evaluate", "sweep")
 WORDS_SHOWN = 8
 EXPLAINED_USERS = 5
 
@@ -90,6 +90,41 @@ def _intents(doc: rp.Document, ctx: StageContext, cfg: ReportSection) -> None:
                                    f"The {len(rows)} most frequently active kept intents; detection = the held-out "
                                    "balanced accuracy at telling the latent's top texts from random ones given only the "
                                    f"summary ({_detection_by(judge.metrics)})"))
+
+
+PURITY_GROUPS = {"kept": "kept intents", "rejected": "rejected latents", "kmeans": "k-means clusters",
+                 "random": "random item sets"}
+
+
+def _purity(doc: rp.Document, ctx: StageContext) -> None:
+    """Category purity of the kept intents against the controls, when the run has category labels."""
+    profile = ctx.input("profile")
+    if not artifacts.INTENT_PURITY.exists(profile):
+        return
+    metrics = profile.metrics
+    scored = artifacts.read_table(profile, artifacts.INTENT_PURITY, ["group", "purity"]).to_pandas()
+    n = metrics.get("purity_top_n")
+    skipped = ", ".join(metrics.get("purity_skipped_categories") or []) or "none"
+    section = doc.section("Category purity of intents")
+    section.blocks.append(
+        f"Purity of an item set: the share of its items in their most common category. Each intent's set is its "
+        f"top-{n} labelled items by profile weight; categories on more than a fixed share of items are skipped as "
+        f"too broad (skipped: {skipped}). The labels are evaluation data that no model read.")
+    if scored.empty:
+        section.blocks.append(f"Not scored: fewer than {n} labelled items, or no category left after skipping the "
+                              "broad ones (profile.purity_max_share).")
+        return
+    rows = [[label_, metrics.get(f"purity_{group}"), metrics.get(f"purity_{group}_sets"),
+             metrics.get(f"purity_ratio_vs_{group}") if group != "kept" else None]
+            for group, label_ in PURITY_GROUPS.items()]
+    section.blocks.append(rp.Table(["item sets", "mean purity", "sets", "kept intents / this"], rows,
+                                   f"Mean purity of top-{n} item sets: kept intents against the controls"))
+    series = {label_: scored.loc[scored["group"] == group, "purity"].tolist()
+              for group, label_ in PURITY_GROUPS.items()}
+    section.blocks.append(rp.Figure(rp.histograms(series, [i / 20 for i in range(21)], "Category purity",
+                                                  f"purity of top-{n} items"),
+                                    "Purity of each kept intent, rejected latent, k-means cluster and random item "
+                                    "set (each group's histogram sums to 1)"))
 
 
 def _detection_by(metrics: dict) -> str:
@@ -306,6 +341,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     _dataset(doc, ctx)
     _sae(doc, ctx)
     _intents(doc, ctx, cfg)
+    _purity(doc, ctx)
     _main_results(doc, ctx)
     _by_popularity(doc, ctx)
     _sweeps(doc, ctx)
