@@ -39,9 +39,9 @@ def test_text_reaches_the_items_grounded_learns_intents_sasrec_must_learn_per_it
     for stage in (prepare, embed, train_sae, explain, judge, profile, train_rec, evaluate):
         runner.run_stage(stage.STAGE)
     profiled = runner.manifest("profile")["metrics"]
-    assert profiled["purity_kept_sets"] >= 1 and profiled["purity_random_sets"] == 100
-    assert profiled["purity_kept"] >= PURITY_MARGIN * profiled["purity_random"], \
-        f"kept intents' category purity {profiled['purity_kept']} vs random item sets {profiled['purity_random']}"
+    assert profiled["purity_kept_sets"] >= 1 and profiled["purity_chance_sets"] == 100
+    assert profiled["purity_kept"] >= PURITY_MARGIN * profiled["purity_chance"], \
+        f"kept intents' category purity {profiled['purity_kept']} vs random item sets {profiled['purity_chance']}"
     metrics = runner.manifest("evaluate")["metrics"]
     for metric in ("ndcg@20", "hr@20"):
         sasrec, grounded = metrics[f"sasrec_test_{metric}"], metrics[f"grounded-all_test_{metric}"]

@@ -86,9 +86,9 @@ def test_kept_latents_that_group_a_category_beat_every_control():
     assert {s.id for s in scored if s.group == "rejected"} == {2, 3}, "latent 4 never fires"
     summary = purity.summary(scored)
     assert summary["purity_kept"] == 1.0 and summary["purity_kept_sets"] == 2
-    assert summary["purity_kmeans_sets"] == 2 and summary["purity_random_sets"] == 50
-    assert 0.5 <= summary["purity_random"] < 0.8, "two equal categories: chance is the larger half of 10 items"
-    assert summary["purity_ratio_vs_random"] == pytest.approx(1.0 / summary["purity_random"], rel=1e-3)
+    assert summary["purity_clusters_sets"] == 2 and summary["purity_chance_sets"] == 50
+    assert 0.5 <= summary["purity_chance"] < 0.8, "two equal categories: chance is the larger half of 10 items"
+    assert summary["purity_ratio_vs_chance"] == pytest.approx(1.0 / summary["purity_chance"], rel=1e-3)
     assert summary["purity_ratio_vs_rejected"] > 1.0
     assert purity.compare(study, lab, n=61, draws=5, seed=0) == [], "fewer labelled items than a set's size"
     broad = _lab(categories, max_share=0.4)

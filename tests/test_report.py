@@ -145,15 +145,15 @@ def _sweep(ctx: StageContext) -> dict:
 
 
 def _profile(ctx: StageContext) -> dict:
-    groups = ["kept"] * 3 + ["rejected"] * 4 + ["kmeans"] * 3 + ["random"] * 5
+    groups = ["kept"] * 3 + ["rejected"] * 4 + ["clusters"] * 3 + ["chance"] * 5
     purity = [0.9, 0.8, 0.85, 0.3, 0.5, 0.2, 0.9, 0.6, 0.5, 0.4, 0.1, 0.15, 0.1, 0.2, 0.1]
     artifacts.write_table(ctx.output, artifacts.INTENT_PURITY, pa.table({
         "group": groups, "id": pa.array(range(len(groups)), pa.int32()), "purity": pa.array(purity, pa.float32()),
         "category": ["Nails"] * len(groups)}, schema=schemas.INTENT_PURITY))
     return {"purity_top_n": 20, "purity_skipped_categories": ["Skin Care"], "purity_kept": 0.85,
-            "purity_kept_sets": 3, "purity_rejected": 0.475, "purity_rejected_sets": 4, "purity_kmeans": 0.5,
-            "purity_kmeans_sets": 3, "purity_random": 0.13, "purity_random_sets": 5,
-            "purity_ratio_vs_random": 6.538, "purity_ratio_vs_kmeans": 1.7, "purity_ratio_vs_rejected": 1.789}
+            "purity_kept_sets": 3, "purity_rejected": 0.475, "purity_rejected_sets": 4, "purity_clusters": 0.5,
+            "purity_clusters_sets": 3, "purity_chance": 0.13, "purity_chance_sets": 5,
+            "purity_ratio_vs_chance": 6.538, "purity_ratio_vs_clusters": 1.7, "purity_ratio_vs_rejected": 1.789}
 
 
 STAND_INS = {

@@ -98,7 +98,7 @@ def mean_purity(sets: Sequence[np.ndarray], lab: Labels) -> float | None:
     return float(np.mean([purity(s, lab)[0] for s in sets])) if len(sets) else None
 
 
-GROUPS = ("kept", "rejected", "kmeans", "random")
+GROUPS = ("kept", "rejected", "clusters", "chance")  # chance: random item sets
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ def compare(study: Study, lab: Labels, n: int, draws: int, seed: int) -> list[Sc
     clusters = min(len(study.kept), labelled_text)
     if clusters >= 1 and labelled_text >= n:
         sets = kmeans_sets(study.text_items, study.text_vectors, clusters, n, seed, lab)
-        out += [Scored("kmeans", c, *purity(s, lab)) for c, s in enumerate(sets)]
-    out += [Scored("random", d, *purity(s, lab)) for d, s in enumerate(random_sets(lab, n, draws, seed))]
+        out += [Scored("clusters", c, *purity(s, lab)) for c, s in enumerate(sets)]
+    out += [Scored("chance", d, *purity(s, lab)) for d, s in enumerate(random_sets(lab, n, draws, seed))]
     return out
 
 
@@ -155,7 +155,7 @@ def summary(scored: Sequence[Scored]) -> dict[str, float | int | None]:
         means[group] = round(float(np.mean(values)), 4) if values else None
         out[f"purity_{group}"] = means[group]
         out[f"purity_{group}_sets"] = len(values)
-    for control in ("random", "kmeans", "rejected"):
+    for control in ("chance", "clusters", "rejected"):
         kept, other = means["kept"], means[control]
         out[f"purity_ratio_vs_{control}"] = round(kept / other, 3) if kept is not None and other else None
     return out

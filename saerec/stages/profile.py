@@ -17,8 +17,8 @@ With prepare's category labels it also scores category purity (``saerec.intents.
 kept latents against the rejected ones (every latent the judge did not keep), k-means clusters of
 the items' text embeddings (as many as kept latents) and random item sets, each latent's top
 ``profile.purity_top_n`` items taken from the full pooled table (before the cut to an item's
-strongest intents). Metrics ``purity_{kept,rejected,kmeans,random}`` (means), ``..._sets``
-(how many sets each), ``purity_ratio_vs_{random,kmeans,rejected}``; every scored set is in
+strongest intents). Metrics ``purity_{kept,rejected,clusters,chance}`` (means), ``..._sets``
+(how many sets each), ``purity_ratio_vs_{chance,clusters,rejected}`` (clusters: k-means of the item texts; chance: random item sets); every scored set is in
 ``INTENT_PURITY``.
 """
 from __future__ import annotations

@@ -92,8 +92,8 @@ def _intents(doc: rp.Document, ctx: StageContext, cfg: ReportSection) -> None:
                                    f"summary ({_detection_by(judge.metrics)})"))
 
 
-PURITY_GROUPS = {"kept": "kept intents", "rejected": "rejected latents", "kmeans": "k-means clusters",
-                 "random": "random item sets"}
+PURITY_GROUPS = {"kept": "kept intents", "rejected": "rejected latents", "clusters": "k-means clusters",
+                 "chance": "random item sets"}
 
 
 def _purity(doc: rp.Document, ctx: StageContext) -> None:
