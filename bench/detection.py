@@ -47,13 +47,12 @@ sys.path.insert(0, str(REPO))
 from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            run_chain, seed_sized_run, sized_overrides, spread)
 from saerec import artifacts  # noqa: E402
-from saerec.intents.detection import EmbeddingDetector  # noqa: E402
+from saerec.intents.detection import WORDS_AS_SUMMARY, EmbeddingDetector, words_summary  # noqa: E402
 from saerec.intents.judges import LocalJudge  # noqa: E402
 from saerec.intents.prompts import JudgePrompts  # noqa: E402
 from saerec.intents.verdicts import CANNOT_TELL  # noqa: E402
 from saerec.stages.judge import activation_selector, detection_score, judge_model, selection_inputs  # noqa: E402
 
-WORDS_AS_SUMMARY = 8
 KEEP_Z = 2.0  # judge.prescreen of the 16k run, and the "Yes" level of likelihood scoring
 
 
@@ -133,7 +132,7 @@ def main() -> int:
     arms[f"smollm2_best{args.candidates}"] = {"summary_s_per_latent": round((time.perf_counter() - start) / len(picked), 3),
                                               **spread(detection(small_best, five))}
     arms["smollm2_10_texts"] = spread(detection(small, tens))
-    arms["words"] = spread(detection([", ".join(w[:WORDS_AS_SUMMARY]) for w in words], five))
+    arms["words"] = spread(detection([words_summary(w) for w in words], five))
     examples = {"smollm2": small}
     if args.qwen is not None:
         qwen = LocalJudge(JudgePrompts.load(cfg.domain), model=str(args.qwen), batch_size=cfg.batch_size,
@@ -151,7 +150,7 @@ def main() -> int:
         by_words = []
         for latent_words, found in zip(words, candidates):
             named = [c for c in found if c != CANNOT_TELL] or found
-            fits = detector(named, [", ".join(latent_words[:WORDS_AS_SUMMARY])] * len(named))
+            fits = detector(named, [words_summary(latent_words)] * len(named))
             by_words.append(named[int(np.argmax(fits))])
         arms[f"{best}_by_words"] = spread(detection(by_words, five))
         oracle = []

@@ -202,7 +202,7 @@ class JudgeSection:
     enable_prefix_caching: bool = _bounded(True, resource=True)  # vllm backend
     detection: bool = True  # held-out detection score for every kept latent
     detection_scoring: Literal["embedding", "judge"] = "embedding"  # see saerec/intents/detection.py
-    detection_encoder: str = "minilm"  # detection_scoring=embedding: any encoder embed.model accepts
+    detection_encoder: str = "minilm"  # detection_scoring=embedding: any encoder embed.model accepts; "mpnet" (the detect extra) is one the judge never uses
     scoring: Literal["likelihood", "prompt"] = "likelihood"  # local backend, see saerec/intents/judges.py
     null_lists: int = _bounded(128, lo=2)  # likelihood scoring: random word lists behind the coherence z-score
     prescreen: float | None = None  # local backend: latents whose coherence z is below this get no summary, verdict No
@@ -237,6 +237,23 @@ def _check_judge(cfg: JudgeSection) -> None:
         for is_set, key, why in local_only:
             if is_set:
                 raise ConfigError(f"{key} needs judge.backend=local ({why}), got backend {cfg.backend!r}")
+
+
+def _check_detection_independent(judge: JudgeSection, embed: EmbedSection) -> None:
+    """Refuse detection scored by the encoder that chose the summaries (issue 31): with
+    ``judge.summary_candidates`` > 1 the kept summary is the candidate whose ``embed.model``
+    embedding fires the latent most, so ranking texts by that encoder's cosine with it would
+    partly score the choice itself."""
+    from saerec.text.packaged import encoder_identity
+
+    if not (judge.detection and judge.detection_scoring == "embedding" and judge.summary_candidates > 1):
+        return
+    if encoder_identity(judge.detection_encoder) == encoder_identity(embed.model):
+        raise ConfigError(
+            f"judge.detection_encoder={judge.detection_encoder!r} is the encoder that chooses the summaries "
+            f"(embed.model={embed.model!r}, judge.summary_candidates={judge.summary_candidates}), so detection "
+            "would partly score its own choice; set judge.detection_encoder=mpnet (pip install 'saerec[detect]'), "
+            "or judge.detection_scoring=judge, or judge.summary_candidates=1")
 
 
 def _check_variants(names: list[str], key: str, allow_empty: bool = False) -> None:
@@ -393,11 +410,13 @@ class Config:
     report: ReportSection = field(default_factory=ReportSection)
 
     def __post_init__(self) -> None:
-        """Checks across sections: each judge the sweep compares is a valid judge section, and the
-        ablations (trained at ``rec.k``) fit the k-means set."""
+        """Checks across sections: each judge the sweep compares is a valid judge section, the
+        ablations (trained at ``rec.k``) fit the k-means set, and detection is not scored by the
+        encoder that chooses the summaries."""
         for index, choice in enumerate(self.sweep.judges):
             parse_judge(choice, self.judge, index)
         _check_kmeans_k(self.rec, self.sweep.ablations, "sweep.ablations")
+        _check_detection_independent(self.judge, self.embed)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

@@ -123,7 +123,8 @@ ITEM_TEXT_VECTORS = pa.schema([
 ])
 
 # judge: one row per SAE latent; summary/verdict are null for latents beyond judge.max_latents,
-# detection (held-out balanced accuracy) is null for latents that were not kept
+# detection (held-out balanced accuracy) is null for latents that were not kept; detection_words
+# is the bare-words baseline's, by the same scorer on the same texts
 JUDGED_FEATURES = pa.schema([
     ("latent", pa.int32()),
     ("words", pa.list_(pa.string())),
@@ -133,6 +134,7 @@ JUDGED_FEATURES = pa.schema([
     ("verdict", pa.string()),
     ("kept", pa.bool_()),
     ("detection", pa.float64()),
+    ("detection_words", pa.float64()),  # the latent's first words as its "summary"
     ("prescreen_score", pa.float64()),  # coherence z of the words (null: not computed)
     ("screened_out", pa.bool_()),  # below judge.prescreen: no summary, verdict No, never judged further
 ])

@@ -91,6 +91,11 @@ HTTP = ["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:
     ([*HTTP, "judge.prescreen=1.0"], "judge.prescreen needs judge.backend=local"),
     ([*HTTP, "judge.summary_model=s"], "judge.summary_model needs judge.backend=local"),
     ([*HTTP, "judge.summary_candidates=2"], "judge.summary_candidates needs judge.backend=local"),
+    (["judge.summary_candidates=2"], "judge.detection_encoder='minilm' is the encoder that chooses the summaries "
+                                     "(embed.model='minilm', judge.summary_candidates=2), so detection would partly "
+                                     "score its own choice; set judge.detection_encoder=mpnet"),
+    (["judge.summary_candidates=4", "embed.model=default", "judge.detection_encoder=MiniLM"],
+     "judge.detection_encoder='MiniLM' is the encoder that chooses the summaries (embed.model='default'"),
     (["embed.device=cuda"], "embed.device='cuda' needs embed.num_gpus_per_actor > 0"),
     (["sae.n_latents=16", "sae.k=32"], "sae.k=32 exceeds sae.n_latents=16"),
     (["data.demo.min_length=8", "data.demo.max_length=6"], "data.demo.min_length=8 exceeds data.demo.max_length=6"),
@@ -125,6 +130,18 @@ def test_bad_combinations_stop_the_job_before_ray_starts(job, tmp_path, monkeypa
     assert code == 2
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
     assert not out.exists(), "nothing is written for a config that cannot run"
+
+
+@pytest.mark.parametrize("overrides", [
+    [],  # one greedy summary: no encoder chooses it
+    ["judge.summary_candidates=4", "judge.detection_encoder=mpnet"],
+    ["judge.summary_candidates=4", "judge.detection_scoring=judge"],
+    ["judge.summary_candidates=4", "judge.detection=false"],
+    ["judge.summary_candidates=4", "embed.model=/models/p5", "embed.kind=t5"],  # MiniLM detects, P5 chooses
+])
+def test_detection_by_an_encoder_that_does_not_choose_the_summaries_is_accepted(overrides):
+    cfg = load_config(None, overrides)
+    assert cfg.judge.detection_encoder in ("minilm", "mpnet")
 
 
 def test_bad_file_is_reported(tmp_path):

