@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         store.check()
         log.info(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "
                  f"{store.uri(store.join(cfg.run.name))}")
-        lock = RunLock(store, cfg.run.name).acquire(wait=args.wait_lock)
+        lock = RunLock(store, cfg.run.name)  # assigned before acquire: a Ctrl-C inside it still releases
+        lock.acquire(wait=args.wait_lock)
         runner = Runner(cfg, store)
         if "prepare" in names and (args.force or not runner.is_published(load_stage("prepare"))):
             check_inputs(cfg.data)  # seconds, where Ray's start-up takes tens of them

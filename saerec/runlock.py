@@ -277,6 +277,8 @@ class RunLock:
         mine = Lease(run=self.run, token=secrets.token_hex(16), host=socket.gethostname(),
                      pid_namespace=_pid_namespace(), pid=me.pid, pid_started=me.create_time(), started=now,
                      heartbeat=now)
+        # Ours before the claim, so that a release (Ctrl-C mid-claim) deletes it if it landed.
+        self._mine = mine
         try:
             taken = self._io("write", lambda: self._file.claim(mine.encode(), seen, self.timing.settle_s))
         except BaseException:
@@ -284,8 +286,8 @@ class RunLock:
                 self._delete_if(mine.token)
             raise
         if not taken:
+            self._mine = None
             return self._try_take()
-        self._mine = mine
         if seen is not None:
             who = f"from {holder.describe(now)}" if holder is not None else f"at {self.uri}"
             log.warning(f"[lock] took over the lock of run {self.run!r} {who}: {dead}")
