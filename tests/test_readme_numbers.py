@@ -1,0 +1,100 @@
+"""The README's Beauty results tables say what the committed benchmark JSON says, cell by cell, so
+the two cannot drift apart (a number in the README with no committed result behind it fails here)."""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+
+import pytest
+
+from tests.conftest import REPO
+
+RESULTS = REPO / "bench" / "results"
+METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
+
+
+def table_after(heading: str, first_column: str) -> list[list[str]]:
+    """The rows (cells stripped) of the first Markdown table after ``heading`` whose header starts
+    with ``first_column``."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(heading)
+    lines = text[start:].splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    rows = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def four(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def mean_and_std(cell: str) -> tuple[str, str | None]:
+    mean, _, std = cell.partition(" ± ")
+    return mean, std or None
+
+
+def variant_of(label: str) -> str | None:
+    named = re.match(r"`([a-z0-9-]+)`", label)
+    return named.group(1) if named else ("sasrec" if label == "SASRec" else None)
+
+
+@pytest.fixture(scope="module")
+def beauty() -> dict:
+    return json.loads((RESULTS / "rec_beauty.json").read_text())
+
+
+def test_the_beauty_table_is_the_committed_summary(beauty):
+    rows = table_after("### Intents that reach the items (Beauty)", "model")
+    summary = beauty["summary"]
+    seen = set()
+    for label, seeds, intents, *metrics, valid, epochs, seconds in rows:
+        name = variant_of(label)
+        if label.startswith("SAERec, paper eqs"):
+            cell = json.loads((RESULTS / "protocol_beauty.json").read_text())["cells"]["saerec/strict"]
+            assert [m.partition(" ± ")[0] for m in metrics] == [four(cell["test"][m]) for m in METRICS], label
+            assert valid == four(cell["selection"]["ndcg@20"]) and epochs == str(cell["best_epoch"]), label
+            assert seeds == "1" and intents == str(cell["n_intents"]), label
+            continue
+        if label.startswith("BSARec"):
+            assert metrics == [four(beauty["bsarec"][m]) for m in METRICS], label
+            continue
+        assert name in summary, f"README row {label!r} has no cell in rec_beauty.json"
+        cell = summary[name]
+        seen.add(name)
+        for shown, metric in zip(metrics, METRICS):
+            mean, std = mean_and_std(shown)
+            assert mean == four(cell[metric]["mean"]), (label, metric)
+            assert (std is None) == (cell[metric]["n"] < 2), (label, metric, "a std only with 2+ seeds")
+            if std is not None:
+                assert std == four(cell[metric]["std"]), (label, metric)
+        assert seeds == str(len(cell["seeds"])) and valid == four(cell["valid_ndcg@20"]), label
+        assert epochs == ", ".join(map(str, cell["best_epochs"])), label
+        assert seconds == str(round(cell["epoch_seconds"])), label
+        assert intents == ("" if cell["n_intents"] == [0] else ", ".join(map(str, cell["n_intents"]))), label
+    assert seen == set(summary), "every committed cell is in the README's table"
+
+
+def test_the_sae_size_table_is_the_committed_size_study(beauty):
+    rows = table_after("SAE size (`python bench/rec.py", "SAE latents")
+    assert len(rows) == len(beauty["sae_sizes"])
+    for size_cell, seeds, valid, test, hr, epochs in rows:
+        runs = beauty["sae_sizes"][size_cell.split()[0].replace(",", "")]
+        assert seeds == str(len(runs)), size_cell
+        cells = list(runs.values())
+        assert valid == four(statistics.mean(c["selection"]["ndcg@20"] for c in cells)), size_cell
+        assert test == four(statistics.mean(c["test"]["ndcg@20"] for c in cells)), size_cell
+        assert hr == four(statistics.mean(c["test"]["hr@20"] for c in cells)), size_cell
+        assert epochs == ", ".join(str(c["best_epoch"]) for c in cells), size_cell
+
+
+def test_the_valid_pick_the_readme_names_is_the_jsons(beauty):
+    text = (REPO / "README.md").read_text()
+    picked = beauty["targets"]["best_grounded_on_valid"]
+    assert f"Among the grounded variants valid picks `{picked}`" in text
+    cell = beauty["summary"][picked]
+    assert f"valid NDCG@20 {four(cell['valid_ndcg@20'])}, test {four(cell['ndcg@20']['mean'])}" in text
