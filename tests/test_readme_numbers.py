@@ -98,3 +98,16 @@ def test_the_valid_pick_the_readme_names_is_the_jsons(beauty):
     assert f"Among the grounded variants valid picks `{picked}`" in text
     cell = beauty["summary"][picked]
     assert f"valid NDCG@20 {four(cell['valid_ndcg@20'])}, test {four(cell['ndcg@20']['mean'])}" in text
+
+
+def test_the_steering_table_is_the_committed_steering_study(beauty):
+    rows = table_after("Steering (`python bench/rec.py --step steer", "model")
+    assert len(rows) == len(beauty["steering"])
+    for (label, query, intents, carrying, strength, shares, cost), study in zip(rows, beauty["steering"]):
+        chosen = study["within_1pct_cost"]
+        assert (variant_of(label), query) == (study["cell"].split("/")[0], study["query"])
+        assert intents == str(study["boosted_intents"]) and carrying == str(study["items_carrying"]), query
+        assert strength == str(chosen["strength"]), query
+        assert shares == (f"{chosen['carrying_share_before']:.3f} → {chosen['carrying_share_after']:.3f} "
+                          f"(+{chosen['carrying_share_rise']:.0%})"), query
+        assert cost == f"{chosen['ndcg@20_cost']:.1%}", query
