@@ -78,6 +78,52 @@ def format_interval(result: Mapping[str, Any]) -> str:
     return f"{result['difference']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]"
 
 
+# Stage metric keys a reader meets in the appendix; any other key goes through ``metric_label``'s fallback.
+METRIC_LABELS = {
+    "fvu": "FVU (fraction of variance unexplained)", "l0": "L0 (active latents per text)",
+    "dead_pct": "dead latents (%)", "n_latents": "latents", "k": "active latents per text (TopK k)",
+    "lr": "learning rate", "dim": "embedding dimension", "texts_per_s": "texts embedded per second",
+    "samples_per_s": "training samples per second", "count_words_s": "counting corpus words (s)",
+    "embed_texts_s": "embedding the texts (s)", "embed_words_s": "embedding the words (s)",
+    "corpus_repeats_dropped": "repeated corpus texts dropped", "bad_records_skipped": "bad input records skipped",
+    "resumed_from_epoch": "resumed from epoch",
+}
+UNIT_SUFFIXES = (("_per_s", " per second"), ("_seconds", " (s)"), ("_s", " (s)"), ("_pct", " (%)"),
+                 ("_bytes", " (bytes)"))
+
+
+def metric_label(key: str) -> str:
+    """A stage metric key as words for a reader: a known key's label, else the key with its unit
+    suffix turned into a unit and underscores into spaces (``wall_time_s`` -> ``wall time (s)``)."""
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    for suffix, unit in UNIT_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[:-len(suffix)].replace("_", " ") + unit
+    return key.replace("_", " ")
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
+    """A stage's scalar metrics as ``[label, value]`` rows (lists and mappings are left to their own tables)."""
+    return [[metric_label(k), v] for k, v in metrics.items()
+            if isinstance(v, (int, float, str, bool)) or v is None]
+
+
+ITEM_TEXT_SHOWN = 60
+
+
+def item_label(item: int, text: str | None) -> str:
+    """An item as a reader knows it: its text (title first) cut to about 60 characters at a word,
+    with the id after it; the bare id only when the item has no text."""
+    text = " ".join((text or "").split())
+    if not text:
+        return f"item {item}"
+    if len(text) > ITEM_TEXT_SHOWN:
+        cut = text[:ITEM_TEXT_SHOWN].rsplit(" ", 1)[0] or text[:ITEM_TEXT_SHOWN]
+        text = cut.rstrip(" ,;:-") + "…"
+    return f"{text} (id {item})"
+
+
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
@@ -136,13 +182,13 @@ def to_markdown(doc: Document) -> str:
     return "\n".join(out)
 
 
-def _figure(plot: Any) -> bytes:
+def _figure(plot: Any, height: float = 3.6) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, height), dpi=100)
     try:
         plot(ax)
         fig.tight_layout()
@@ -155,15 +201,30 @@ def _figure(plot: Any) -> bytes:
 
 def bar_chart(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], title: str,
               ylabel: str) -> bytes:
-    """One bar per setting with its seed spread as an error bar."""
+    """One bar per short label (histogram bins) with its seed spread as an error bar."""
     def plot(ax: Any) -> None:
         positions = range(len(labels))
         ax.bar(positions, means, yerr=stds, capsize=3, color="#4c72b0")
-        ax.set_xticks(list(positions), labels, rotation=30, ha="right")
+        ax.set_xticks(list(positions), labels)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     return _figure(plot)
+
+
+def horizontal_bar_chart(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], title: str,
+                         xlabel: str) -> bytes:
+    """One horizontal bar per setting, its seed spread as an error bar: long labels (variant names)
+    stay level and readable on the y axis, first label on top."""
+    def plot(ax: Any) -> None:
+        positions = range(len(labels))
+        ax.barh(list(positions), means, xerr=stds, capsize=3, color="#4c72b0")
+        ax.set_yticks(list(positions), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3)
+    return _figure(plot, height=max(2.4, 0.9 + 0.38 * len(labels)))
 
 
 def line_chart(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from saerec import report as rp
@@ -73,7 +75,7 @@ def _published(name: str, inputs: tuple[str, ...], write) -> Stage:
 
 
 def _embed(ctx: StageContext) -> dict:
-    return {"texts": 100, "dim": 8}
+    return {"texts": 100, "dim": 8, "count_words_s": 1.25, "vocabulary_words": 40}
 
 
 def _train_sae(ctx: StageContext) -> dict:
@@ -168,24 +170,31 @@ STAND_INS = {
 }
 
 
-def test_report_stage_reads_every_published_output(tmp_path):
-    cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "report.example_intents=2"])
+@pytest.fixture(scope="module")
+def published_report(tmp_path_factory) -> tuple[dict, str, str, dict]:
+    """The report stage run once on prepare's real demo output and the stand-ins: (published, html, markdown,
+    every upstream stage's published record)."""
+    cfg = load_config(None, [f"storage.uri={tmp_path_factory.mktemp('report')}", *TINY_DEMO,
+                             "report.example_intents=2"])
     runner = Runner(cfg, Store(cfg.storage.uri))
-    runner.run_stage(prepare.STAGE)
-    for stage in STAND_INS.values():
-        runner.run_stage(stage)
+    upstream = {"prepare": runner.run_stage(prepare.STAGE)}
+    for name, stage in STAND_INS.items():
+        upstream[name] = runner.run_stage(stage)
     published = runner.run_stage(report_stage.STAGE)
-    assert sorted(published["outputs"]) == ["report.html", "report.md"]
-    assert published["metrics"]["figures"] == 5
     html = runner.store.read_bytes(f"{published['output_dir']}/report.html").decode()
     markdown = runner.store.read_bytes(f"{published['output_dir']}/report.md").decode()
+    upstream["items"] = pq.read_table(io.BytesIO(runner.store.read_bytes(
+        f"{upstream['prepare']['output_dir']}/{artifacts.ITEMS.name}"))).to_pylist()
+    return published, html, markdown, upstream
+
+
+def test_report_stage_reads_every_published_output(published_report):
+    published, html, markdown, _ = published_report
+    assert sorted(published["outputs"]) == ["report.html", "report.md"]
+    assert published["metrics"]["figures"] == 5
     for text in (html, markdown):
         assert len(_images(text)) == 5
-        for heading in ("Dataset", "Sparse autoencoder", "Intents", "Category purity of intents", "Main results",
-                        "By item popularity", "Ablations",
-                        "Sensitivity to k", "Robustness to review removal", "Judge LLM choice", "Steering study",
-                        "Wall time per stage"):
-            assert heading in text
+        assert "Software versions of the run" in text and "Wall time of each stage" in text
     assert "| 7 | w7a, w7b | theme 7 | 0.7000 | 0.7500 |" in markdown and "| 5 | w5a, w5b | theme 5 |" in markdown
     assert "| 2 | w2a, w2b |" not in markdown, "only the example_intents most active kept intents"
     purity = markdown.split("## Category purity of intents")[1].split("\n## ")[0]
@@ -193,13 +202,13 @@ def test_report_stage_reads_every_published_output(tmp_path):
     assert "(skipped: Skin Care)" in purity and len(_images(purity)) == 1
     assert "paper (Beauty)" not in markdown, "a demo run is not compared with the paper's Beauty numbers"
     assert "0.1000 ± 0.0010 (n=2)" in markdown, "two seeds give mean ± std and n"
-    main = markdown.split("## Main results")[1].split("## Sweeps")[0]
+    main = markdown.split("## Main results")[1].split("\n## ")[0]
     assert "| model | source | valid ndcg@20 | hr@10 |" in main, "valid beside test"
     assert "| dense | this run | 0.0590 | 0.0500 |" in main, "one seed: no spread"
     assert ("The model, chosen on mean valid ndcg@20 over seeds: saerec (valid 0.0600 ± 0.0020 (n=2), test "
             "0.1000 ± 0.0010 (n=2), 2 seed(s)). It ties on valid with dense") in main
     assert "| saerec − sasrec | +0.0200 [+0.0100, +0.0300] | +0.0010 [-0.0020, +0.0300] | 50 | no |" in main
-    popular = markdown.split("## By item popularity")[1].split("## Sweeps")[0]
+    popular = markdown.split("## By item popularity")[1].split("\n## ")[0]
     assert "| model | bucket (training interactions of the held-out item) | test users | hr@10 |" in popular
     assert "| saerec | cold (≤ 2) | 5 | 0.0500 ± 0.0010 (n=2) |" in popular
     assert "| 0.2500 ± 0.0500 (n=2) |" in popular and "| saerec | tail (3–14) | 15 |" in popular
@@ -211,7 +220,66 @@ def test_report_stage_reads_every_published_output(tmp_path):
     assert [line.split("|")[1].strip() for line in fusion.strip().splitlines()[1:]] == ["self", "personal", "public"]
     assert "| personal | 0.0600 |" in fusion
     for stage in (*STAND_INS, "prepare"):
-        assert f"| {stage} |" in markdown.split("Wall time per stage")[1]
+        assert f"| {stage} |" in markdown.split("Wall time of each stage")[1]
+
+
+SECTION_ORDER = ["Summary", "Main results", "By item popularity", "Intents", "Category purity of intents",
+                 "Steering study", "Explanations", "Sweeps", "Ablations", "Sensitivity to k",
+                 "Robustness to review removal", "Judge LLM choice", report_stage.APPENDIX]
+
+
+def test_report_reads_top_down(published_report):
+    """The answer first, results and intents next, stage metrics last under readable labels, items by name."""
+    _, html, markdown, upstream = published_report
+    assert re.findall(r"<h2>(.*?)</h2>", html) == SECTION_ORDER
+    assert re.findall(r"^## (.*)$", markdown, re.M) == SECTION_ORDER
+    summary = html.split("<h2>Summary</h2>")[1].split("<h2>")[0]
+    assert summary.count("<p>") == 1, "one paragraph"
+    assert ("The model chosen on mean valid NDCG@20 is saerec: valid NDCG@20 0.0600 ± 0.0020 (n=2), test NDCG@20 "
+            "0.1000 ± 0.0010 (n=2), test HR@20 0.1000 ± 0.0010 (n=2). It ties on valid with dense") in summary
+    assert "The baseline sasrec: valid NDCG@20 0.0400 ± 0.0020 (n=2), test NDCG@20" in summary
+    assert "saerec − sasrec on test NDCG@20 is +0.0010 [-0.0020, +0.0300]" in summary and "contains 0" in summary
+
+    body, appendix = markdown.split(f"## {report_stage.APPENDIX}")
+    raw_keys = {k for name, found in upstream.items() if name != "items" for k in found["metrics"] if "_" in k}
+    assert {"count_words_s", "corpus_repeats_dropped", "density_histogram"} <= raw_keys
+    assert [k for k in raw_keys if k in markdown] == [], "metric keys are shown as labels, in the appendix too"
+    assert "| counting corpus words (s) | 1.2500 |" in appendix and "| repeated corpus texts dropped | 0 |" in appendix
+    assert "| vocabulary words | 40 |" in appendix, "an unlisted key: underscores become spaces"
+    assert "Software versions" not in body and "| dead latents (%) |" in appendix
+
+    explained = markdown.split("## Explanations")[1].split("\n## ")[0]
+    texts = {r["item"]: r["text"] for r in upstream["items"]}
+    rows = [line.split(" | ") for line in explained.splitlines() if re.match(r"\| \d+ \| ", line)]
+    assert len(rows) == 2
+    held_out, top = rows[0][1:3]
+    assert held_out == rp.item_label(3, texts[3]) and held_out.startswith(texts[3][:20])
+    assert top.split("; ") == [rp.item_label(i, texts[i]) for i in (1, 2, 3)]
+    for row in rows:
+        assert all(re.fullmatch(r"\S.* \(id \d+\)", item) for item in [row[1], *row[2].split("; ")]), row
+
+
+def test_metric_labels_and_item_names_read_as_words():
+    assert rp.metric_label("count_words_s") == "counting corpus words (s)"
+    assert rp.metric_label("upstream_seconds") == "upstream (s)"
+    assert rp.metric_label("dead_pct") == "dead latents (%)"
+    assert rp.metric_label("tokens_per_s") == "tokens per second"
+    assert rp.metric_label("users_dropped_short") == "users dropped short"
+    assert rp.item_label(181, "Sally Hansen Hard as Nails") == "Sally Hansen Hard as Nails (id 181)"
+    long = "Maybelline New York Instant Age Rewind Eraser Dark Circles Treatment Concealer, Light, 0.2 fl oz"
+    shown = rp.item_label(225, long)
+    assert shown == "Maybelline New York Instant Age Rewind Eraser Dark Circles… (id 225)"
+    assert len(shown.split(" (id")[0]) <= rp.ITEM_TEXT_SHOWN + 1
+    assert rp.item_label(7, None) == rp.item_label(7, "  ") == "item 7"
+
+
+def test_ablation_chart_is_horizontal_and_grows_with_its_labels():
+    from PIL import Image
+
+    labels = ["SAERec without personal intents", "SAERec (paper eqs. 3-8)", "SASRec", "SAERec, random intent set"]
+    few = Image.open(io.BytesIO(rp.horizontal_bar_chart(labels[:2], [0.1, 0.2], [0.0, 0.01], "t", "x")))
+    many = Image.open(io.BytesIO(rp.horizontal_bar_chart(labels * 3, [0.1] * 12, [0.0] * 12, "t", "x")))
+    assert few.width == many.width and many.height > few.height, "one readable row per label"
 
 
 def test_report_names_a_missing_column(tmp_path):

@@ -1,7 +1,11 @@
 """Stage ``report``: one self-contained HTML file and the same in Markdown, from published outputs only.
 
 It reads the manifests and outputs of every earlier stage (never in-memory state), so the
-report of any finished run can be rebuilt anywhere the storage is reachable.
+report of any finished run can be rebuilt anywhere the storage is reachable. It reads top-down: a
+one-paragraph answer (the model chosen on valid against the baseline, valid and test), the main results,
+by item popularity, intents with examples, their category purity, steering, explanations naming items by
+their text, the sweeps, and last an appendix with versions, wall times and every stage's metrics under
+readable labels.
 """
 from __future__ import annotations
 
@@ -14,15 +18,13 @@ from saerec import report as rp
 from saerec.config import ReportSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec.runs import SELECT_METRIC
-from saerec.rec.variants import VARIANTS, label
+from saerec.rec.variants import BASELINE, VARIANTS, label
 
 INPUTS = ("prepare", "embed", "train_sae", "explain", "judge", "profile", "train_rec", "evaluate", "sweep")
 WORDS_SHOWN = 8
 EXPLAINED_USERS = 5
-
-
-def _scalars(metrics: dict[str, Any]) -> list[list[Any]]:
-    return [[k, v] for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None]
+APPENDIX = "Appendix: stage metrics and run details"
+ANSWER_METRICS = (SELECT_METRIC, "hr@20")
 
 
 PROTOCOL_STAGES = ("train_rec", "evaluate", "sweep")
@@ -42,33 +44,66 @@ def run_protocol(ctx: StageContext) -> str:
     return next(iter(found.values()))
 
 
-def _overview(doc: rp.Document, ctx: StageContext, protocol: str) -> None:
-    prepare = ctx.input("prepare").manifest
-    section = doc.section("Run")
+def _answer(doc: rp.Document, ctx: StageContext, protocol: str) -> None:
+    """The report's first section: the model chosen on valid, its valid and test numbers, its ties and
+    the paired interval against the baseline, so a reader has the result before any detail."""
+    section = doc.section("Summary")
     if protocol == "paper":
         section.blocks.append(PAPER_BANNER)
+    section.blocks.append(answer_text(artifacts.read_json(ctx.input("evaluate"), artifacts.TEST_METRICS)))
+
+
+def _cell(value: dict[str, Any]) -> str:
+    return rp.format_mean_std(value["mean"], value["std"], value.get("n", 1))
+
+
+def answer_text(evaluated: dict[str, Any]) -> str:
+    """One paragraph: the selected model against the baseline, valid and test (evaluate's ``selection``
+    and ``comparisons``); runs from before the selection say so and point at the table."""
+    chosen = evaluated.get("selection")
+    if not chosen:
+        return ("This run's evaluate output predates the choice of one model on valid: see each model's valid and "
+                "test metrics in the main results below.")
+    name, metric = chosen["selected"], chosen["metric"]
+    test = evaluated["summary"][name]["test"]
+    shown = [f"test {m.upper()} {_cell(test[m])}" for m in ANSWER_METRICS if m in test]
+    text = (f"The model chosen on mean valid {metric.upper()} is {name}: valid {metric.upper()} "
+            f"{_cell(chosen['valid'][name])}, {', '.join(shown)}.")
+    ties = [t["model"] for t in chosen["ties"]]
+    text += (f" It ties on valid with {', '.join(ties)} (valid cannot tell them apart)." if ties else
+             " No other variant is within valid noise of it.")
+    base = evaluated["summary"].get(BASELINE)
+    if name == BASELINE:
+        return text + " It is the baseline itself: no intent variant beat it on valid."
+    if base and metric in base["test"]:
+        valid_base = f"valid {metric.upper()} {_cell(base['valid'])}, " if "valid" in base else ""
+        text += f" The baseline {BASELINE}: {valid_base}test {metric.upper()} {_cell(base['test'][metric])}."
+    paired = next((c for c in evaluated.get("comparisons", []) if c["a"] == name and c["b"] == BASELINE), None)
+    if paired:
+        found = paired["test"]
+        text += (f" Paired over {found['users']:,} test users, {name} − {BASELINE} on test "
+                 f"{paired['metric'].upper()} is {rp.format_interval(found)} (95 % bootstrap interval), which "
+                 f"{'excludes 0' if found['excludes_zero'] else 'contains 0: no significant difference'}.")
+    return text
+
+
+def _appendix(doc: rp.Document, ctx: StageContext, protocol: str) -> None:
+    """Run details and every stage's metrics, labelled for a reader, after the results."""
+    section = doc.section(APPENDIX)
     section.blocks.append(f"Run {ctx.run_name!r}, seed {ctx.seed}, stored under "
                           f"{ctx.store.uri(ctx.store.join(ctx.run_name))}, evaluation protocol {protocol!r}. "
-                          "Every number below is read from the stages' published manifests and outputs.")
-    section.blocks.append(rp.Table(["package", "version"], [[k, v] for k, v in prepare.get("versions", {}).items()],
+                          "Every number in this report is read from the stages' published manifests and outputs.")
+    section.blocks.append(rp.Table(["package", "version"],
+                                   [[k, v] for k, v in ctx.input("prepare").manifest.get("versions", {}).items()],
                                    "Software versions of the run"))
-
-
-def _dataset(doc: rp.Document, ctx: StageContext) -> None:
-    section = doc.section("Dataset")
-    section.blocks.append(rp.Table(["statistic", "value"], _scalars(ctx.input("prepare").metrics),
-                                   "Interactions, users, items and the training-only text corpus (prepare)"))
-    section.blocks.append(rp.Table(["statistic", "value"], _scalars(ctx.input("embed").metrics),
-                                   "Text embeddings (embed)"))
-
-
-def _sae(doc: rp.Document, ctx: StageContext) -> None:
-    metrics = ctx.input("train_sae").metrics
-    section = doc.section("Sparse autoencoder")
-    section.blocks.append(rp.Table(["metric", "value"], _scalars(metrics),
-                                   "SAE quality on the whole corpus: FVU (fraction of variance unexplained), "
-                                   "L0 (active latents per text), dead latents"))
-    histogram = metrics.get("density_histogram")
+    _wall_times(section, ctx)
+    for stage, caption in (
+            ("prepare", "Interactions, users, items and the training-only text corpus (prepare)"),
+            ("embed", "Text embeddings (embed)"),
+            ("train_sae", "SAE quality on the whole corpus (train_sae)"),
+            ("judge", "The LLM judge: latents summarised and kept as intents (judge)")):
+        section.blocks.append(rp.Table(["statistic", "value"], rp.metric_rows(ctx.input(stage).metrics), caption))
+    histogram = ctx.input("train_sae").metrics.get("density_histogram")
     if histogram:
         section.blocks.append(rp.Figure(rp.bar_chart([str(i) for i in range(len(histogram))], histogram,
                                                      [0.0] * len(histogram), "Latent activation density",
@@ -82,8 +117,6 @@ def _intents(doc: rp.Document, ctx: StageContext, cfg: ReportSection) -> None:
                                     ["latent", "words", "summary", "kept", "frequency", "detection"]).to_pandas()
     kept = features[features["kept"]].sort_values(["frequency", "latent"], ascending=[False, True])
     section = doc.section("Intents")
-    section.blocks.append(rp.Table(["metric", "value"], _scalars(judge.metrics),
-                                   "The LLM judge: latents summarised and kept as intents"))
     rows = [[int(r.latent), ", ".join(list(r.words)[:WORDS_SHOWN]), r.summary, r.frequency, r.detection]
             for r in kept.head(cfg.example_intents).itertuples()]
     section.blocks.append(rp.Table(["latent", "top words", "summary", "activation frequency", "detection"], rows,
@@ -229,9 +262,10 @@ def _sweeps(doc: rp.Document, ctx: StageContext) -> None:
         section.blocks.append(rp.Table(["variant", *metrics],
                                        [[label, *_mean_std_cells(r, metrics)] for label, r in zip(labels, ablation)],
                                        "Each SAERec part removed in turn, and the two baselines, same harness"))
-        section.blocks.append(rp.Figure(rp.bar_chart(labels, [r[f"test_{chart_metric}_mean"] for r in ablation],
-                                                     [_error_bar(r, f"test_{chart_metric}") for r in ablation],
-                                                     "Ablations", f"test {chart_metric}"),
+        section.blocks.append(rp.Figure(rp.horizontal_bar_chart(
+                                            labels, [r[f"test_{chart_metric}_mean"] for r in ablation],
+                                            [_error_bar(r, f"test_{chart_metric}") for r in ablation],
+                                            "Ablations", f"test {chart_metric}"),
                                         f"Test {chart_metric} per variant (error bars: std over seeds)"))
     for study, title, key, scale, xlabel in (
             ("sensitivity", "Sensitivity to k", "k", 1, "k (intents retrieved)"),
@@ -263,17 +297,33 @@ def _steering(doc: rp.Document, ctx: StageContext) -> None:
         _dose_response(section, study)
     else:
         section.blocks.append(rp.Table(["quantity", "value"],
-                                       [[k, ", ".join(map(str, v)) if isinstance(v, list) else v]
+                                       [[rp.metric_label(k), ", ".join(map(str, v)) if isinstance(v, list) else v]
                                         for k, v in study.items()],
                                        "Counterfactual steering: intents whose summary matches the query are "
                                        "boosted; flagged = items matching the query in all users' top lists"))
+
+
+def _item_names(ctx: StageContext, recs: list[dict[str, Any]]) -> dict[int, str]:
+    """The shown items' names from prepare's item texts (title first), for explanations a person reads."""
+    wanted = {int(i) for r in recs for i in (r["target"], *r["items"][:5])}
+    items = artifacts.read_table(ctx.input("prepare"), artifacts.ITEMS, ["item", "text"])
+    texts = {int(i): t for i, t in zip(items.column("item").to_pylist(), items.column("text").to_pylist())
+             if int(i) in wanted}
+    return {i: rp.item_label(i, texts.get(i)) for i in wanted}
+
+
+def _explanations(doc: rp.Document, ctx: StageContext) -> None:
+    """The first test users' recommendations with their intents, items named by their text."""
+    evaluate = ctx.input("evaluate")
+    section = doc.section("Explanations")
     recs = artifacts.read_table(evaluate, artifacts.RECOMMENDATIONS).slice(0, EXPLAINED_USERS).to_pylist()
-    rows = [[r["user"], r["target"], ", ".join(map(str, r["items"][:5])),
+    titles = _item_names(ctx, recs)
+    rows = [[r["user"], titles[r["target"]], "; ".join(titles[i] for i in r["items"][:5]),
              "; ".join(s for s in r["personal_summaries"] if s) or "—",
              "; ".join(s for s in r["public_summaries"] if s) or "—"] for r in recs]
     explained = evaluate.metrics.get("explained_model")
     if any(r["item_intents"] for r in recs):
-        rows = [[r["user"], item, f"{share:.0%}",
+        rows = [[r["user"], titles[item], f"{share:.0%}",
                  "; ".join(f"{s or f'intent {i}'} ({c:+.3f})" for i, s, c in zip(ids, names, parts) if i >= 0) or "—"]
                 for r in recs[:2] for item, ids, names, parts, share in
                 zip(r["items"][:5], r["item_intents"], r["item_intent_summaries"], r["item_contributions"],
@@ -322,13 +372,13 @@ def _dose_response(section: rp.Section, study: dict[str, Any]) -> None:
         f"Share of top-{n} items carrying the boosted intents, and NDCG@{n}, relative to the unsteered lists"))
 
 
-def _wall_times(doc: rp.Document, ctx: StageContext) -> None:
+def _wall_times(section: rp.Section, ctx: StageContext) -> None:
     rows = []
     for name in INPUTS:
         manifest = ctx.input(name).manifest
         rows.append([name, manifest.get("wall_time_s"), manifest.get("finished_at")])
     total = float(np.sum([r[1] or 0.0 for r in rows]))
-    doc.section("Wall time per stage").blocks.append(
+    section.blocks.append(
         rp.Table(["stage", "seconds", "finished (UTC)"], [*rows, ["total", total, ""]],
                  "Wall time of each stage's published run (a stage skipped on re-run keeps its first time)"))
 
@@ -337,16 +387,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg: ReportSection = ctx.sections["report"]
     protocol = run_protocol(ctx)
     doc = rp.Document(f"SAERec run report: {ctx.run_name}" + (" (PAPER PROTOCOL)" if protocol == "paper" else ""))
-    _overview(doc, ctx, protocol)
-    _dataset(doc, ctx)
-    _sae(doc, ctx)
-    _intents(doc, ctx, cfg)
-    _purity(doc, ctx)
+    _answer(doc, ctx, protocol)
     _main_results(doc, ctx)
     _by_popularity(doc, ctx)
-    _sweeps(doc, ctx)
+    _intents(doc, ctx, cfg)
+    _purity(doc, ctx)
     _steering(doc, ctx)
-    _wall_times(doc, ctx)
+    _explanations(doc, ctx)
+    _sweeps(doc, ctx)
+    _appendix(doc, ctx, protocol)
     html = rp.to_html(doc)
     markdown = rp.to_markdown(doc)
     artifacts.write_text(ctx.output, artifacts.REPORT_HTML, html)
