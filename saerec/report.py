@@ -130,8 +130,18 @@ def _data_uri(png: bytes) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;
+th{background:#f3f3f3}td{white-space:nowrap}td.text{white-space:normal;text-align:left;min-width:14em}
+td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;
 font-style:italic;padding:4px 0}figure{margin:1em 0}img{max-width:100%}figcaption{font-style:italic}"""
+
+
+WRAPPED_CELL = 32
+
+
+def _html_cell(text: str) -> str:
+    """Numbers stay on one line; long text (item names, intent summaries) wraps, left-aligned."""
+    shown = html.escape(text)
+    return f"<td class='text'>{shown}</td>" if len(text) > WRAPPED_CELL else f"<td>{shown}</td>"
 
 
 def to_html(doc: Document) -> str:
@@ -147,7 +157,7 @@ def to_html(doc: Document) -> str:
                     out.append(f"<caption>{html.escape(block.caption)}</caption>")
                 out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in block.columns) + "</tr>")
                 for row in block.rows:
-                    out.append("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>")
+                    out.append("<tr>" + "".join(_html_cell(cell(v)) for v in row) + "</tr>")
                 out.append("</table>")
             elif isinstance(block, Figure):
                 out.append(f"<figure><img alt='{html.escape(block.caption, quote=True)}' src='{_data_uri(block.png)}'>"

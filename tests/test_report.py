@@ -40,6 +40,9 @@ def test_document_renders_to_self_contained_html_and_markdown():
     markdown = rp.to_markdown(doc)
     assert "&lt;b&gt;markup&lt;/b&gt;" in html and "<b>markup" not in html
     assert "<td>0.1235</td>" in html and "<td>—</td>" in html and "<td>12,345.7</td>" in html
+    long = "a long item name that a narrow table must wrap"
+    wrapped = rp.to_html(rp.Document("t", [rp.Section("s", [rp.Table(["item", "n"], [[long, 0.5]])])]))
+    assert f"<td class='text'>{long}</td><td>0.5000</td>" in wrapped, "long text wraps, numbers stay on one line"
     assert "| a\\|b | 0.1235 |" in markdown
     assert "src='http" not in html and "](http" not in markdown, "nothing is fetched from elsewhere"
     for text in (html, markdown):
