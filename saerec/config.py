@@ -332,6 +332,9 @@ class EvaluateSection:
     mask_history: bool = True
     top_n: int = _bounded(20, lo=1)
     steering_query: str | None = None
+    # the item category the query targets (outside labels, data.item_categories); null: the category
+    # whose name equals the query or contains it as a word
+    steering_category: str | None = None
     steering_boost: float = _bounded(2.0, lo=0.0)  # SAERec: + boost on the matched intents' retrieval and attention
     # grounded models: the dose-response levels, in units of each user's score spread (see rec/explain.py)
     steering_strengths: list[float] = _bounded([0.05, 0.1, 0.2, 0.5, 1.0, 2.0], lo=0.0)
@@ -340,6 +343,9 @@ class EvaluateSection:
         _check_distinct(self.ks, "evaluate.ks", "cut-off")
         if self.steering_query is not None and not self.steering_query.strip():
             raise ConfigError("evaluate.steering_query is blank; set a word or phrase, or null to skip the study")
+        if self.steering_category is not None and not self.steering_category.strip():
+            raise ConfigError("evaluate.steering_category is blank; name an item category, or null to match the "
+                              "query against the category names")
 
 
 @dataclass

@@ -18,7 +18,8 @@ def test_demo_file_differs_from_the_paper_defaults_only_in_what_makes_it_quick()
     assert demo["data"]["source"] == "demo"
     changed = {f"{section}.{key}" for section, values in demo.items() if isinstance(values, dict)
                for key, value in values.items() if value != defaults[section][key]}
-    assert changed == {"judge.concurrency", "sweep.review_drops", "evaluate.steering_query"}
+    assert changed == {"judge.concurrency", "sweep.review_drops", "evaluate.steering_query",
+                       "evaluate.steering_category"}
     assert demo["sweep"]["review_drops"] == [] and demo["judge"]["concurrency"] == 2
 
 
@@ -80,6 +81,7 @@ HTTP = ["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:
     (["evaluate.ks=[5, 5]"], "evaluate.ks lists cut-off 5 twice"),
     (["evaluate.ks=[]"], "evaluate.ks must list at least one cut-off"),
     (['evaluate.steering_query="  "'], "evaluate.steering_query is blank"),
+    (['evaluate.steering_category=""'], "evaluate.steering_category is blank"),
     (["evaluate.steering_strengths=[0.5, -1]"], "evaluate.steering_strengths: got -1.0; allowed range [0.0, inf]"),
     (["rec.seeds=[0, 1"], "--set 'rec.seeds=[0, 1': the value is not valid YAML"),
     (["judge.domain={x: [}"], "--set 'judge.domain={x: [}': the value is not valid YAML"),

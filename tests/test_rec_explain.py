@@ -67,6 +67,29 @@ def test_match_texts_finds_whole_words_case_insensitively():
         match_texts(texts, "  ")
 
 
+def test_flagged_share_counts_listed_items_of_a_category():
+    from saerec.rec.explain import category_flags, flagged_share
+
+    labels = {1: ["Sun", "Skin Care"], 2: ["Nail Polish"], 3: ["Sun"], 5: ["Sun"], 9: ["Sun"]}
+    flags = category_flags(labels, "Sun", n_items=6)  # item 9 lies outside the run's items
+    assert flags.tolist() == [False, True, False, True, False, True, False]
+    lists = np.array([[1, 2, 3, 4], [6, 5, 4, 2]])
+    assert flagged_share(lists, flags) == pytest.approx(3 / 8)
+    assert flagged_share(lists[:, :1], flags) == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match=r"\[0, 7\)"):
+        flagged_share(np.array([[7]]), flags)
+
+
+def test_match_category_prefers_the_equal_name_then_whole_words():
+    from saerec.rec.explain import match_category
+
+    names = ["Eyeliner", "Nail Polish", "Nail Polish Remover", "Shampoos", "Sun", "Sunscreen Lotions"]
+    assert match_category(names, "nail polish") == ["Nail Polish"]
+    assert match_category(names, "sunscreen") == ["Sunscreen Lotions"]
+    assert match_category(names, "shampoo") == [], "a plural name needs evaluate.steering_category"
+    assert match_category(names, "polish") == ["Nail Polish", "Nail Polish Remover"]
+
+
 def _grounded():
     from saerec.rec.grounded import GroundedSASRec, ItemProfiles
 
@@ -82,8 +105,13 @@ def test_grounded_steering_raises_the_share_of_listed_items_carrying_the_boosted
     from saerec.rec.metrics import evaluate
 
     data, model = _grounded()
-    study = grounded_steering_study(model, data.test, [3], [0.5, 100.0], top_n=5)
+    labelled = np.zeros(N_ITEMS + 1, dtype=bool)
+    labelled[[7, 11, 2]] = True  # an outside label: two of the carrying items and one other
+    study = grounded_steering_study(model, data.test, [3], [0.5, 100.0], top_n=5, category=labelled)
     levels = study["dose_response"]
+    before = top_items(model, data.test.inputs, data.test.lengths, top_n=5)
+    assert levels[0]["category_share"] == pytest.approx(labelled[before].mean()), \
+        "strength 0 scores the model's own lists"
     assert [r["strength"] for r in levels] == [0.0, 0.5, 100.0]
     assert study["items_carrying"] == 6  # items 3, 7, ..., 23 carry intent 3
     assert levels[0]["users_changed"] == 0.0
@@ -95,11 +123,18 @@ def test_grounded_steering_raises_the_share_of_listed_items_carrying_the_boosted
         "a huge boost fills every list with the unseen carrying items"
     assert levels[-1]["carrying_share"] >= levels[1]["carrying_share"] >= levels[0]["carrying_share"]
     assert levels[-1]["users_changed"] > 0
-    on_valid = grounded_steering_study(model, data.valid, [3], [0.5, 100.0], top_n=5)["dose_response"]
+    in_label = [min(2, len({7, 11} - set(h[:n].tolist()))) for h, n in zip(data.test.inputs, data.test.lengths)]
+    assert levels[-1]["category_share"] == pytest.approx(sum(in_label) / (5 * len(in_label))), \
+        "a huge boost lists the unseen labelled carrying items, never the uncarrying item 2"
+    on_valid = grounded_steering_study(model, data.valid, [3], [0.5, 100.0], top_n=5,
+                                       category=labelled)["dose_response"]
     assert on_valid[0]["ndcg@5"] == pytest.approx(evaluate(model, data.valid, [5])["ndcg@5"])
     cheap = cheapest_effect(on_valid, levels, "ndcg@5", max_cost=1.0)
     assert cheap is not None and cheap["strength"] == 100.0
     assert cheap["carrying_share_after"] == levels[-1]["carrying_share"], "the chosen strength is reported on test"
+    assert (cheap["category_share_before"], cheap["category_share_after"]) == (levels[0]["category_share"],
+                                                                               levels[-1]["category_share"])
+    assert "category_share" not in grounded_steering_study(model, data.test, [3], [1.0], top_n=5)["dose_response"][0]
     with pytest.raises(ValueError, match="non-empty subset"):
         grounded_steering_study(model, data.test, [6], [1.0], top_n=5)
     with pytest.raises(ValueError, match=">= 0"):

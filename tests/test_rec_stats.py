@@ -121,3 +121,34 @@ def test_the_steering_strength_is_chosen_by_its_valid_cost_and_reported_on_test(
     assert cheap["test_ndcg@20_cost"] == pytest.approx(0.2), "the test cost of the chosen strength is reported"
     assert cheap["carrying_share_rise"] == pytest.approx(2.0)
     assert cheapest_effect(_levels([0.1, 0.05, 0.01], [0.1, 0.2, 0.3]), test, "ndcg@20") is None
+    assert "category_share_rise" not in cheap, "no category labels, no category score"
+
+
+def test_the_category_share_is_reported_at_the_strength_valid_cost_chose():
+    valid = [{**r, "category_share": c} for r, c in zip(_levels([0.100, 0.0995, 0.090], [0.1, 0.2, 0.5]),
+                                                         (0.10, 0.50, 0.90))]
+    test = [{**r, "category_share": c} for r, c in zip(_levels([0.100, 0.080, 0.0999], [0.1, 0.3, 0.6]),
+                                                        (0.08, 0.10, 0.40))]
+    cheap = cheapest_effect(valid, test, "ndcg@20")
+    assert cheap["strength"] == 0.5, "a bigger category rise at 1.0 does not sway the choice"
+    assert (cheap["category_share_before"], cheap["category_share_after"]) == (0.08, 0.10)
+    assert cheap["category_share_rise"] == pytest.approx(0.25)
+    zero = [{**r, "category_share": 0.0 if r["strength"] == 0.0 else 0.1} for r in test]
+    assert cheapest_effect(valid, zero, "ndcg@20")["category_share_rise"] is None
+
+
+def test_the_steering_category_is_the_configured_one_or_the_one_name_the_query_matches():
+    from saerec.config import EvaluateSection
+
+    labels = {1: ["Sun", "Skin Care"], 2: ["Nail Polish"], 3: ["Nail Polish Remover"], 4: ["Shampoos"]}
+    target = evaluate.steering_category
+    assert target(labels, EvaluateSection(steering_query="NAIL POLISH")) == {"category": "Nail Polish"}
+    assert target(labels, EvaluateSection(steering_query="sunscreen", steering_category="sun")) == {"category": "Sun"}
+    assert target(labels, EvaluateSection(steering_query="x", steering_category="Hair")) == {
+        "category_skipped": "no item is labelled evaluate.steering_category='Hair'"}
+    assert target(labels, EvaluateSection(steering_query="shampoo")) == {
+        "category_skipped": "no category names match 'shampoo'; set evaluate.steering_category"}
+    assert target(labels, EvaluateSection(steering_query="polish")) == {
+        "category_skipped": "2 category names match 'polish' (Nail Polish, Nail Polish Remover); "
+                            "set evaluate.steering_category"}
+    assert "no item categories" in target(None, EvaluateSection(steering_query="sun"))["category_skipped"]

@@ -241,6 +241,19 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
         "strength 0 is the model's own test ranking"
     on_valid = {r["strength"]: r["ndcg@5"] for r in study["valid_dose_response"]}
     assert set(on_valid) == {r["strength"] for r in levels}, "the strength is chosen on a valid dose-response"
+    labels = artifacts.read_item_categories(prep)
+    assert study["category"] == "acne", "the query names a planted intent's category"
+    listed = [item for row in recs for item in row["items"]]
+    assert levels[0]["category_share"] == pytest.approx(
+        sum("acne" in labels.get(i, []) for i in listed) / len(listed)), "before = the model's own test lists"
+    assert all(0.0 <= r["category_share"] <= 1.0 for r in [*levels, *study["valid_dose_response"]])
+    cheap = [r for r in study["valid_dose_response"][1:] if on_valid[0.0] - r["ndcg@5"] <= 0.01 * on_valid[0.0]]
+    chosen = study["within_1pct_cost"]
+    assert (chosen or {}).get("strength") == (cheap[-1]["strength"] if cheap else None), "chosen on valid cost only"
+    if chosen:
+        after = next(r for r in levels if r["strength"] == chosen["strength"])["category_share"]
+        assert (chosen["category_share_before"], chosen["category_share_after"]) == (levels[0]["category_share"], after)
+        assert evaluated["metrics"]["steering_category_share_after"] == after
     runs = artifacts.read_runs(StageInput(runner.store, trained))
     assert {r["variant"] for r in runs} == {"grounded", "grounded-random", "dense", "bsarec-grounded"}
     on_bsarec = artifacts.read_model(StageInput(runner.store, trained),

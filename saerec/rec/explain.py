@@ -21,6 +21,29 @@ def match_texts(texts: Sequence[str | None], query: str) -> np.ndarray:
     return np.array([bool(t) and pattern.search(t) is not None for t in texts], dtype=bool)
 
 
+def match_category(names: Sequence[str], query: str) -> list[str]:
+    """The category names a steering query targets: those equal to ``query`` (case-insensitive), or
+    else those containing it as a whole word or phrase. One name is a target; none or several are not."""
+    exact = [n for n in names if n.casefold() == query.strip().casefold()]
+    if exact:
+        return exact
+    return [n for n, hit in zip(names, match_texts(names, query)) if hit]
+
+
+def category_flags(labels: dict[int, list[str]], category: str, n_items: int) -> np.ndarray:
+    """(n_items + 1,) mask of the items labelled ``category`` (index 0, the padding id, is never set)."""
+    flags = np.zeros(n_items + 1, dtype=bool)
+    flags[[i for i, names in labels.items() if category in names and 0 < i <= n_items]] = True
+    return flags
+
+
+def flagged_share(lists: np.ndarray, flags: np.ndarray) -> float:
+    """Share of the items in the (U, N) top-N ``lists`` that ``flags`` marks (e.g. a category's items)."""
+    if lists.size and (lists.min() < 0 or lists.max() >= len(flags)):
+        raise ValueError(f"listed item ids must lie in [0, {len(flags)}), got {lists.min()}..{lists.max()}")
+    return float(flags[lists].mean()) if lists.size else 0.0
+
+
 def _batches(lengths: np.ndarray, batch_size: int):
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
@@ -117,7 +140,8 @@ def steering_study(model: SAERec, inputs: np.ndarray, lengths: np.ndarray, inten
 @torch.no_grad()
 def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: RankingSet, intent_ids: Sequence[int],
                             strengths: Sequence[float], top_n: int, mask_history: bool = True,
-                            batch_size: int = 1024, device: torch.device | str = "cpu") -> dict[str, object]:
+                            batch_size: int = 1024, device: torch.device | str = "cpu",
+                            category: np.ndarray | None = None) -> dict[str, object]:
     """Dose-response of steering a grounded model toward ``intent_ids``.
 
     The steered score of item j for user u is ``s_uj + strength * std_u(s) * b_j``, where b_j is
@@ -125,7 +149,8 @@ def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: Rankin
     at most 1. The boost is in units of the user's own score spread, so a strength means the same
     for every user; an item that carries none of the intents is never moved, and at strength 0
     the lists are the model's own. Per strength: the share of top-N items that carry a boosted
-    intent, HR and NDCG at N on ``data``'s held-out items, and the share of users whose list changed.
+    intent, HR and NDCG at N on ``data``'s held-out items, the share of users whose list changed and,
+    given ``category`` ((n_items + 1,) item mask, outside labels), the share of top-N items in it.
     """
     ids = torch.as_tensor(list(intent_ids), dtype=torch.long)
     if ids.numel() == 0 or ids.min() < 0 or ids.max() >= model.n_intents:
@@ -141,6 +166,7 @@ def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: Rankin
     ranks = np.zeros((len(levels), len(data)), dtype=np.int64)
     carried = np.zeros(len(levels))
     changed = np.zeros(len(levels))
+    in_category = np.zeros(len(levels))
     for rows, seqs, lengths, targets in ranking_batches(data, batch_size):
         seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
         scores = model.item_scores(model(seqs, lengths, last_only=True))
@@ -154,6 +180,8 @@ def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: Rankin
                 steered.scatter_(1, seqs, float("-inf"))
             top = steered.topk(top_n, dim=1).indices.cpu()
             carried[level] += float(carrying[top].sum())
+            if category is not None:
+                in_category[level] += flagged_share(top.numpy(), category) * top.numel()
             if base is None:
                 base = top
             changed[level] += float((top.sort(dim=1).values != base.sort(dim=1).values).any(dim=1).sum())
@@ -162,7 +190,9 @@ def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: Rankin
         quality = hr_ndcg(ranks[level], [top_n])
         rows_out.append({"strength": strength, "carrying_share": carried[level] / (len(data) * top_n),
                          f"hr@{top_n}": quality[f"hr@{top_n}"], f"ndcg@{top_n}": quality[f"ndcg@{top_n}"],
-                         "users_changed": changed[level] / len(data)})
+                         "users_changed": changed[level] / len(data),
+                         **({"category_share": in_category[level] / (len(data) * top_n)} if category is not None
+                            else {})})
     return {"boosted_intents": int(ids.numel()), "items_carrying": int(carrying[1:].sum()), "top_n": top_n,
             "users": len(data), "dose_response": rows_out}
 
@@ -171,8 +201,10 @@ def cheapest_effect(valid: Sequence[dict[str, float]], test: Sequence[dict[str, 
                     max_cost: float = 0.01) -> dict[str, float] | None:
     """The strongest steering level whose relative loss of ``metric`` on valid is at most ``max_cost``,
     chosen on the valid dose-response only; for that strength it reports the valid and test cost and,
-    on test, the relative rise of the carrying share. None when no boosted level is that cheap on valid.
-    Both dose-responses are ``grounded_steering_study``'s over the same strengths."""
+    on test, the relative rise of the carrying share and, where the levels carry ``category_share``,
+    that share before and after and its relative rise (None when it was 0 before). None when no
+    boosted level is that cheap on valid. Both dose-responses are ``grounded_steering_study``'s over the
+    same strengths."""
     base = valid[0]
     cheap = [r for r in valid[1:] if base[metric] - r[metric] <= max_cost * base[metric]]
     if not cheap:
@@ -189,6 +221,11 @@ def cheapest_effect(valid: Sequence[dict[str, float]], test: Sequence[dict[str, 
 
     rise = (found["carrying_share"] / test_base["carrying_share"] - 1 if test_base["carrying_share"] > 0
             else float("inf"))
-    return {"strength": strength, "chosen_on": "valid", f"valid_{metric}_cost": cost(base, cheap[-1]),
-            f"test_{metric}_cost": cost(test_base, found), "carrying_share_before": test_base["carrying_share"],
-            "carrying_share_after": found["carrying_share"], "carrying_share_rise": rise}
+    chosen = {"strength": strength, "chosen_on": "valid", f"valid_{metric}_cost": cost(base, cheap[-1]),
+              f"test_{metric}_cost": cost(test_base, found), "carrying_share_before": test_base["carrying_share"],
+              "carrying_share_after": found["carrying_share"], "carrying_share_rise": rise}
+    if "category_share" in found:
+        before, after = test_base["category_share"], found["category_share"]
+        chosen.update({"category_share_before": before, "category_share_after": after,
+                       "category_share_rise": after / before - 1 if before > 0 else None})
+    return chosen

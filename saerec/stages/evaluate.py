@@ -7,7 +7,8 @@ model chosen on valid with its ties; paired bootstrap intervals of the compariso
 (every run's valid and test rank per user), ``RECOMMENDATIONS`` (per test user: top-N items, the
 held-out item, the personal and public intents with their summaries, the branch weights; for a
 grounded model each item's intents by contribution) and ``STEERING`` (for a grounded model a
-dose-response over steering strengths, on valid and on test; the strength is chosen on valid).
+dose-response over steering strengths, on valid and on test; the strength is chosen on valid; with
+prepare's item categories, also the share of listed items in the query's category, an outside label).
 
 Selection: "the model" is the variant with the highest mean valid NDCG@20 over seeds (each run's
 selected-epoch valid score from train_rec); its test is reported once. A variant within valid noise
@@ -32,8 +33,8 @@ from saerec import artifacts, schemas
 from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import leave_one_out
-from saerec.rec.explain import (cheapest_effect, explain_grounded, explain_users, grounded_steering_study,
-                                match_texts, steering_study, top_items)
+from saerec.rec.explain import (category_flags, cheapest_effect, explain_grounded, explain_users,
+                                grounded_steering_study, match_category, match_texts, steering_study, top_items)
 from saerec.rec.metrics import (COLD_MAX_TRAIN, HEAD_ITEM_SHARE, POPULARITY_BUCKETS, bucket_metrics, hr_ndcg,
                                 item_train_counts, popularity_buckets, rank_users, user_ndcg_hr)
 from saerec.rec.runs import SELECT_METRIC
@@ -203,12 +204,31 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
     }, schema=schemas.RECOMMENDATIONS)
 
 
+def steering_category(labels: dict[int, list[str]] | None, cfg: EvaluateSection) -> dict[str, str]:
+    """The category the steering query targets, ``{"category": name}``, or ``{"category_skipped": why}``:
+    ``evaluate.steering_category`` if set, else the one category name matching the query."""
+    if labels is None:
+        return {"category_skipped": "prepare published no item categories (data.item_categories)"}
+    names = sorted({name for found in labels.values() for name in found})
+    if cfg.steering_category is not None:
+        found = [n for n in names if n.casefold() == cfg.steering_category.strip().casefold()]
+        return ({"category": found[0]} if found else
+                {"category_skipped": f"no item is labelled evaluate.steering_category={cfg.steering_category!r}"})
+    found = match_category(names, cfg.steering_query)
+    if len(found) == 1:
+        return {"category": found[0]}
+    return {"category_skipped": f"{'no' if not found else len(found)} category names match {cfg.steering_query!r}"
+                                f"{' (' + ', '.join(found[:5]) + ')' if found else ''}; set evaluate.steering_category"}
+
+
 def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, test: Any, latents: np.ndarray | None,
-             summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection) -> dict[str, Any]:
+             summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection,
+             labels: dict[int, list[str]] | None = None) -> dict[str, Any]:
     """Boost the intents whose summaries match ``evaluate.steering_query``: for SAERec, count the
     items whose text matches in the lists; for a grounded model, the dose-response over
     ``evaluate.steering_strengths`` of the share of listed items carrying the boosted intents, on
-    ``valid`` (which picks the strongest level costing at most 1 % NDCG) and on ``test`` (reported)."""
+    ``valid`` (which picks the strongest level costing at most 1 % NDCG) and on ``test`` (reported),
+    and, with item category ``labels``, of the share of listed items in the query's category."""
     query = cfg.steering_query
     if not query:
         return {"skipped": "evaluate.steering_query is not set"}
@@ -220,12 +240,18 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, tes
     if len(matched) == 0:
         return {**base, "skipped": f"no intent summary mentions {query!r}"}
     if is_grounded(run["spec"]):
+        target = steering_category(labels, cfg)
+        flags = (category_flags(labels, target["category"], model.profile_ids.shape[0] - 1)
+                 if "category" in target else None)
         study = grounded_steering_study(model, test, matched.tolist(), cfg.steering_strengths, cfg.top_n,
-                                        cfg.mask_history)
+                                        cfg.mask_history, category=flags)
         on_valid = grounded_steering_study(model, valid, matched.tolist(), cfg.steering_strengths, cfg.top_n,
-                                           cfg.mask_history)
+                                           cfg.mask_history, category=flags)
         metric = f"ndcg@{cfg.top_n}"
-        return {**base, **study, "valid_dose_response": on_valid["dose_response"], "kind": "grounded dose-response",
+        if flags is not None:
+            target["category_items"] = int(flags.sum())
+        return {**base, **target, **study, "valid_dose_response": on_valid["dose_response"],
+                "kind": "grounded dose-response",
                 "within_1pct_cost": cheapest_effect(on_valid["dose_response"], study["dose_response"], metric)}
     flags = np.concatenate([[False], match_texts(item_texts, query)])
     study = steering_study(model, test.inputs, test.lengths, matched.tolist(), cfg.steering_boost, flags,
@@ -290,7 +316,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     artifacts.write_table(ctx.output, artifacts.RECOMMENDATIONS, table)
 
     texts = artifacts.read_item_texts(ctx.input("prepare"), data.n_items)
-    study = steering(model, explained, split.valid, split.test, latents, summaries, texts, cfg)
+    study = steering(model, explained, split.valid, split.test, latents, summaries, texts, cfg,
+                     artifacts.read_item_categories(ctx.input("prepare")))
     artifacts.write_json(ctx.output, artifacts.STEERING, study)
 
     metrics: dict[str, Any] = {"protocol": cfg.protocol, "explained_model": explained["name"],
@@ -316,6 +343,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics["steering_strength_within_1pct"] = study["within_1pct_cost"]["strength"]
         metrics["steering_carrying_share_rise"] = study["within_1pct_cost"]["carrying_share_rise"]
         metrics["steering_test_cost"] = study["within_1pct_cost"][f"test_ndcg@{cfg.top_n}_cost"]
+        for key in ("category_share_before", "category_share_after", "category_share_rise"):
+            if study["within_1pct_cost"].get(key) is not None:
+                metrics[f"steering_{key}"] = study["within_1pct_cost"][key]
     if "flagged_before" in study:
         metrics["steering_flagged_before"] = study["flagged_before"]
         metrics["steering_flagged_after"] = study["flagged_after"]
