@@ -13,6 +13,14 @@ from tests.s3server import SeaweedS3
 
 for _key, _value in LOCAL_ENV.items():
     os.environ.setdefault(_key, _value)
+# Ray start-up costs of a 2-core test machine, not behaviour. Every Ray started from here (``ray_local``,
+# the job subprocesses, the ``ray start --head``) inherits these:
+# - each Parquet read of Ray Data 2.60 starts 32 footer-reader actors, one process each; on two cores
+#   spawning them took most of a tiny read (12 s for 600 rows). One reads every footer our tests write.
+# - Ray Train's preemption watcher is one more actor per run, for cloud nodes this machine does not have.
+TEST_RAY_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+for _key, _value in TEST_RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -147,6 +147,7 @@ def test_read_only_storage_under_a_ray_data_write_is_a_storage_error(ray_local, 
         assert "ray::" not in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_stage_exits_130_and_leaves_a_clean_run(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "jobs" / "full_pipeline.py"), "--set", f"storage.uri={out}",

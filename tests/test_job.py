@@ -1,7 +1,8 @@
 """The job as a user runs it: a subprocess that starts its own local Ray, with its first stage on local
-disk and on S3 (the whole tiny pipeline runs once in the suite, submitted to a Ray head in
-``test_cluster.py``; each stage on local disk is in its stage test); and the errors a user meets
-before any work (bad input paths, an unreachable cluster, bad records)."""
+disk (the whole tiny pipeline runs once in the suite, submitted to a Ray head with S3 storage in
+``test_cluster.py``, which also submits it again to see every stage skipped; a job that starts its own
+Ray on S3 is in ``test_runlock.py``; each stage on local disk is in its stage test); and the errors a
+user meets before any work (bad input paths, an unreachable cluster, bad records)."""
 import json
 import os
 import subprocess
@@ -28,18 +29,6 @@ def test_job_on_local_storage_then_skips(tmp_path):
     assert "[prepare] running..." in first.stdout and "[prepare] done" in first.stdout
     assert (tmp_path / "out" / "demo" / "prepare" / "_manifest.json").exists()
     second = run_job(*args)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "[prepare] skipped" in second.stdout and "running..." not in second.stdout
-
-
-@pytest.mark.slow
-def test_job_on_s3_then_skips(s3_server, s3_uri):
-    args = ["--set", f"storage.uri={s3_uri}", "--set", f"storage.endpoint_url={s3_server.endpoint}",
-            "--until", "prepare"]
-    first = run_job(*args, env=s3_server.env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "[prepare] running..." in first.stdout and "[prepare] done" in first.stdout
-    second = run_job(*args, env=s3_server.env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[prepare] skipped" in second.stdout and "running..." not in second.stdout
 

@@ -277,6 +277,7 @@ def test_wait_lock_job_waits_then_runs(tmp_path):
     assert lease_on_disk(store) is None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_real_jobs_on_s3_the_second_is_refused_and_the_first_publishes(s3_server, s3_uri):
     store = Store(s3_uri, s3_server.endpoint)
@@ -305,13 +306,14 @@ def test_two_real_jobs_on_s3_the_second_is_refused_and_the_first_publishes(s3_se
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, err[-3000:]
-    assert "[prepare] done" in out and "[embed] done" in out
+    assert "[prepare] running..." in out and "[prepare] done" in out and "[embed] done" in out
     assert lease_on_disk(store) is None, "the first job released its lock"
     manifest = json.loads(store.read_bytes(store.join("demo", "prepare", "_manifest.json")))
     attempts = [d for d in store.list_dirs(store.join("demo", "prepare")) if d.startswith("attempt-")]
     assert attempts == [manifest["attempt"]]
 
 
+@pytest.mark.slow
 def test_an_interrupted_job_releases_its_lock(tmp_path):
     store = Store(str(tmp_path / "out"))
     args = [*storage_args(store, None), "--until", "prepare"]
