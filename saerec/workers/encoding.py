@@ -90,7 +90,7 @@ def check_settings(cfg: EmbedSection) -> EncoderSpec:
                          f"max_length={cfg.max_length}): {exc}") from exc
 
 
-def encode_dataset(ds, cfg: EmbedSection, text_column: str, keep: list[str], with_stats: bool, actors: int):
+def _encode_dataset(ds, cfg: EmbedSection, text_column: str, keep: list[str], with_stats: bool, actors: int):
     """``ds``'s ``text_column`` through a pool of ``actors`` ``EncodeBatches`` actors, ``keep`` columns beside."""
     return ds.map_batches(
         EncodeBatches,
@@ -127,7 +127,7 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection) 
 
     start = time.perf_counter()
     embeddings_dir = artifacts.EMBEDDINGS.under(out_dir)
-    artifacts.write_dataset(encode_dataset(corpus, cfg, "text", ["text_id"], True, cfg.num_actors),
+    artifacts.write_dataset(_encode_dataset(corpus, cfg, "text", ["text_id"], True, cfg.num_actors),
                             artifacts.EMBEDDINGS, out_dir, filesystem, num_cpus=IO_TASK_CPUS)
     texts_s = time.perf_counter() - start
 
@@ -137,7 +137,7 @@ def embed_corpus(corpus_path: str, out_dir: str, filesystem, cfg: EmbedSection) 
     # One block per batch, so that every actor of the pool gets a share of the words.
     words = ray.data.from_arrow([table.slice(i, cfg.batch_size) for i in range(0, table.num_rows, cfg.batch_size)])
     word_actors = min(cfg.num_actors, -(-len(vocabulary) // cfg.batch_size))
-    artifacts.write_dataset(encode_dataset(words, cfg, "word", ["word", "count"], False, word_actors),
+    artifacts.write_dataset(_encode_dataset(words, cfg, "word", ["word", "count"], False, word_actors),
                             artifacts.VOCABULARY, out_dir, filesystem, num_cpus=IO_TASK_CPUS)
     words_s = time.perf_counter() - start
 
