@@ -47,11 +47,12 @@ sys.path.insert(0, str(REPO))
 from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            run_chain, seed_sized_run, sized_overrides, spread)
 from saerec import artifacts  # noqa: E402
-from saerec.intents.detection import WORDS_AS_SUMMARY, EmbeddingDetector, words_summary  # noqa: E402
+from saerec.intents.detection import WORDS_AS_SUMMARY, EmbeddingDetector, detection_score, words_summary  # noqa: E402
 from saerec.intents.judges import LocalJudge  # noqa: E402
+from saerec.intents.models import judge_model  # noqa: E402
 from saerec.intents.prompts import JudgePrompts  # noqa: E402
 from saerec.intents.verdicts import CANNOT_TELL  # noqa: E402
-from saerec.stages.judge import activation_selector, detection_score, judge_model, selection_inputs  # noqa: E402
+from saerec.workers.judging import activation_selector, selection_inputs  # noqa: E402
 
 KEEP_Z = 2.0  # judge.prescreen of the 16k run, and the "Yes" level of likelihood scoring
 

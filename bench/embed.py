@@ -5,9 +5,10 @@ settings. Every measurement runs in its own process so that peak memory is that 
 
 - ``bare``: one process, ``torch`` threads = the CPUs one actor gets, at the niceness Ray gives its
   workers; load the encoder, encode in batches, write one Parquet file;
-- ``stage``: a Ray driver running ``saerec.stages.embed.embed_corpus`` on local storage; the time
-  compared is the corpus pass (read -> actors start and load the encoder -> encode -> write
-  sharded Parquet), Ray's own start-up excluded; actors' peak memory is sampled with psutil;
+- ``stage``: a Ray driver running ``saerec.workers.encoding.embed_corpus`` (the stage's pipeline)
+  on local storage; the time compared is the corpus pass (read -> actors start and load the
+  encoder -> encode -> write sharded Parquet), Ray's own start-up excluded; actors' peak memory
+  is sampled with psutil;
 - driver memory: the stage on a synthetic corpus 1x and 8x as large (short item-like texts).
 
 Besides texts per second, each run reports texts per CPU-second of its encoding processes (the
@@ -202,7 +203,7 @@ def child_stage(args: argparse.Namespace) -> dict:
     import pyarrow.fs as pafs
 
     from saerec.runtime import init_ray
-    from saerec.stages.embed import embed_corpus
+    from saerec.workers.encoding import embed_corpus
 
     cfg = embed_settings(args, int(args.actors))
     init_ray(None, os.cpu_count())

@@ -204,8 +204,8 @@ def beauty(judge, latents_file: Path, count: int) -> dict[str, object]:
     judge stage's own measure: the summary tells the latent's top texts from random ones)."""
     import numpy as np
 
+    from saerec.intents.detection import detection_score
     from saerec.intents.verdicts import CANNOT_TELL
-    from saerec.stages.judge import detection_score
 
     rows = _top_latents(latents_file, count, ["latent", "words", "frequency", "top_texts", "random_texts"])
     words = [r["words"] for r in rows]

@@ -55,7 +55,8 @@ def side_by_side(published: Published, sample: int, seed: int, arms_run: list[st
 
     import torch
 
-    from saerec.stages.judge import JUDGE_COLUMNS, LocalJudgeActor, judge_model, selection_inputs
+    from saerec.intents.models import judge_model
+    from saerec.workers.judging import JUDGE_COLUMNS, LocalJudgeActor, selection_inputs
 
     cfg = published.cfg.judge
     table = artifacts.read_table(published["explain"], artifacts.LATENTS)

@@ -75,7 +75,7 @@ LATENTS = Artifact("explain", "latents.parquet", "per latent: words, frequency, 
 PLANTED_RECOVERY = Artifact("explain", "planted_recovery.json", "demo only: planted intents among all latents")
 FEATURES = Artifact("judge", "features.parquet", "per latent: summary, verdict, kept, detection",
                     schemas.JUDGED_FEATURES)
-INTENTS = Artifact("judge", "intents.safetensors", "the kept latents' vectors and ids (summaries, words in metadata)")
+INTENTS = Artifact("judge", "intents.safetensors", "the kept latents' vectors and ids")
 PROFILES = Artifact("profile", "item_profiles.parquet", "per intent set and item: its intents and pooled weights",
                     schemas.ITEM_PROFILES)
 INTENT_PURITY = Artifact("profile", "intent_purity.parquet",
@@ -284,22 +284,19 @@ def read_sae(train_sae: StageFiles) -> TopKSAE:
 
 @dataclass(frozen=True)
 class IntentSet:
-    """The kept intents: their vectors (n, D), SAE latent ids, summaries and top words."""
+    """The kept intents: their vectors (n, D) and SAE latent ids (summaries and words: ``FEATURES``)."""
 
     vectors: torch.Tensor
     latents: np.ndarray
-    summaries: list[str | None]
-    words: list[list[str]]
 
 
 def write_intent_set(files: StageFiles, intents: IntentSet) -> None:
     _write_tensors(files, INTENTS.name, {"vectors": intents.vectors.float(),
-                                         "latents": torch.as_tensor(intents.latents, dtype=torch.long)},
-                   metadata={"summaries": json.dumps(intents.summaries), "words": json.dumps(intents.words)})
+                                         "latents": torch.as_tensor(intents.latents, dtype=torch.long)})
 
 
 def read_intent_set(judge: StageFiles) -> IntentSet:
-    tensors, metadata = _tensors(judge, INTENTS)
+    tensors, _ = _tensors(judge, INTENTS)
     for key in ("vectors", "latents"):
         if key not in tensors:
             raise _fail(INTENTS, judge, f"has no tensor {key!r} (has: {sorted(tensors)})")
@@ -307,9 +304,7 @@ def read_intent_set(judge: StageFiles) -> IntentSet:
     if vectors.dim() != 2 or len(vectors) != len(latents) or len(vectors) == 0:
         raise _fail(INTENTS, judge, f"holds vectors {tuple(vectors.shape)} and {len(latents)} latent ids; "
                                     "expected vectors (n>0, D) and n ids")
-    summaries = json.loads(metadata.get("summaries", "null")) or [None] * len(latents)
-    words = json.loads(metadata.get("words", "null")) or [[] for _ in latents]
-    return IntentSet(vectors=vectors, latents=latents, summaries=summaries, words=words)
+    return IntentSet(vectors=vectors, latents=latents)
 
 
 def read_summaries(judge: StageFiles) -> dict[int, str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from saerec.intents.detection import EmbeddingDetector
+from saerec.intents.detection import EmbeddingDetector, detection_by_latent
 from saerec.intents.quality import balanced_accuracy
 
 
@@ -27,3 +27,11 @@ def test_detector_checks_its_input(detector):
     assert detector([], []) == []
     with pytest.raises(ValueError, match="2 summaries but 1 texts"):
         detector(["a", "b"], ["x"])
+
+
+def test_detection_by_latent_scores_each_arm_from_the_judges_answers():
+    checks = [{"latent": 7, "arm": arm, "label": label, "fits": fits}
+              for arm, answers in ((0, [(1, 1.0), (1, 1.0), (0, 0.0), (0, 1.0)]), (1, [(1, 0.0), (0, 1.0), (0, None)]))
+              for label, fits in answers]
+    checks += [{"latent": 8, "arm": 0, "label": 1, "fits": 1.0}, {"latent": 8, "arm": 0, "label": 0, "fits": None}]
+    assert detection_by_latent(checks) == {(7, 0): 0.75, (7, 1): 0.0}, "no negative answered: latent 8 has no score"

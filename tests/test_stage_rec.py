@@ -46,8 +46,7 @@ def _stand_in_embed(ctx: StageContext) -> dict:
 
 def _stand_in_judge(ctx: StageContext) -> dict:
     vectors = torch.randn(len(LATENTS), DIM, generator=torch.Generator().manual_seed(1))
-    artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, np.array(LATENTS), SUMMARIES,
-                                                                [[]] * len(LATENTS)))
+    artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, np.array(LATENTS)))
     ctx.output.write_table(artifacts.FEATURES.name, pa.table({"latent": LATENTS, "summary": SUMMARIES,
                                                                 "kept": [True] * len(LATENTS)}))
     return {"kept": len(LATENTS)}

@@ -251,7 +251,7 @@ def _stand_in_sae(ctx: StageContext) -> dict:
 def _stand_in_judge(ctx: StageContext) -> dict:
     latents = np.array([1, 4, 7, 9])
     vectors = artifacts.read_sae(ctx.input("train_sae")).intent_vectors().detach()[latents]
-    artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, latents, ["a", "b", "c", "d"], [[]] * 4))
+    artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, latents))
     ctx.output.write_table(artifacts.FEATURES.name, pa.table({"latent": [1, 4, 7, 9], "summary": ["a", "b", "c", "d"]}))
     return {"kept": 4}
 

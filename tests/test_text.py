@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, T5Config, T5EncoderModel, T5ForConditionalGeneration
 
-from saerec.text import WordCounter, build_vocabulary, load_encoder, masked_mean, tokenize_words
+from saerec.text import WordCounter, load_encoder, masked_mean, tokenize_words
 from saerec.text.encoders import resolve_dtype, resolve_model_path
 
 torch.set_num_threads(1)
@@ -200,11 +200,18 @@ def test_tokenize_words_lowercases_and_drops_digits_and_possessives():
     assert tokenize_words("Women’s Nail-Polish, 2x DON'T stop! Café") == ["women", "nail", "polish", "don't", "stop", "café"]
 
 
+def top_words(texts: list, size: int, min_count: int, **counter) -> list[tuple[str, int]]:
+    """The vocabulary the embed stage keeps from ``texts``: one counter over them, then its top words."""
+    words = WordCounter(**counter)
+    words.update(texts)
+    return words.top(size, min_count)
+
+
 def test_vocabulary_drops_stop_words_and_rare_words_and_caps_size():
     texts = ["The cream is great", "great cream, great smell", "the smell of roses", "cream"]
-    assert build_vocabulary(texts, size=10, min_count=2) == [("cream", 3), ("great", 3), ("smell", 2)]
-    assert build_vocabulary(texts, size=1, min_count=1) == [("cream", 3)]
-    assert build_vocabulary(texts, size=10, min_count=1, stop_words=()) == [
+    assert top_words(texts, size=10, min_count=2) == [("cream", 3), ("great", 3), ("smell", 2)]
+    assert top_words(texts, size=1, min_count=1) == [("cream", 3)]
+    assert top_words(texts, size=10, min_count=1, stop_words=()) == [
         ("cream", 3),
         ("great", 3),
         ("smell", 2),
@@ -232,8 +239,8 @@ def test_word_counters_merge_like_one_pass():
 
 def test_vocabulary_rejects_bad_arguments():
     with pytest.raises(ValueError, match="size=0"):
-        build_vocabulary(["cream"], size=0, min_count=1)
+        top_words(["cream"], size=0, min_count=1)
     with pytest.raises(ValueError, match="min_count=0"):
-        build_vocabulary(["cream"], size=5, min_count=0)
+        top_words(["cream"], size=5, min_count=0)
     with pytest.raises(TypeError, match="text #1 is int"):
-        build_vocabulary(["cream", 3], size=5, min_count=1)
+        top_words(["cream", 3], size=5, min_count=1)

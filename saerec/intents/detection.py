@@ -21,7 +21,7 @@ Two guards against the metric measuring itself (issue 31):
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -58,6 +58,19 @@ def detection_with_baseline(summary: str, words: Sequence[str], positives: list[
     """(the summary's detection, the bare-words baseline's), by one scorer on the same texts."""
     return (detection_score(summary, positives, negatives, score, threshold),
             detection_score(words_summary(words), positives, negatives, score, threshold))
+
+
+def detection_by_latent(checks: Iterable[dict[str, Any]]) -> dict[tuple[int, int], float]:
+    """Balanced accuracy per (latent, arm) from a served judge's per-text answers (rows with
+    ``latent``, ``arm`` 0 for the summary or 1 for the bare-words baseline, ``label`` 1 for a top
+    text and 0 for a random one, and ``fits``, the judge's score or None when it gave none)."""
+    by_latent: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+    for row in checks:
+        if row["fits"] is None:
+            continue
+        pos, neg = by_latent.setdefault((int(row["latent"]), int(row["arm"])), ([], []))
+        (pos if row["label"] == 1 else neg).append(float(row["fits"]))
+    return {key: balanced_accuracy(pos, neg) for key, (pos, neg) in by_latent.items() if pos and neg}
 
 
 class EmbeddingDetector:

@@ -34,11 +34,16 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 HUB_TIMEOUT_S = 30.0
 
 
+def judge_model(cfg: JudgeSection) -> str:
+    """``judge.model``, or the backend's default (the config requires a model for ``http``)."""
+    return cfg.model or DEFAULT_MODELS[cfg.backend]
+
+
 def judge_models(judge: JudgeSection) -> list[tuple[str, str]]:
     """(config key, model) for every model the judge stage will load with these settings."""
     found: list[tuple[str, str]] = []
     if judge.backend in DEFAULT_MODELS:
-        found.append(("judge.model", judge.model or DEFAULT_MODELS[judge.backend]))
+        found.append(("judge.model", judge_model(judge)))
     if judge.backend == "local" and judge.summary_model:
         found.append(("judge.summary_model", judge.summary_model))
     if judge.detection and judge.detection_scoring == "embedding":

@@ -78,12 +78,3 @@ class WordCounter:
         frequent = [(word, count) for word, count in self.counts.items() if count >= min_count]
         frequent.sort(key=lambda row: (-row[1], row[0]))
         return frequent[:size]
-
-
-def build_vocabulary(
-    texts: Iterable[str], size: int, min_count: int, stop_words: Iterable[str] = STOP_WORDS
-) -> list[tuple[str, int]]:
-    """Count a stream of texts and return (word, count) rows, most frequent first."""
-    counter = WordCounter(stop_words)
-    counter.update(texts)
-    return counter.top(size, min_count)
