@@ -118,15 +118,6 @@ class StageFiles:
     def write_bytes(self, name: str, data: bytes) -> None:
         self.store.write_bytes(self.path(name), data)
 
-    def read_tensors(self, name: str) -> dict[str, Any]:
-        from safetensors.torch import load
-        with self.reading(name):
-            return load(self.read_bytes(name))
-
-    def write_tensors(self, name: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-        from safetensors.torch import save
-        self.write_bytes(name, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
-
 
 class StageInput(StageFiles):
     """A published upstream stage: its manifest and its attempt folder.

@@ -39,7 +39,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from saerec import artifacts, schemas
+from saerec import artifacts, restore, schemas
 from saerec.config import EmbedSection, JudgeSection
 from saerec.intents import engine_requests as er
 from saerec.intents.detection import EmbeddingDetector, detection_with_baseline, words_summary
@@ -332,7 +332,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             except ValueError as exc:
                 raise StageError(f"{key}: {exc}") from None
     explained = artifacts.read_table(ctx.input("explain"), artifacts.LATENTS)
-    sae = artifacts.read_sae(ctx.input("train_sae"))
+    sae = restore.sae(ctx.input("train_sae"))
     if cfg.summary_candidates > 1:
         check_selection_encoder(ctx.sections["embed"], sae.d_in)
     if cfg.detection and cfg.detection_scoring == "embedding":
