@@ -103,13 +103,12 @@ class TopKSAE(nn.Module):
         self.config = config
         self.d_in, self.n_latents, self.k = config.d_in, config.n_latents, config.k
         self.tied, self.aux_k, self.aux_coef = config.tied, config.aux_k, config.aux_coef
-        d_in, n_latents, tied = config.d_in, config.n_latents, config.tied
 
-        directions = F.normalize(torch.randn(n_latents, d_in), dim=1)
+        directions = F.normalize(torch.randn(config.n_latents, config.d_in), dim=1)
         self.W_enc = nn.Parameter(directions)
-        self.b_enc = nn.Parameter(torch.zeros(n_latents))
-        self.b_pre = nn.Parameter(torch.zeros(d_in))
-        self.W_dec = None if tied else nn.Parameter(directions.clone())
+        self.b_enc = nn.Parameter(torch.zeros(config.n_latents))
+        self.b_pre = nn.Parameter(torch.zeros(config.d_in))
+        self.W_dec = None if config.tied else nn.Parameter(directions.clone())
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -123,9 +122,13 @@ class TopKSAE(nn.Module):
     def config_from_bytes(config: bytes) -> SAEConfig:
         """The config part of ``to_bytes``; a damaged or foreign one is a ValueError saying why."""
         try:
-            return SAEConfig.from_dict(json.loads(config))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+            parsed = json.loads(config)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"SAE config is not valid JSON: {exc}") from exc
+        try:
+            return SAEConfig.from_dict(parsed)
+        except TypeError as exc:
+            raise ValueError(f"SAE config has a value of the wrong type: {exc}") from exc
 
     @classmethod
     def from_bytes(cls, config: SAEConfig | bytes, weights: bytes) -> "TopKSAE":
