@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -298,9 +298,11 @@ def read_codes(explain: StageFiles, batch_size: int) -> Iterator[tuple[np.ndarra
     for batch in dataset(explain, CODES).to_batches(columns=["text_id", "latents", "values"], batch_size=batch_size):
         if batch.num_rows == 0:
             continue
+        sizes = np.concatenate([pc.list_value_length(batch.column(c)).to_numpy() for c in ("latents", "values")])
+        if sizes.min() != sizes.max():
+            raise _fail(CODES, explain, "holds rows with different numbers of latents and values; every row holds "
+                                        "the SAE's k (latent, value) pairs")
         latents, values = batch.column("latents").flatten().to_numpy(), batch.column("values").flatten().to_numpy()
-        if len(latents) % batch.num_rows or len(values) != len(latents):
-            raise _fail(CODES, explain, "holds rows with different numbers of (latent, value) pairs")
         yield (batch.column("text_id").to_numpy(), values.reshape(batch.num_rows, -1).astype(np.float32),
                latents.reshape(batch.num_rows, -1).astype(np.int64))
 

@@ -396,3 +396,20 @@ def test_codes_stream_back_as_written_and_profiles_turn_latent_ids_into_position
     with pytest.raises(StageError, match=r"item_profiles.parquet gives item 1 latent 7, which the 'judged' intent set "
                                          "does not hold; the profile and judge outputs do not match"):
         artifacts.read_profiles(found, "judged", np.array([3, 5]))
+
+
+def test_codes_with_rows_of_different_sizes_are_refused_naming_the_folder(tmp_path):
+    from saerec import artifacts, schemas
+    from saerec.pipeline import Stage
+
+    def explain(ctx):
+        artifacts.write_table(ctx.output, artifacts.CODES, pa.table({
+            "text_id": pa.array([1, 2], pa.int64()), "latents": pa.array([[0, 1], [2]], pa.list_(pa.int32())),
+            "values": pa.array([[0.5, 0.25], [0.5]], pa.list_(pa.float32()))}, schema=schemas.SAE_CODES), part=0)
+        return {}
+
+    runner = make_runner(str(tmp_path / "out"))
+    runner.run_stage(Stage(name="explain", run=explain))
+    found = StageInput(runner.store, runner.manifest("explain"))
+    with pytest.raises(StageError, match=r"/codes holds rows with different numbers of latents and values"):
+        list(artifacts.read_codes(found, batch_size=10))
