@@ -17,7 +17,7 @@ import os
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ COUNTS_FILE = "activation_counts.safetensors"
 
 @dataclass(frozen=True)
 class SaeRun:
-    """Everything the Train workers need, resolved on the driver (JSON-able)."""
+    """Everything the Train workers need, resolved on the driver; ``asdict`` of it is JSON-able."""
 
     model: SAEConfig
     lr: float
@@ -117,7 +117,7 @@ def pre_bias_from_sample(ds, method: str) -> list[float] | None:
 def train_loop(config: dict[str, Any]) -> None:
     """Per-worker loop: resume if a checkpoint exists, train, checkpoint every epoch, evaluate."""
     quiet_reports()
-    run: SaeRun = config["run"]
+    run = SaeRun(**{**config, "model": SAEConfig.from_dict(config["model"])})
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -277,7 +277,7 @@ def train_on_ray(ds, run: SaeRun, storage_path: str, storage_filesystem: Any, na
     with epoch_lines(lambda metrics: epoch_line(metrics, run.epochs)) as callbacks:
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"run": run},
+            train_loop_config=asdict(run),
             scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
             run_config=ray.train.RunConfig(
                 name=name,
