@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            run_chain, seed_sized_run, sized_overrides, spread)
-from saerec import artifacts  # noqa: E402
+from saerec import artifacts, restore  # noqa: E402
 from saerec.intents.detection import WORDS_AS_SUMMARY, EmbeddingDetector, detection_score, words_summary  # noqa: E402
 from saerec.intents.judges import LocalJudge  # noqa: E402
 from saerec.intents.models import judge_model  # noqa: E402
@@ -122,7 +122,7 @@ def main() -> int:
     def detection(summaries: list[str], rows: dict[int, dict], n: int | None = None) -> list[float | None]:
         return [one(latent, summary, rows, n) for latent, summary in zip(picked, summaries)]
 
-    sae = artifacts.read_sae(Published(sized)["train_sae"])
+    sae = restore.sae(Published(sized)["train_sae"])
     select = activation_selector(selection_inputs(sae, sized.embed), "cpu")
     small, small_s = _summaries(smollm2, words)
     arms: dict[str, dict[str, object]] = {}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.shared_data import shared_data_dir
-from saerec import artifacts
+from saerec import artifacts, restore
 from saerec.config import Config, load_config
 from saerec.pipeline import Runner, StageInput
 from saerec.rec import evaluate, stats
@@ -104,7 +104,7 @@ class Published:
 
     def inputs_of(self, names: list[str], n_items: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The intent sets and item profiles the variants ``names`` read, as train_rec builds them."""
-        return build_inputs(names, n_items, seed, artifacts.sources(self, n_items), self.cfg.rec.kmeans_clusters)
+        return build_inputs(names, n_items, seed, restore.sources(self, n_items), self.cfg.rec.kmeans_clusters)
 
 
 def train_cell(cell: str, name: str, seed: int, settings: RunSettings, split: Any, intents: dict[str, torch.Tensor],

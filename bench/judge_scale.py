@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            run_chain, seed_sized_run, sized_overrides, spread)
-from saerec import artifacts  # noqa: E402
+from saerec import artifacts, restore  # noqa: E402
 
 STAGES = ("prepare", "embed", "train_sae", "explain", "judge")
 # side-by-side arms: name -> the judge settings it changes (the first is the baseline of the ratios)
@@ -65,7 +65,7 @@ def side_by_side(published: Published, sample: int, seed: int, arms_run: list[st
     picked = table.select(list(JUDGE_COLUMNS)).take(rows)
     batch = {name: np.array(picked.column(name).to_pylist(), dtype=object) for name in JUDGE_COLUMNS}
     threads = max(1, int(cfg.concurrency * cfg.cpus_per_actor))
-    selection = selection_inputs(artifacts.read_sae(published["train_sae"]), published.cfg.embed)
+    selection = selection_inputs(restore.sae(published["train_sae"]), published.cfg.embed)
     arms: dict[str, dict[str, object]] = {}
     for arm in arms_run:
         arm_cfg = dataclasses.replace(cfg, **ARMS[arm])

@@ -1,4 +1,4 @@
-"""Benchmark: the train_sae stage against a bare PyTorch loop, tied against untied SAEs.
+"""Benchmark: the train_sae stage's Ray Train loop against a bare PyTorch loop, tied against untied SAEs.
 
 In one run on one set of embeddings (Beauty item descriptions, or any embed-stage output):
 - samples/s of the stage's Ray Train loop (Ray Data feeding, DDP wrapper, per-epoch metrics
@@ -37,12 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.shared_data import shared_data_dir  # noqa: E402
 
-from saerec import schemas  # noqa: E402
+from saerec import artifacts, schemas  # noqa: E402
 from saerec.config import load_config  # noqa: E402
 from saerec.sae import TopKSAE, TrainState, build_optimizer, evaluate, num_latents  # noqa: E402
 from saerec.sae.metrics import activation_counts  # noqa: E402
 from saerec.sae.training import train_step  # noqa: E402
-from saerec.stages import train_sae  # noqa: E402
+from saerec.workers import sae_train  # noqa: E402
 
 VARIANTS = {"tied": ["sae.variant=tied", "sae.aux_k=0"],
             "tied+auxk": ["sae.variant=tied"],
@@ -76,10 +76,10 @@ def encode_items(data_dir: Path, out_dir: Path, model: str) -> dict[str, float]:
 def read_vectors(folder: Path) -> np.ndarray:
     """The non-empty vectors, for the bare loop (the stage reads the same folder through Ray Data)."""
     table = pads.dataset(str(folder), format="parquet").to_table(columns=["vector", "tokens"])
-    return train_sae.vector_matrix(table)["vector"]
+    return artifacts.nonempty_vectors(table)[1]
 
 
-def bare_loop(x: torch.Tensor, spec: train_sae.SaeRun, device: torch.device) -> dict[str, float]:
+def bare_loop(x: torch.Tensor, spec: sae_train.SaeRun, device: torch.device) -> dict[str, float]:
     """The same training as the stage with nothing around it: no Ray, no metrics, no checkpoints.
 
     On a CPU it gets the one thread Ray gives a one-CPU Train worker.
@@ -87,7 +87,7 @@ def bare_loop(x: torch.Tensor, spec: train_sae.SaeRun, device: torch.device) -> 
     if device.type == "cpu":
         torch.set_num_threads(1)
     torch.manual_seed(spec.seed)
-    model = TopKSAE.from_config(spec.model)
+    model = TopKSAE(spec.model)
     if spec.pre_bias is not None:
         model.set_pre_bias(torch.tensor(spec.pre_bias))
     model.to(device)
@@ -98,7 +98,7 @@ def bare_loop(x: torch.Tensor, spec: train_sae.SaeRun, device: torch.device) -> 
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for epoch in range(spec.epochs):
-        order = train_sae.epoch_order(len(x), spec.seed, epoch).to(device)
+        order = sae_train.epoch_order(len(x), spec.seed, epoch).to(device)
         for i in range(0, len(x), spec.batch_size):
             batch = x[order[i : i + spec.batch_size]]
             out = train_step(model, optimizer, state, batch)
@@ -112,23 +112,24 @@ def bare_loop(x: torch.Tensor, spec: train_sae.SaeRun, device: torch.device) -> 
             "fvu": final["fvu"], "dead_pct": final["dead_pct"], "l0": final["l0"], "peak_memory_mb": peak}
 
 
-def stage_fit(ds, spec: train_sae.SaeRun, work_dir: Path, use_gpu: bool) -> dict[str, float]:
+def stage_fit(ds, spec: sae_train.SaeRun, work_dir: Path, use_gpu: bool) -> dict[str, float]:
     """One Ray Train run of the stage's training (fresh storage, so nothing is resumed)."""
     from pyarrow.fs import LocalFileSystem
 
     start = time.perf_counter()
-    result = train_sae.train_on_ray(ds, spec, str(work_dir / "train"), LocalFileSystem(), f"bench-{uuid.uuid4().hex[:8]}",
+    result = sae_train.train_on_ray(ds, spec, str(work_dir / "train"), LocalFileSystem(), f"bench-{uuid.uuid4().hex[:8]}",
                            num_workers=1, use_gpu=use_gpu)
     wall = time.perf_counter() - start
-    progress, weights, _ = train_sae.read_final(result.checkpoint)
+    progress, saved, _ = sae_train.read_final(result.checkpoint)
     final = progress["final"]
     samples = sum(epoch["n_samples"] for epoch in progress["history"])
     row = {"samples_per_s": round(samples / final["train_loop_seconds"], 1),
            "train_s": final["train_loop_seconds"], "fit_wall_s": round(wall, 2), "load_s": final["load_seconds"],
            "fvu": final["fvu"], "dead_pct": final["dead_pct"], "l0": final["l0"],
            "peak_memory_mb": final["peak_memory_mb"], "peak_memory_of": final["peak_memory_of"]}
-    if "W_dec" in weights:
-        cosine = torch.nn.functional.cosine_similarity(weights["W_enc"], weights["W_dec"], dim=1)
+    model = TopKSAE.from_bytes(*saved)
+    if model.W_dec is not None:
+        cosine = torch.nn.functional.cosine_similarity(model.W_enc.detach(), model.W_dec.detach(), dim=1)
         row["enc_dec_cosine_mean"] = round(float(cosine.mean()), 4)
     return row
 
@@ -176,7 +177,7 @@ def main() -> None:
             "quality": quality, "speed": speed}, indent=2))
 
     init_ray(None)
-    ds = train_sae.embedding_dataset(str(folder), None)
+    ds = sae_train.embedding_dataset(str(folder), None)
     x = torch.tensor(vectors, device=device)
     quality: list[dict] = []
     speed: list[dict] = []
@@ -186,9 +187,9 @@ def main() -> None:
     for n_latents in widths:
         for variant in [v.strip() for v in args.variants.split(",")]:
             cfg = load_config(None, [*base, *VARIANTS[variant], f"sae.n_latents={n_latents}"]).sae
-            spec = train_sae.resolve_run(cfg, dim, n_texts, args.seed)
+            spec = sae_train.resolve_run(cfg, dim, n_texts, args.seed)
             if pre_bias is None:
-                pre_bias = train_sae.pre_bias_from_sample(ds, cfg.pre_bias)
+                pre_bias = sae_train.pre_bias_from_sample(ds, cfg.pre_bias)
             spec = replace(spec, pre_bias=pre_bias)
             stage = stage_fit(ds, spec, args.work_dir, use_gpu)
             quality.append({"variant": variant, "n_latents": n_latents, "k": args.k, **stage})

@@ -5,13 +5,14 @@ through the functions here, so the writer and every reader of a file cannot disa
 its schema or what a valid one looks like. Paths are relative to a stage's published attempt
 folder (``StageFiles``); a name ending in ``/`` is a folder of Parquet parts.
 
-Models own their persistence (a config plus a safetensors state dict); the readers here hand
-back models, never raw weight tensors picked by key.
+Storage knows no model class: the readers here hand back files, bytes and state dicts, and
+``saerec.restore`` builds the models from them (each model owns its persistence).
 """
 from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,9 @@ import pyarrow.dataset as pads
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
-from torch import nn
 
 from saerec import schemas
 from saerec.pipeline import StageError, StageFiles
-from saerec.rec.variants import Sources, restore_model
-from saerec.sae.model import TopKSAE
 from saerec.storage import display_uri, storage_errors
 
 
@@ -66,12 +64,14 @@ ITEM_CATEGORIES = Artifact("prepare", "item_categories.parquet",
 EMBEDDINGS = Artifact("embed", "embeddings/", "one vector per corpus text (text_id, vector, tokens, truncated)")
 VOCABULARY = Artifact("embed", "vocabulary/", "the candidate words and their vectors (word, count, vector)")
 SAE_WEIGHTS = Artifact("train_sae", "sae.safetensors", "the SAE's state dict")
-SAE_CONFIG = Artifact("train_sae", "sae_config.json", "the SAE's constructor config and training settings")
+SAE_CONFIG = Artifact("train_sae", "sae_config.json", "the SAE's constructor config (saerec.sae.SAEConfig)")
 LATENT_FREQUENCY = Artifact("train_sae", "latent_frequency.parquet", "each latent's firing count and frequency",
                             schemas.LATENT_FREQUENCY)
-SAE_METRICS = Artifact("train_sae", "metrics.json", "per-epoch history and final SAE metrics")
+SAE_METRICS = Artifact("train_sae", "metrics.json", "training settings, per-epoch history and final SAE metrics")
 LATENTS = Artifact("explain", "latents.parquet", "per latent: words, frequency, top and random texts",
                    schemas.EXPLAINED_LATENTS)
+CODES = Artifact("explain", "codes/", "per non-empty corpus text: its SAE code (k latent ids and values), in parts",
+                 schemas.SAE_CODES)
 PLANTED_RECOVERY = Artifact("explain", "planted_recovery.json", "demo only: planted intents among all latents")
 FEATURES = Artifact("judge", "features.parquet", "per latent: summary, verdict, kept, detection",
                     schemas.JUDGED_FEATURES)
@@ -247,37 +247,64 @@ def read_vocabulary(embed: StageFiles) -> tuple[list[str], np.ndarray]:
     return table.column("word").to_pylist(), _matrix(table.column("vector")).astype(np.float32)
 
 
+def nonempty_vectors(batch: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, matrix) of a batch of ``EMBEDDINGS`` rows: which rows are non-empty texts and their
+    vectors as one writable (kept rows, dim) float32 matrix.
+
+    Empty texts (tokens == 0) carry an all-zero vector that would teach the SAE a fake point and
+    carry no intent, so every reader of the text embeddings drops them here.
+    """
+    kept = np.asarray(batch.column("tokens").to_numpy()) > 0
+    vectors = batch.filter(pa.array(kept)).column("vector")
+    vectors = vectors.combine_chunks() if isinstance(vectors, pa.ChunkedArray) else vectors
+    flat = vectors.flatten().to_numpy(zero_copy_only=False)
+    return kept, np.array(flat, dtype=np.float32).reshape(len(vectors), vectors.type.list_size)
+
+
 def read_text_embeddings(embed: StageFiles) -> torch.Tensor:
     """Every non-empty corpus text's embedding (empty texts are all-zero and carry no intent)."""
-    table = read_table(embed, EMBEDDINGS, ["vector", "tokens"])
-    matrix = _matrix(table.column("vector"))
-    return torch.from_numpy(np.ascontiguousarray(matrix[table.column("tokens").to_numpy() > 0], dtype=np.float32))
+    return torch.from_numpy(nonempty_vectors(read_table(embed, EMBEDDINGS, ["vector", "tokens"]))[1])
 
 
 # -- train_sae -------------------------------------------------------------------------------------
 
-def write_sae(files: StageFiles, model_config: dict[str, Any], state: dict[str, torch.Tensor],
-              training: dict[str, Any]) -> None:
-    _write_tensors(files, SAE_WEIGHTS.name, state)
-    write_json(files, SAE_CONFIG, {"model": model_config, "training": training})
+def write_sae(files: StageFiles, config: bytes, weights: bytes) -> None:
+    """The SAE as its own ``TopKSAE.to_bytes()`` gave it: config JSON and safetensors weights."""
+    files.write_bytes(SAE_WEIGHTS.name, weights)
+    files.write_bytes(SAE_CONFIG.name, config)
 
 
-def read_sae_files(train_sae: StageFiles) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(model config, state dict): what ``TopKSAE.from_saved`` takes, in a form that travels to a Ray task."""
-    try:
-        config = read_json(train_sae, SAE_CONFIG)["model"]
-        state = _tensors(train_sae, SAE_WEIGHTS)[0]
-    except (KeyError, OSError, ValueError) as exc:
-        raise StageError(f"cannot read the SAE under {train_sae.uri()}: {exc}") from exc
-    return config, state
+def read_sae_files(train_sae: StageFiles) -> tuple[bytes, bytes]:
+    """(config JSON, safetensors weights): what ``TopKSAE.from_bytes`` takes, in a form that travels to a Ray task."""
+    return train_sae.read_bytes(SAE_CONFIG.name), train_sae.read_bytes(SAE_WEIGHTS.name)
 
 
-def read_sae(train_sae: StageFiles) -> TopKSAE:
-    config, state = read_sae_files(train_sae)
-    try:
-        return TopKSAE.from_saved(config, state)
-    except (KeyError, RuntimeError) as exc:
-        raise _fail(SAE_WEIGHTS, train_sae, f"does not load into the SAE of {SAE_CONFIG.name}: {exc}") from exc
+# -- explain -------------------------------------------------------------------------------------
+
+def write_codes(files: StageFiles, part: int, text_ids: np.ndarray, values: np.ndarray, latents: np.ndarray) -> None:
+    """One part of ``CODES``: the texts' ids and their (n, k) SAE values and latent ids."""
+    n, k = values.shape
+    write_table(files, CODES, pa.table({
+        "text_id": pa.array(text_ids, pa.int64()),
+        "latents": pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
+                                            pa.array(latents.reshape(-1), pa.int32())),
+        "values": pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
+                                           pa.array(values.reshape(-1), pa.float32())),
+    }, schema=schemas.SAE_CODES), part=part)
+
+
+def read_codes(explain: StageFiles, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``CODES`` streamed in batches of at most ``batch_size`` texts: (text ids, values (n, k), latent ids (n, k))."""
+    for batch in dataset(explain, CODES).to_batches(columns=["text_id", "latents", "values"], batch_size=batch_size):
+        if batch.num_rows == 0:
+            continue
+        sizes = np.concatenate([pc.list_value_length(batch.column(c)).to_numpy() for c in ("latents", "values")])
+        if sizes.min() != sizes.max():
+            raise _fail(CODES, explain, "holds rows with different numbers of latents and values; every row holds "
+                                        "the SAE's k (latent, value) pairs")
+        latents, values = batch.column("latents").flatten().to_numpy(), batch.column("values").flatten().to_numpy()
+        yield (batch.column("text_id").to_numpy(), values.reshape(batch.num_rows, -1).astype(np.float32),
+               latents.reshape(batch.num_rows, -1).astype(np.int64))
 
 
 # -- judge -----------------------------------------------------------------------------------------
@@ -316,14 +343,29 @@ def read_summaries(judge: StageFiles) -> dict[int, str]:
 
 # -- profile ---------------------------------------------------------------------------------------
 
-def read_profiles(profile: StageFiles, intent_set: str) -> dict[int, tuple[list[int], list[float]]]:
-    """``{item: (intent ids, weights)}`` of one intent set; items without a profile are absent."""
+def read_profiles(profile: StageFiles, intent_set: str,
+                  latents: np.ndarray | None = None) -> dict[int, tuple[list[int], list[float]]]:
+    """``{item: (intent ids, weights)}`` of one intent set; items without a profile are absent.
+
+    The file records SAE latent ids. With ``latents`` (the set's latent ids, intent i =
+    ``latents[i]``, e.g. the judge's kept order) they become positions in the set, what a model's
+    intent matrix is indexed by; a latent the set does not hold means profile and judge disagree.
+    """
     table = read_table(profile, PROFILES, ["set", "item", "intents", "weights"])
     table = table.filter(pc.equal(table.column("set"), intent_set))
     if table.num_rows == 0:
         raise _fail(PROFILES, profile, f"holds no profile of the {intent_set!r} intent set")
-    return {int(i): (ids, weights) for i, ids, weights in zip(
+    rows = {int(i): (ids, weights) for i, ids, weights in zip(
         table.column("item").to_pylist(), table.column("intents").to_pylist(), table.column("weights").to_pylist())}
+    if latents is None:
+        return rows
+    position = {int(latent): i for i, latent in enumerate(latents)}
+    for item, (ids, _) in rows.items():
+        unknown = [i for i in ids if i not in position]
+        if unknown:
+            raise _fail(PROFILES, profile, f"gives item {item} latent {unknown[0]}, which the {intent_set!r} intent "
+                                           "set does not hold; the profile and judge outputs do not match")
+    return {item: ([position[i] for i in ids], weights) for item, (ids, weights) in rows.items()}
 
 
 def read_item_text_vectors(profile: StageFiles, n_items: int) -> torch.Tensor:
@@ -336,15 +378,6 @@ def read_item_text_vectors(profile: StageFiles, n_items: int) -> torch.Tensor:
     out = torch.zeros(n_items + 1, matrix.shape[1] if len(items) else 1)
     out[torch.from_numpy(items.astype(np.int64))] = torch.from_numpy(np.array(matrix, dtype=np.float32))
     return out
-
-
-def sources(stages: Any, n_items: int) -> Sources:
-    """What the variants read, from published stages (``stages[name]`` -> StageFiles), read lazily."""
-    return Sources(judged=lambda: read_intent_set(stages["judge"]).vectors,
-                   all_latents=lambda: read_sae(stages["train_sae"]).intent_vectors().detach(),
-                   texts=lambda: read_text_embeddings(stages["embed"]),
-                   item_texts=lambda: read_item_text_vectors(stages["profile"], n_items),
-                   profiles=lambda name: read_profiles(stages["profile"], name))
 
 
 # -- train_rec -------------------------------------------------------------------------------------
@@ -360,13 +393,9 @@ def write_model(files: StageFiles, run_name: str, spec: dict[str, Any], state: d
     return name
 
 
-def read_model(train_rec: StageFiles, run: dict[str, Any]) -> nn.Module:
-    """A run's model rebuilt from its spec with its selected weights (intent buffers included)."""
-    state = _tensors(train_rec, MODELS, run["model_file"])[0]
-    try:
-        return restore_model(run["spec"], state)
-    except (ValueError, RuntimeError) as exc:
-        raise StageError(f"{train_rec.uri(run['model_file'])}: {exc}") from exc
+def read_model_state(train_rec: StageFiles, run: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A run's selected weights (intent buffers included); ``saerec.restore.rec_model`` builds the model."""
+    return _tensors(train_rec, MODELS, run["model_file"])[0]
 
 
 def write_intent_sets(files: StageFiles, sets: dict[str, torch.Tensor], judged_latents: np.ndarray | None) -> None:

@@ -118,15 +118,6 @@ class StageFiles:
     def write_bytes(self, name: str, data: bytes) -> None:
         self.store.write_bytes(self.path(name), data)
 
-    def read_tensors(self, name: str) -> dict[str, Any]:
-        from safetensors.torch import load
-        with self.reading(name):
-            return load(self.read_bytes(name))
-
-    def write_tensors(self, name: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-        from safetensors.torch import save
-        self.write_bytes(name, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
-
 
 class StageInput(StageFiles):
     """A published upstream stage: its manifest and its attempt folder.
@@ -214,10 +205,11 @@ def _fingerprinted(stage: Stage, section: str, settings: dict[str, Any]) -> dict
 # Modules that run or record a stage without deciding what it computes (the runner, storage, config
 # parsing, logging, Ray start-up): editing them re-runs nothing. Config *values* are fingerprinted.
 NOT_STAGE_CODE = frozenset({"saerec.pipeline", "saerec.storage", "saerec.config", "saerec.logs", "saerec.runtime"})
-# Covered, but their imports are not followed: the storage layout imports the model classes it
-# restores; a stage that computes with a model imports it itself, and one that only reads a
-# published model re-runs when the stage that trained it does (its input fingerprint changes).
-LAYOUT_MODULES = frozenset({"saerec.artifacts"})
+# Covered, but their imports are not followed: the storage layout, and ``saerec.restore``, which
+# imports the model classes it rebuilds from published files; a stage that computes with a model
+# imports it itself, and one that only reads a published model re-runs when the stage that trained
+# it does (its input fingerprint changes).
+LAYOUT_MODULES = frozenset({"saerec.artifacts", "saerec.restore"})
 
 
 def _module_file(name: str) -> Path | None:

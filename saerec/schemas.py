@@ -30,10 +30,6 @@ def embedding_schema(dim: int) -> pa.Schema:
     return pa.schema([("text_id", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
 
 
-def vocabulary_schema(dim: int) -> pa.Schema:
-    return pa.schema([("word", pa.string()), ("count", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
-
-
 def embedding_table_schema(dim: int) -> pa.Schema:
     """What the embed stage writes: ``embedding_schema`` plus, per text, the tokens the encoder saw
     (0 = an empty text, whose vector is all zeros) and whether the text was cut at embed.max_length."""
@@ -91,6 +87,15 @@ def sweep_results_schema(ks: list[int] | tuple[int, ...]) -> pa.Schema:
     ])
 
 
+# explain: the SAE code of each non-empty corpus text, computed once and read by explain's summaries
+# and by profile: exactly the SAE's k (latent id, value) pairs per row, in no order; a value of 0 means
+# fewer than k latents fired on that text
+SAE_CODES = pa.schema([
+    ("text_id", pa.int64()),
+    ("latents", pa.list_(pa.int32())),
+    ("values", pa.list_(pa.float32())),
+])
+
 # explain: one row per SAE latent; the random texts are the detection score's negatives
 EXPLAINED_LATENTS = pa.schema([
     ("latent", pa.int32()),
@@ -104,8 +109,9 @@ EXPLAINED_LATENTS = pa.schema([
     ("random_texts", pa.list_(pa.string())),
 ])
 
-# profile: per intent set ("judged": the kept latents, intent i = the judge's i-th kept latent;
-# "all": every SAE latent) and item, the item's intents (positions in that set) and pooled weights
+# profile: per intent set ("judged": the latents the judge kept; "all": every SAE latent) and item, the
+# item's strongest intents as SAE latent ids (not positions in the set), strongest first, and their
+# pooled weights
 ITEM_CATEGORIES = pa.schema([("item", pa.int32()), ("categories", pa.list_(pa.string()))])
 INTENT_PURITY = pa.schema([("group", pa.string()), ("id", pa.int32()), ("purity", pa.float32()),
                            ("category", pa.string())])

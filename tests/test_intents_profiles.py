@@ -36,13 +36,14 @@ def test_chunks_fold_into_the_pooled_profile_of_each_item(pooling):
         assert weights == sorted(weights, reverse=True), "strongest intent first"
 
 
-def test_profiles_keep_only_the_kept_latents_renumbered_and_the_strongest_first():
+def test_profiles_keep_only_the_kept_latents_by_latent_id_and_the_strongest_first():
     items, values, latents = _codes()
     folded = ProfileAccumulator(5, "mean")
     folded.add(items, values, latents)
     profiles = folded.profiles(np.array([2, 1]), max_intents=1)
     assert set(profiles) == {1, 3}, "item 2 fires neither kept latent"
-    assert profiles[1] == ([0], [pytest.approx(0.25)]), "latent 2 is intent 0; a zero value never fires"
+    assert profiles[1] == ([2], [pytest.approx(0.25)]), "ids are latent ids, not positions in the kept order; " \
+                                                        "a zero value never fires"
     assert profiles[3] == ([1], [pytest.approx(0.2)]), "item 3's strongest kept latent only (mean over 3 texts)"
     with pytest.raises(ValueError, match="do not describe the same texts"):
         folded.add(items[:2], values, latents)

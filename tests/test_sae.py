@@ -11,13 +11,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from saerec.sae import (
+    SAEConfig,
     TopKSAE,
     TrainState,
     build_optimizer,
     checkpoint_state,
+    data_centre,
     default_lr,
     evaluate,
     geometric_median,
@@ -60,7 +61,7 @@ def fit(model: TopKSAE, x: torch.Tensor, epochs: int, lr: float, dead_after: int
 @pytest.mark.parametrize("tied", [True, False])
 def test_topk_keeps_exactly_k_nonzeros_per_row(tied: bool) -> None:
     torch.manual_seed(0)
-    model = TopKSAE(d_in=16, n_latents=64, k=5, tied=tied)
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=64, k=5, tied=tied))
     with torch.no_grad():
         model.b_enc.fill_(10.0)  # every pre-activation positive: TopK alone decides sparsity
     x = torch.randn(40, 16)
@@ -76,7 +77,7 @@ def test_topk_keeps_exactly_k_nonzeros_per_row(tied: bool) -> None:
 
 def test_topk_never_exceeds_k_and_relu_drops_negative_codes() -> None:
     torch.manual_seed(1)
-    model = TopKSAE(d_in=16, n_latents=64, k=8, tied=True)
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=64, k=8, tied=True))
     with torch.no_grad():
         model.b_enc.fill_(-0.6)  # many rows then have fewer than 8 positive pre-activations
     x = torch.randn(200, 16) * 0.3
@@ -88,7 +89,7 @@ def test_topk_never_exceeds_k_and_relu_drops_negative_codes() -> None:
 
 def test_tied_decoder_is_encoder_transpose_before_and_after_a_step() -> None:
     torch.manual_seed(2)
-    model = TopKSAE(d_in=12, n_latents=48, k=4, tied=True)
+    model = TopKSAE(SAEConfig(d_in=12, n_latents=48, k=4, tied=True))
     assert model.W_dec is None
     assert all(name != "W_dec" for name, _ in model.named_parameters())
     x = torch.randn(64, 12)
@@ -105,7 +106,7 @@ def test_tied_decoder_is_encoder_transpose_before_and_after_a_step() -> None:
 
 def test_untied_decoder_starts_as_encoder_transpose_and_rows_stay_unit_norm() -> None:
     torch.manual_seed(3)
-    model = TopKSAE(d_in=24, n_latents=96, k=6, tied=False, aux_k=12)
+    model = TopKSAE(SAEConfig(d_in=24, n_latents=96, k=6, tied=False, aux_k=12))
     assert torch.equal(model.W_dec, model.W_enc)
     x, _ = sparse_mixture(1024, 24, 32, 3, seed=3)
     state = fit(model, x, epochs=3, lr=1e-2, dead_after=256)
@@ -116,7 +117,7 @@ def test_untied_decoder_starts_as_encoder_transpose_and_rows_stay_unit_norm() ->
 
 def test_decoder_gradient_parallel_component_is_removed() -> None:
     torch.manual_seed(4)
-    model = TopKSAE(d_in=8, n_latents=32, k=3, tied=False)
+    model = TopKSAE(SAEConfig(d_in=8, n_latents=32, k=3, tied=False))
     model(torch.randn(50, 8)).loss.backward()
     assert (model.W_dec.grad * model.W_dec).sum(1).abs().max() > 1e-4
     model.project_decoder_grad()
@@ -129,7 +130,7 @@ def test_auxk_revives_planted_dead_latents() -> None:
     alive = {}
     for aux_k in (None, 16):
         torch.manual_seed(5)
-        model = TopKSAE(d_in=32, n_latents=64, k=3, tied=False, aux_k=aux_k)
+        model = TopKSAE(SAEConfig(d_in=32, n_latents=64, k=3, tied=False, aux_k=aux_k))
         with torch.no_grad():
             model.W_enc[planted] *= 0.01  # these never win the TopK: dead from the start
         fit(model, x, epochs=3, lr=3e-3, dead_after=512)
@@ -144,8 +145,8 @@ def test_sae_recovers_known_sparse_directions(tied: bool) -> None:
     x, directions = sparse_mixture(8192, 32, 48, 3, seed=6)
     x = x + 1.0  # an offset the pre-bias must absorb
     torch.manual_seed(6)
-    model = TopKSAE(d_in=32, n_latents=96, k=3, tied=tied, aux_k=None if tied else 16)
-    model.init_pre_bias(x[:1024])
+    model = TopKSAE(SAEConfig(d_in=32, n_latents=96, k=3, tied=tied, aux_k=None if tied else 16))
+    model.set_pre_bias(data_centre(x[:1024]))
     fit(model, x, epochs=10, lr=3e-3, dead_after=2048)
     cosine = (directions @ F.normalize(model.decoder_weight().detach(), dim=1).T).max(1).values
     assert float((cosine > 0.9).double().mean()) >= 0.9
@@ -160,33 +161,43 @@ def test_geometric_median_resists_outliers_and_sets_pre_bias() -> None:
     median = geometric_median(points)
     assert (median - 2.0).abs().max() < 0.1
     assert (points.mean(0) - 2.0).abs().min() > 5.0
-    model = TopKSAE(d_in=6, n_latents=12, k=2, tied=True)
-    model.init_pre_bias(points, method="geometric_median")
+    model = TopKSAE(SAEConfig(d_in=6, n_latents=12, k=2, tied=True))
+    model.set_pre_bias(data_centre(points, "geometric_median"))
     assert torch.allclose(model.b_pre, median)
-    model.init_pre_bias(points, method="mean")
+    model.set_pre_bias(data_centre(points, "mean"))
     assert torch.allclose(model.b_pre, points.mean(0))
     with pytest.raises(ValueError, match="pre-bias method"):
-        model.init_pre_bias(points, method="median")
+        model.set_pre_bias(data_centre(points, "median"))
 
 
 def test_config_and_state_dict_round_trip_through_safetensors() -> None:
     torch.manual_seed(8)
-    model = TopKSAE(d_in=10, n_latents=40, k=4, tied=False, aux_k=5)
-    blob = save_safetensors(model.state_dict())
-    clone = TopKSAE.from_config(model.config())
-    clone.load_state_dict(load_safetensors(blob))
+    model = TopKSAE(SAEConfig(d_in=10, n_latents=40, k=4, tied=False, aux_k=5))
+    config, weights = model.to_bytes()
+    assert load_safetensors(weights).keys() == model.state_dict().keys(), "the weights are a plain safetensors file"
+    clone = TopKSAE.from_bytes(config, weights)
+    assert clone.config == model.config and not clone.training
     x = torch.randn(7, 10)
     assert torch.equal(clone(x).reconstruction, model(x).reconstruction)
     assert torch.equal(clone.intent_vectors(), model.W_enc.detach())
     assert clone.intent_vectors().shape == (40, 10)
-    with pytest.raises(KeyError, match="missing key"):
-        TopKSAE.from_config({"d_in": 10})
+    with pytest.raises(ValueError, match="missing key"):
+        TopKSAE.from_bytes(b'{"d_in": 10}', weights)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['width'\]"):
+        SAEConfig.from_dict({**model.config.to_dict(), "width": 3})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        TopKSAE.from_bytes(config[:-3], weights)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        TopKSAE.from_bytes(config, weights[:20])
+    other = TopKSAE(SAEConfig(d_in=10, n_latents=41, k=4, tied=False)).to_bytes()[0]
+    with pytest.raises(ValueError, match="do not fit the config"):
+        TopKSAE.from_bytes(other, weights)
 
 
 def test_bad_inputs_name_the_problem() -> None:
     with pytest.raises(ValueError, match="k must be"):
-        TopKSAE(d_in=4, n_latents=8, k=9, tied=True)
-    model = TopKSAE(d_in=4, n_latents=8, k=2, tied=False, aux_k=2)
+        TopKSAE(SAEConfig(d_in=4, n_latents=8, k=9, tied=True))
+    model = TopKSAE(SAEConfig(d_in=4, n_latents=8, k=2, tied=False, aux_k=2))
     with pytest.raises(ValueError, match=r"\(batch, 4\)"):
         model(torch.randn(3, 5))
     with pytest.raises(ValueError, match="dead_mask"):
@@ -243,7 +254,7 @@ def test_metrics_on_hand_computed_values() -> None:
 def test_train_epoch_reports_corpus_metrics_and_improves_fvu() -> None:
     x, _ = sparse_mixture(2048, 16, 24, 2, seed=9)
     torch.manual_seed(9)
-    model = TopKSAE(d_in=16, n_latents=48, k=2, tied=False, aux_k=8)
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=48, k=2, tied=False, aux_k=8))
     optimizer = build_optimizer(model, 5e-3)
     state = TrainState(48, dead_after=1024)
     first = train_epoch(model, optimizer, shuffled_batches(x, 128, 0), state)
@@ -259,7 +270,7 @@ def test_train_epoch_reports_corpus_metrics_and_improves_fvu() -> None:
 def test_evaluate_over_shards_with_reduce_equals_whole_corpus() -> None:
     x, _ = sparse_mixture(600, 16, 24, 2, seed=10)
     torch.manual_seed(10)
-    model = TopKSAE(d_in=16, n_latents=48, k=3, tied=True)
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=48, k=3, tied=True))
     whole = evaluate(model, x.split(100))
     shard_b: list[torch.Tensor] = []
     evaluate(model, x[350:].split(100), reduce=lambda t: shard_b.append(t.clone()) or t)
@@ -274,8 +285,8 @@ def test_resumed_training_matches_uninterrupted_run() -> None:
 
     def fresh() -> tuple[TopKSAE, torch.optim.Optimizer, TrainState]:
         torch.manual_seed(11)
-        model = TopKSAE(d_in=16, n_latents=64, k=3, tied=False, aux_k=8)
-        model.init_pre_bias(x[:256])
+        model = TopKSAE(SAEConfig(d_in=16, n_latents=64, k=3, tied=False, aux_k=8))
+        model.set_pre_bias(data_centre(x[:256]))
         with torch.no_grad():
             model.W_enc[:16] *= 0.01  # dead latents, so AuxK and the dead counters matter
         return model, build_optimizer(model, 5e-3), TrainState(64, dead_after=300)
@@ -320,7 +331,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, _ = sparse_mixture(1024, 16, 24, 2, seed=12)
     torch.manual_seed(12)
-    model = TopKSAE(d_in=16, n_latents=48, k=2, tied=False, aux_k=8)
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=48, k=2, tied=False, aux_k=8))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = build_optimizer(ddp, 5e-3)
     state = TrainState(48, dead_after=64)
@@ -347,7 +358,7 @@ def test_two_ddp_workers_stay_in_step_and_report_corpus_metrics(tmp_path: Path) 
     assert ranks[0]["samples"] == 2 * 1024  # 2 epochs of the whole corpus, counted on every worker
 
     x, _ = sparse_mixture(1024, 16, 24, 2, seed=12)
-    model = TopKSAE(d_in=16, n_latents=48, k=2, tied=False, aux_k=8)
+    model = TopKSAE(SAEConfig(d_in=16, n_latents=48, k=2, tied=False, aux_k=8))
     model.load_state_dict(ranks[0]["model"])
     whole = evaluate(model, x.split(128))
     for metrics in (ranks[0]["metrics"], ranks[1]["metrics"]):

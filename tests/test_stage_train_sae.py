@@ -13,8 +13,9 @@ import torch
 from saerec import artifacts, schemas
 from saerec.config import ConfigError, load_config
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageFiles
-from saerec.sae import TopKSAE, TrainState, build_optimizer, evaluate, train_epoch
+from saerec.sae import SAEConfig, TopKSAE, TrainState, build_optimizer, data_centre, evaluate, train_epoch
 from saerec.stages import train_sae
+from saerec.workers import sae_train
 from saerec.storage import Store
 from tests.test_logs import logged
 from tests.test_sae import sparse_mixture
@@ -70,10 +71,9 @@ def test_stage_on_s3_publishes_a_consistent_sae(s3_server, s3_uri, ray_local):
                                            "sae_config.json"]
     assert metrics["texts"] == N_TEXTS - len(EMPTY_IDS) and metrics["n_latents"] == 48
     assert metrics["resumed_from_epoch"] == 0 and metrics["samples_per_s"] > 0
-    config = out.read_json("sae_config.json")
-    model = TopKSAE.from_config(config["model"])
-    model.load_state_dict(out.read_tensors("sae.safetensors"))
-    assert model.W_dec is not None and config["training"]["dead_after"] == N_TEXTS - len(EMPTY_IDS)
+    model = TopKSAE.from_bytes(out.read_bytes("sae_config.json"), out.read_bytes("sae.safetensors"))
+    settings = out.read_json("metrics.json")["settings"]
+    assert model.W_dec is not None and settings["dead_after"] == N_TEXTS - len(EMPTY_IDS)
 
     # the published metrics and frequencies are what the published weights do to the corpus
     local = evaluate(model, non_empty().split(128))
@@ -96,14 +96,14 @@ def test_stage_on_s3_publishes_a_consistent_sae(s3_server, s3_uri, ray_local):
     # Ray Data, Train and DDP plumbing change nothing: a plain loop with the same seed, pre-bias
     # and epoch orders over the same rows trains the same weights
     x = non_empty()
-    spec = train_sae.resolve_run(cfg.sae, DIM, len(x), cfg.seed)
+    spec = sae_train.resolve_run(cfg.sae, DIM, len(x), cfg.seed)
     torch.manual_seed(cfg.seed)
-    plain = TopKSAE.from_config(spec.model)
-    plain.init_pre_bias(x, method="geometric_median")
+    plain = TopKSAE(spec.model)
+    plain.set_pre_bias(data_centre(x, "geometric_median"))
     optimizer = build_optimizer(plain, spec.lr)
     state = TrainState(plain.n_latents, spec.dead_after)
     for epoch in range(spec.epochs):
-        order = train_sae.epoch_order(len(x), cfg.seed, epoch)
+        order = sae_train.epoch_order(len(x), cfg.seed, epoch)
         train_epoch(plain, optimizer, (x[order[i : i + 64]] for i in range(0, len(x), 64)), state)
     for name, tensor in plain.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
@@ -139,27 +139,28 @@ def test_crashed_run_resumes_from_its_checkpoint_and_matches_uninterrupted(tmp_p
         "tokens": pa.array(np.full(N_TEXTS, 3, np.int32)),
     }), source / "part-00000.parquet")
     fs = LocalFileSystem()
-    ds = train_sae.embedding_dataset(str(source), fs)
+    ds = sae_train.embedding_dataset(str(source), fs)
     cfg = load_config(None, [*SAE_SETTINGS, "sae.epochs=2", "sae.dead_after=100", "sae.cache_shard=false"]).sae
-    spec = train_sae.resolve_run(cfg, DIM, N_TEXTS, seed=3)
-    spec = replace(spec, pre_bias=train_sae.pre_bias_from_sample(ds, "mean"))
+    spec = sae_train.resolve_run(cfg, DIM, N_TEXTS, seed=3)
+    spec = replace(spec, pre_bias=sae_train.pre_bias_from_sample(ds, "mean"))
 
     def fit(dataset, name):
-        return train_sae.train_on_ray(dataset, spec, str(tmp_path / "train"), fs, name, num_workers=1, use_gpu=False)
+        return sae_train.train_on_ray(dataset, spec, str(tmp_path / "train"), fs, name, num_workers=1, use_gpu=False)
 
-    whole = train_sae.read_final(fit(ds, "whole").checkpoint)
+    whole = sae_train.read_final(fit(ds, "whole").checkpoint)
 
     crashing = ds.map_batches(FailAfterRows(str(tmp_path / "rows.txt"), limit=N_TEXTS), batch_size=50)
     crashing.context.execution_options.preserve_order = True
     with pytest.raises(ray.train.TrainingFailedError):
         fit(crashing, "crashy")
     assert os.path.exists(tmp_path / "train" / "crashy")
-    resumed = train_sae.read_final(fit(ds, "crashy").checkpoint)
+    resumed = sae_train.read_final(fit(ds, "crashy").checkpoint)
 
     assert resumed[0]["resumed_from_epoch"] == 1 and whole[0]["resumed_from_epoch"] == 0
     assert [e["epoch"] for e in resumed[0]["history"]] == [1, 2]
-    for name, tensor in whole[1].items():
-        assert torch.equal(tensor, resumed[1][name]), name
+    resumed_state = TopKSAE.from_bytes(*resumed[1]).state_dict()
+    for name, tensor in TopKSAE.from_bytes(*whole[1]).state_dict().items():
+        assert torch.equal(tensor, resumed_state[name]), name
     assert torch.equal(whole[2], resumed[2])
     assert resumed[0]["final"]["fvu"] == whole[0]["final"]["fvu"]
     assert asdict(spec)["pre_bias"] is not None
@@ -167,13 +168,12 @@ def test_crashed_run_resumes_from_its_checkpoint_and_matches_uninterrupted(tmp_p
 
 def test_settings_follow_the_sizing_rule_and_reject_bad_values():
     cfg = load_config(None, ["sae.variant=tied", "sae.aux_k=0"]).sae
-    spec = train_sae.resolve_run(cfg, 384, 198_502, seed=0)
-    assert spec.model == {"d_in": 384, "n_latents": 16_384, "k": 32, "tied": True, "aux_k": None,
-                          "aux_coef": cfg.aux_coef}
+    spec = sae_train.resolve_run(cfg, 384, 198_502, seed=0)
+    assert spec.model == SAEConfig(d_in=384, n_latents=16_384, k=32, tied=True, aux_k=None, aux_coef=cfg.aux_coef)
     assert spec.dead_after == 198_502 and spec.lr == pytest.approx(1e-3)
-    small = train_sae.resolve_run(load_config(None, ["sae.n_latents=64"]).sae, 16, 500, seed=0)
-    assert small.model["n_latents"] == 64 and small.model["aux_k"] == 64
+    small = sae_train.resolve_run(load_config(None, ["sae.n_latents=64"]).sae, 16, 500, seed=0)
+    assert small.model.n_latents == 64 and small.model.aux_k == 64
     with pytest.raises(ConfigError, match="sae.k=32 exceeds sae.n_latents=16"):
         load_config(None, ["sae.n_latents=16"])
     with pytest.raises(StageError, match="sae.k=512 exceeds the number of latents 256"):
-        train_sae.resolve_run(load_config(None, ["sae.k=512"]).sae, 16, 500, seed=0)
+        sae_train.resolve_run(load_config(None, ["sae.k=512"]).sae, 16, 500, seed=0)

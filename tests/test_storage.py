@@ -9,7 +9,6 @@ import textwrap
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-import torch
 
 from saerec.config import load_config
 from saerec.pipeline import Runner, StageError, StageInput
@@ -299,11 +298,12 @@ def test_a_truncated_output_names_the_file_and_the_stage_to_rerun(s3_server, s3_
 def test_an_output_damaged_in_place_names_the_file_and_the_stage(tmp_path):
     """Same size, wrong bytes (or a manifest from before sizes were recorded): the reader's error,
     named with the file and the stage to re-run, instead of a traceback from inside the reader."""
-    from saerec import artifacts
+    from saerec import artifacts, restore
     from saerec.pipeline import Stage
+    from saerec.sae import SAEConfig, TopKSAE
 
     def write_sae(ctx):
-        artifacts.write_sae(ctx.output, {"d_in": 2}, {"w": torch.ones(2, 2)}, {})
+        artifacts.write_sae(ctx.output, *TopKSAE(SAEConfig(d_in=2, n_latents=4, k=1, tied=True)).to_bytes())
         return {}
 
     runner = make_runner(str(tmp_path / "out"))
@@ -312,16 +312,104 @@ def test_an_output_damaged_in_place_names_the_file_and_the_stage(tmp_path):
     damaged = _damage(runner, "train_sae", "sae.safetensors", lambda b: b[:8] + b"\x00" * (len(b) - 8))
     found = StageInput(runner.store, runner.manifest("train_sae"))
     with pytest.raises(StageError) as failure:
-        artifacts.read_sae_files(found)
+        restore.sae(found)
     assert str(failure.value).startswith(f"cannot read {damaged}, an output of stage train_sae: ")
     assert str(failure.value).endswith("the file is damaged (cut short or overwritten): re-run that stage with "
                                        "--stages train_sae --force")
     _damage(runner, "train_sae", "sae_config.json", lambda b: b[:-5] + b"\x00" * 5)
     with pytest.raises(StageError, match=r"cannot read .*/sae_config.json, an output of stage train_sae: "):
-        artifacts.read_sae_files(found)
+        restore.sae(found)
 
     runner.run_stage(NUMBERS)
     damaged = _damage(runner, "numbers", "numbers.parquet", lambda b: b[:4] + b"\x00" * (len(b) - 8) + b[-4:])
     with pytest.raises(StageError, match=rf"cannot read {damaged}, an output of stage numbers: .*re-run that stage "
                                          r"with --stages numbers --force"):
         StageInput(runner.store, runner.manifest("numbers")).read_table("numbers.parquet")
+
+
+def test_storage_knows_no_model_class():
+    """artifacts and storage hand back files, bytes and state dicts; the models are built elsewhere
+    (saerec.restore), so storage never imports a model module."""
+    import ast
+
+    def imported(path):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
+        return found
+
+    for name in ("artifacts.py", "storage.py"):
+        models = sorted(m for m in imported(REPO / "saerec" / name)
+                        if m.startswith(("saerec.rec", "saerec.sae")) or m in ("saerec.rec", "saerec.sae"))
+        assert models == [], f"saerec/{name} imports {models}"
+
+
+def test_nonempty_vectors_drop_empty_texts_and_give_a_writable_float32_matrix():
+    from saerec import artifacts, schemas
+
+    table = pa.table({"text_id": pa.array([4, 5, 6], pa.int64()),
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 0.0, 0.0, 3.0, 4.0],
+                                                                           pa.float32()), 2),
+                      "tokens": pa.array([3, 0, 1], pa.int32()), "truncated": pa.array([False] * 3)},
+                     schema=schemas.embedding_table_schema(2))
+    for batch in (table, table.to_batches()[0], pa.concat_tables([table.slice(0, 1), table.slice(1)])):
+        kept, matrix = artifacts.nonempty_vectors(batch)
+        assert kept.tolist() == [True, False, True]
+        assert matrix.dtype == "float32" and matrix.flags.writeable and matrix.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    kept, matrix = artifacts.nonempty_vectors(table.slice(1, 1))
+    assert kept.tolist() == [False] and matrix.shape == (0, 2)
+
+
+def test_codes_stream_back_as_written_and_profiles_turn_latent_ids_into_positions(tmp_path):
+    """The SAE codes explain publishes come back per text as (values, latent ids); item profiles
+    record latent ids, and a reader that needs positions in an intent set gets them from the set."""
+    import numpy as np
+
+    from saerec import artifacts, schemas
+    from saerec.pipeline import Stage
+
+    values = np.arange(12, dtype=np.float32).reshape(6, 2)
+    latents = np.array([[0, 3], [1, 2], [3, 1], [2, 0], [1, 3], [0, 2]])
+
+    def explain(ctx):
+        artifacts.write_codes(ctx.output, 0, np.arange(10, 14), values[:4], latents[:4])
+        artifacts.write_codes(ctx.output, 3, np.arange(14, 16), values[4:], latents[4:])
+        artifacts.write_table(ctx.output, artifacts.PROFILES, pa.table({
+            "set": ["judged", "judged", "all"], "item": [1, 2, 1], "intents": [[7, 3], [3], [7, 3, 0]],
+            "weights": [[0.5, 0.25], [0.75], [0.5, 0.25, 0.125]]}, schema=schemas.ITEM_PROFILES))
+        return {}
+
+    runner = make_runner(str(tmp_path / "out"))
+    runner.run_stage(Stage(name="explain", run=explain))
+    found = StageInput(runner.store, runner.manifest("explain"))
+    chunks = list(artifacts.read_codes(found, batch_size=3))
+    assert all(len(ids) <= 3 for ids, _, _ in chunks)
+    ids, got_values, got_latents = (np.concatenate(part) for part in zip(*chunks))
+    assert ids.tolist() == list(range(10, 16))
+    assert np.array_equal(got_values, values) and np.array_equal(got_latents, latents)
+
+    assert artifacts.read_profiles(found, "judged") == {1: ([7, 3], [0.5, 0.25]), 2: ([3], [0.75])}
+    assert artifacts.read_profiles(found, "judged", np.array([3, 7])) == {1: ([1, 0], [0.5, 0.25]), 2: ([0], [0.75])}
+    with pytest.raises(StageError, match=r"item_profiles.parquet gives item 1 latent 7, which the 'judged' intent set "
+                                         "does not hold; the profile and judge outputs do not match"):
+        artifacts.read_profiles(found, "judged", np.array([3, 5]))
+
+
+def test_codes_with_rows_of_different_sizes_are_refused_naming_the_folder(tmp_path):
+    from saerec import artifacts, schemas
+    from saerec.pipeline import Stage
+
+    def explain(ctx):
+        artifacts.write_table(ctx.output, artifacts.CODES, pa.table({
+            "text_id": pa.array([1, 2], pa.int64()), "latents": pa.array([[0, 1], [2]], pa.list_(pa.int32())),
+            "values": pa.array([[0.5, 0.25], [0.5]], pa.list_(pa.float32()))}, schema=schemas.SAE_CODES), part=0)
+        return {}
+
+    runner = make_runner(str(tmp_path / "out"))
+    runner.run_stage(Stage(name="explain", run=explain))
+    found = StageInput(runner.store, runner.manifest("explain"))
+    with pytest.raises(StageError, match=r"/codes holds rows with different numbers of latents and values"):
+        list(artifacts.read_codes(found, batch_size=10))

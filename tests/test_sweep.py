@@ -9,15 +9,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from saerec import artifacts, tuning
+from saerec import artifacts, restore, tuning
 from saerec.config import ConfigError, JudgeSection, load_config, parse_judge
 from saerec.pipeline import Runner, Stage, StageContext, StageInput, fingerprint
 from saerec.rec.runs import RunSettings, run_settings
 from saerec.rec.variants import random_like
-from saerec.sae.model import TopKSAE
+from saerec.sae.model import SAEConfig, TopKSAE
 from saerec.stages import prepare, profile, sweep
 from saerec.storage import Store
 from tests.conftest import TINY_DEMO
+from tests.test_stage_rec import EXPLAIN
 from tests.toy_stages import DOUBLE, NUMBERS
 
 
@@ -243,14 +244,14 @@ def _stand_in_embed(ctx: StageContext) -> dict:
 
 def _stand_in_sae(ctx: StageContext) -> dict:
     torch.manual_seed(2)
-    sae = TopKSAE(d_in=DIM, n_latents=12, k=2, tied=False)
-    artifacts.write_sae(ctx.output, sae.config(), sae.state_dict(), {})
+    sae = TopKSAE(SAEConfig(d_in=DIM, n_latents=12, k=2, tied=False))
+    artifacts.write_sae(ctx.output, *sae.to_bytes())
     return {"n_latents": 12}
 
 
 def _stand_in_judge(ctx: StageContext) -> dict:
     latents = np.array([1, 4, 7, 9])
-    vectors = artifacts.read_sae(ctx.input("train_sae")).intent_vectors().detach()[latents]
+    vectors = restore.sae(ctx.input("train_sae")).intent_vectors()[latents]
     artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, latents))
     ctx.output.write_table(artifacts.FEATURES.name, pa.table({"latent": [1, 4, 7, 9], "summary": ["a", "b", "c", "d"]}))
     return {"kept": 4}
@@ -258,6 +259,7 @@ def _stand_in_judge(ctx: StageContext) -> dict:
 
 STAND_INS = (Stage("embed", _stand_in_embed, ("prepare",), ("embed",)),
              Stage("train_sae", _stand_in_sae, ("embed",), ("sae",)),
+             EXPLAIN,
              Stage("judge", _stand_in_judge, ("train_sae",), ("judge",)),
              profile.STAGE)
 

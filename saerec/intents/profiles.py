@@ -57,19 +57,19 @@ class ProfileAccumulator:
         return items, latents, values
 
     def profiles(self, kept: np.ndarray, max_intents: int) -> dict[int, tuple[list[int], list[float]]]:
-        """``{item: (intent ids, weights)}`` over the ``kept`` latents (intent i = kept[i]), each
-        item's strongest ``max_intents`` first; items whose texts fire none of them are absent."""
-        position = torch.full((self.n_latents,), -1, dtype=torch.long)
-        position[torch.as_tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
+        """``{item: (latent ids, weights)}`` over the ``kept`` latents, each item's strongest
+        ``max_intents`` first; items whose texts fire none of them are absent. The ids are SAE latent
+        ids, whatever order ``kept`` lists them in."""
+        member = torch.zeros(self.n_latents, dtype=torch.bool)
+        member[torch.as_tensor(kept, dtype=torch.long)] = True
         items, latents, values = self.pooled()
-        intents = position[latents]
-        keep = intents >= 0
-        items, intents, values = items[keep], intents[keep], values[keep]
+        keep = member[latents]
+        items, latents, values = items[keep], latents[keep], values[keep]
         out: dict[int, tuple[list[int], list[float]]] = {}
         order = np.lexsort((-values.numpy(), items.numpy()))
-        items_np, intents_np, values_np = items.numpy()[order], intents.numpy()[order], values.numpy()[order]
+        items_np, latents_np, values_np = items.numpy()[order], latents.numpy()[order], values.numpy()[order]
         starts = np.flatnonzero(np.r_[True, items_np[1:] != items_np[:-1]]) if len(items_np) else np.array([], int)
         for start, end in zip(starts, [*starts[1:], len(items_np)]):
             stop = min(end, start + max_intents)
-            out[int(items_np[start])] = (intents_np[start:stop].tolist(), values_np[start:stop].tolist())
+            out[int(items_np[start])] = (latents_np[start:stop].tolist(), values_np[start:stop].tolist())
         return out

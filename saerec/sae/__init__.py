@@ -1,5 +1,5 @@
 """TopK sparse autoencoder: model, sizing rule, metrics and framework-free training pieces."""
-from saerec.sae.model import SAEOutput, TopKSAE, geometric_median
+from saerec.sae.model import SAEConfig, SAEOutput, TopKSAE, data_centre, geometric_median
 from saerec.sae.sizing import num_latents
 from saerec.sae.training import (
     TrainState,
@@ -12,11 +12,13 @@ from saerec.sae.training import (
 )
 
 __all__ = [
+    "SAEConfig",
     "SAEOutput",
     "TopKSAE",
     "TrainState",
     "build_optimizer",
     "checkpoint_state",
+    "data_centre",
     "default_lr",
     "evaluate",
     "geometric_median",

@@ -10,22 +10,71 @@ Two variants share one class because they differ only in where the decoder comes
   step on a direction the renormalisation undoes), plus an AuxK loss that lets dead latents
   learn from the residual the live ones leave.
 
-The model knows nothing of Ray or storage; ``state_dict()`` holds plain tensors and
-``config()`` a JSON-able dict, which is all a stage needs to save and rebuild it.
+The model knows nothing of Ray or storage. Its constructor arguments are one ``SAEConfig``, and
+it owns its persistence (as EleutherAI's sparsify does): ``to_bytes`` gives a config JSON and a
+safetensors state dict, ``from_bytes`` rebuilds the trained model from them; storage only moves
+the bytes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
 from saerec.sae.metrics import fvu
 
 PRE_BIAS_METHODS = ("geometric_median", "mean")
 DEFAULT_AUX_COEF = 1.0 / 32.0
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """The constructor arguments of a ``TopKSAE``, checked on creation.
+
+    ``aux_k`` None turns AuxK off; ``tied`` picks the paper's decoder (the encoder's transpose).
+    """
+
+    d_in: int
+    n_latents: int
+    k: int
+    tied: bool
+    aux_k: int | None = None
+    aux_coef: float = DEFAULT_AUX_COEF
+
+    def __post_init__(self) -> None:
+        if self.d_in <= 0:
+            raise ValueError(f"d_in must be positive, got {self.d_in}")
+        if not 0 < self.k <= self.n_latents:
+            raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
+        if self.aux_k is not None and not 0 < self.aux_k <= self.n_latents:
+            raise ValueError(f"aux_k must be None or in [1, n_latents={self.n_latents}], got {self.aux_k}")
+        if self.aux_coef < 0:
+            raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "SAEConfig":
+        """The config from ``to_dict()``; a missing or unknown key is a ValueError naming it."""
+        if not isinstance(config, dict):
+            raise ValueError(f"SAE config must be a JSON object, got {type(config).__name__}")
+        known = {f.name for f in fields(cls)}
+        required = ("d_in", "n_latents", "k", "tied")
+        missing = [key for key in required if key not in config]
+        if missing:
+            raise ValueError(f"SAE config is missing key(s) {missing}; got keys {sorted(config)}")
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"SAE config has unknown key(s) {sorted(unknown)}")
+        return cls(**config)
 
 
 @dataclass
@@ -49,86 +98,58 @@ class TopKSAE(nn.Module):
     are positive, never more.
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        n_latents: int,
-        k: int,
-        tied: bool,
-        aux_k: int | None = None,
-        aux_coef: float = DEFAULT_AUX_COEF,
-    ) -> None:
+    def __init__(self, config: SAEConfig) -> None:
         super().__init__()
-        if d_in <= 0:
-            raise ValueError(f"d_in must be positive, got {d_in}")
-        if not 0 < k <= n_latents:
-            raise ValueError(f"k must be in [1, n_latents={n_latents}], got {k}")
-        if aux_k is not None and not 0 < aux_k <= n_latents:
-            raise ValueError(f"aux_k must be None or in [1, n_latents={n_latents}], got {aux_k}")
-        if aux_coef < 0:
-            raise ValueError(f"aux_coef must be >= 0, got {aux_coef}")
-        self.d_in = d_in
-        self.n_latents = n_latents
-        self.k = k
-        self.tied = tied
-        self.aux_k = aux_k
-        self.aux_coef = aux_coef
+        self.config = config
+        self.d_in, self.n_latents, self.k = config.d_in, config.n_latents, config.k
+        self.tied, self.aux_k, self.aux_coef = config.tied, config.aux_k, config.aux_coef
 
-        directions = F.normalize(torch.randn(n_latents, d_in), dim=1)
+        directions = F.normalize(torch.randn(config.n_latents, config.d_in), dim=1)
         self.W_enc = nn.Parameter(directions)
-        self.b_enc = nn.Parameter(torch.zeros(n_latents))
-        self.b_pre = nn.Parameter(torch.zeros(d_in))
-        self.W_dec = None if tied else nn.Parameter(directions.clone())
+        self.b_enc = nn.Parameter(torch.zeros(config.n_latents))
+        self.b_pre = nn.Parameter(torch.zeros(config.d_in))
+        self.W_dec = None if config.tied else nn.Parameter(directions.clone())
 
-    # -- construction and persistence ------------------------------------------------------
+    # -- persistence ----------------------------------------------------------------------------
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments, saved beside the weights."""
-        return {
-            "d_in": self.d_in,
-            "n_latents": self.n_latents,
-            "k": self.k,
-            "tied": self.tied,
-            "aux_k": self.aux_k,
-            "aux_coef": self.aux_coef,
-        }
+    def to_bytes(self) -> tuple[bytes, bytes]:
+        """(config JSON, safetensors state dict): everything ``from_bytes`` needs."""
+        config = json.dumps(self.config.to_dict(), indent=2, sort_keys=True).encode()
+        state = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
+        return config, save_tensors(state)
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "TopKSAE":
-        """Rebuild an (untrained) model from ``config()``; load weights with load_state_dict."""
-        required = ("d_in", "n_latents", "k", "tied")
-        missing = [key for key in required if key not in config]
-        if missing:
-            raise KeyError(f"SAE config is missing key(s) {missing}; got keys {sorted(config)}")
-        unknown = set(config) - set(required) - {"aux_k", "aux_coef"}
-        if unknown:
-            raise KeyError(f"SAE config has unknown key(s) {sorted(unknown)}")
-        return cls(**config)
+    @staticmethod
+    def config_from_bytes(config: bytes) -> SAEConfig:
+        """The config part of ``to_bytes``; a damaged or foreign one is a ValueError saying why."""
+        try:
+            parsed = json.loads(config)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"SAE config is not valid JSON: {exc}") from exc
+        try:
+            return SAEConfig.from_dict(parsed)
+        except TypeError as exc:
+            raise ValueError(f"SAE config has a value of the wrong type: {exc}") from exc
 
     @classmethod
-    def from_saved(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "TopKSAE":
-        """A trained model from what a run saved: ``config()`` and the state dict, in eval mode."""
-        model = cls.from_config(config)
-        model.load_state_dict(state)
+    def from_bytes(cls, config: SAEConfig | bytes, weights: bytes) -> "TopKSAE":
+        """The trained model, in eval mode, from ``to_bytes`` output; weights that do not fit the
+        config (or are no safetensors file) are a ValueError saying why."""
+        if isinstance(config, bytes):
+            config = cls.config_from_bytes(config)
+        model = cls(config)
+        try:
+            state = load_tensors(weights)
+        except SafetensorError as exc:
+            raise ValueError(f"SAE weights are not a safetensors file: {exc}") from exc
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"SAE weights do not fit the config {config.to_dict()}: {exc}") from exc
         return model.eval()
 
     @torch.no_grad()
-    def init_pre_bias(self, sample: Tensor, method: str = "geometric_median") -> None:
-        """Centre the model on the data before training.
-
-        The geometric median is robust to the outlying embeddings every corpus has (empty or
-        boilerplate texts), which the mean is not; both are offered because the mean is exact
-        and free for huge samples.
-        """
-        if method not in PRE_BIAS_METHODS:
-            raise ValueError(f"pre-bias method must be one of {PRE_BIAS_METHODS}, got {method!r}")
-        self._check_input(sample)
-        sample = sample.to(self.b_pre.device, torch.float32)
-        self.set_pre_bias(geometric_median(sample) if method == "geometric_median" else sample.mean(0))
-
-    @torch.no_grad()
     def set_pre_bias(self, centre: Tensor) -> None:
-        """Set b_pre to a centre computed elsewhere (e.g. once on a driver for many workers)."""
+        """Set b_pre to the data's centre (``data_centre``, computed once on a driver for many workers)."""
         if centre.shape != (self.d_in,):
             raise ValueError(f"pre-bias must have shape ({self.d_in},), got {tuple(centre.shape)}")
         self.b_pre.copy_(centre.to(self.b_pre.device, self.b_pre.dtype))
@@ -240,6 +261,22 @@ class TopKSAE(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.d_in:
             raise ValueError(f"SAE input must be (batch, {self.d_in}), got {tuple(x.shape)}")
+
+
+@torch.no_grad()
+def data_centre(sample: Tensor, method: str = "geometric_median") -> Tensor:
+    """Where to centre the model before training (its b_pre), from a sample of the inputs.
+
+    The geometric median is robust to the outlying embeddings every corpus has (empty or
+    boilerplate texts), which the mean is not; both are offered because the mean is exact
+    and free for huge samples.
+    """
+    if method not in PRE_BIAS_METHODS:
+        raise ValueError(f"pre-bias method must be one of {PRE_BIAS_METHODS}, got {method!r}")
+    if sample.dim() != 2 or sample.shape[0] == 0:
+        raise ValueError(f"the pre-bias sample must be a non-empty (n, d) tensor, got {tuple(sample.shape)}")
+    sample = sample.float()
+    return geometric_median(sample) if method == "geometric_median" else sample.mean(0)
 
 
 @torch.no_grad()

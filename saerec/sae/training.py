@@ -43,7 +43,7 @@ def build_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def unwrap(model: nn.Module) -> TopKSAE:
+def unwrap_sae(model: nn.Module) -> TopKSAE:
     """The TopKSAE inside a DDP (or similar) wrapper, or the model itself."""
     core = getattr(model, "module", model)
     if not isinstance(core, TopKSAE):
@@ -183,7 +183,7 @@ class ReconstructionStats:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, x: Tensor) -> SAEOutput:
     """One optimiser step: AuxK sees the dead latents, the decoder stays unit-norm."""
-    core = unwrap(model)
+    core = unwrap_sae(model)
     if state.step % DEAD_COUNT_REFRESH_STEPS == 0:
         state.refresh_n_dead()
     out = model(x, dead_mask=state.dead_mask(), n_dead=state.n_dead)
@@ -209,7 +209,7 @@ def train_epoch(
     summed across workers so every worker holds the same dead mask. Inside an epoch the loop
     waits on the device only to refresh the dead count, so the GPU queue stays full.
     """
-    core = unwrap(model)
+    core = unwrap_sae(model)
     device = core.b_pre.device
     state.to(device)
     model.train()
@@ -246,7 +246,7 @@ def train_epoch(
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Tensor], reduce: Reduce | None = None) -> dict[str, Any]:
     """Corpus-level FVU, L0, dead %, density histogram and per-latent activation counts."""
-    core = unwrap(model)
+    core = unwrap_sae(model)
     device = core.b_pre.device
     model.eval()
     stats = ReconstructionStats.zeros(core.d_in, core.n_latents, device)
@@ -261,9 +261,9 @@ def evaluate(model: nn.Module, batches: Iterable[Tensor], reduce: Reduce | None 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> dict[str, Any]:
     """Everything a resumed run needs, as plain (torch.save-able) objects."""
-    core = unwrap(model)
+    core = unwrap_sae(model)
     return {
-        "config": core.config(),
+        "config": core.config.to_dict(),
         "model": {name: t.detach().cpu().clone() for name, t in core.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "train_state": state.state_dict(),
@@ -274,9 +274,9 @@ def load_checkpoint_state(
     checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState
 ) -> None:
     """Restore ``checkpoint_state`` output into freshly built objects (in place)."""
-    core = unwrap(model)
-    if checkpoint["config"] != core.config():
-        raise ValueError(f"checkpoint SAE config {checkpoint['config']} does not match model {core.config()}")
+    core = unwrap_sae(model)
+    if checkpoint["config"] != core.config.to_dict():
+        raise ValueError(f"checkpoint SAE config {checkpoint['config']} does not match model {core.config.to_dict()}")
     core.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     state.load_state_dict(checkpoint["train_state"])

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from saerec import artifacts, schemas
+from saerec import artifacts, restore, schemas
 from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import leave_one_out
@@ -277,7 +277,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     item_buckets, head_min = popularity_buckets(counts)
     user_buckets = item_buckets[split.test.targets]
     for r in ctx.progress(runs, total=len(runs), desc="evaluate"):
-        model = artifacts.read_model(train_rec, r)
+        model = restore.rec_model(train_rec, r)
         test_ranks = rank_users(model, split.test, cfg.mask_history)
         valid_ranks = rank_users(model, split.valid, cfg.mask_history)
         per_run.append({"name": r["name"], "variant": r["variant"], "seed": r["seed"], "best_epoch": r["best_epoch"],
@@ -304,7 +304,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                               "by_popularity": popularity})
 
     explained = pick_explained(runs) or sorted(runs, key=lambda r: (r["variant"], r["seed"]))[0]
-    model = artifacts.read_model(train_rec, explained)
+    model = restore.rec_model(train_rec, explained)
     latents, summaries = None, {}
     if explained["spec"]["intent_set"] == "judged":
         latents = artifacts.read_judged_latents(train_rec)

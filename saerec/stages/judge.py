@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from saerec import artifacts
+from saerec import artifacts, restore
 from saerec.config import EmbedSection, JudgeSection
 from saerec.intents.features import features_table, judge_metrics, judging_order
 from saerec.intents.judges import resolve_local_model
@@ -87,7 +87,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.backend == "local":
         check_local_models(cfg)
     explained = artifacts.read_table(ctx.input("explain"), artifacts.LATENTS)
-    sae = artifacts.read_sae(ctx.input("train_sae"))
+    sae = restore.sae(ctx.input("train_sae"))
     if cfg.summary_candidates > 1:
         check_selection_encoder(ctx.sections["embed"], sae.d_in)
     if cfg.detection and cfg.detection_scoring == "embedding":

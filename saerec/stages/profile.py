@@ -1,17 +1,17 @@
 """Stage ``profile``: every item's intent profile, the SAE activations of its texts pooled per item.
 
-The embedding shards stream through the SAE on a Ray Data actor (which also maps each text to its
-item); the driver folds the sparse codes into one item x latent table as they come
-(``saerec.intents.profiles``), so memory follows the (item, latent) pairs that fire, not the
-corpus. The corpus holds an item's description and its TRAINING reviews only (prepare), so no
-valid or test text ever enters a profile.
+The SAE codes explain published (``CODES``) stream in batches, each text mapped to its item, and
+fold into one item x latent table as they come (``saerec.intents.profiles``), so memory follows
+the (item, latent) pairs that fire, not the corpus; the text embeddings stream the same way into
+per-item sums. The corpus holds an item's description and its TRAINING reviews only (prepare), so
+no valid or test text ever enters a profile.
 
-Reads: prepare (the corpus' text -> item map), embed (text embeddings), train_sae (the SAE),
-judge (the kept latents). Writes the artifacts ``ITEM_TEXT_VECTORS`` (each item's mean text
+Reads: prepare (the corpus' text -> item map), embed (text embeddings), train_sae (the SAE's size),
+explain (the SAE codes), judge (the kept latents). Writes the artifacts ``ITEM_TEXT_VECTORS`` (each item's mean text
 embedding, the dense-text control's input) and ``PROFILES``: for the ``judged`` set (the kept
-latents, in the judge's order) and the ``all`` set (every latent, for noIde) one row per item with
-text, its strongest ``profile.max_intents`` intents and their pooled weights. An item without
-text has no row: its profile is empty.
+latents) and the ``all`` set (every latent, for noIde) one row per item with text, its strongest
+``profile.max_intents`` intents as SAE latent ids and their pooled weights. An item without text
+has no row: its profile is empty.
 
 With prepare's category labels it also scores category purity (``saerec.intents.purity``): the
 kept latents against the rejected ones (every latent the judge did not keep), k-means clusters of
@@ -27,66 +27,56 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import ray
 import torch
 
-from saerec import artifacts, schemas
+from saerec import artifacts, restore, schemas
 from saerec.config import ProfileSection
 from saerec.intents import purity
 from saerec.intents.profiles import ProfileAccumulator
-from saerec.pipeline import Stage, StageContext, StageError
-from saerec.sae.model import TopKSAE
+from saerec.pipeline import Stage, StageContext, StageError, StageFiles
 
 
-class EncodeTexts:
-    """Ray Data actor: the SAE codes of a batch of text embeddings, with each text's item."""
+BATCH_TEXTS = 4096
 
-    def __init__(self, sae_config: dict[str, Any], sae_state: dict[str, Any], corpus_path: str, filesystem: Any) -> None:
-        self.sae = TopKSAE.from_saved(sae_config, sae_state)
-        corpus = artifacts.dataset_at(corpus_path, filesystem).to_table(columns=["text_id", "item"])
+
+class TextItems:
+    """The corpus' text -> item map (prepare), for the texts of a batch."""
+
+    def __init__(self, prepare: StageFiles) -> None:
+        corpus = artifacts.dataset(prepare, artifacts.CORPUS).to_table(columns=["text_id", "item"])
         order = np.argsort(corpus.column("text_id").to_numpy())
         self.text_ids = corpus.column("text_id").to_numpy()[order]
         self.items = corpus.column("item").to_numpy()[order]
 
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        kept = batch.filter(pc.greater(batch.column("tokens"), 0))
-        ids = kept.column("text_id").to_numpy()
+    def __call__(self, ids: np.ndarray, source: str) -> torch.Tensor:
         where = np.searchsorted(self.text_ids, ids)
         if len(ids) and (where.max() >= len(self.text_ids) or not np.array_equal(self.text_ids[where], ids)):
-            raise StageError("profile: an embedded text is not in prepare's corpus; embed and prepare outputs do not match")
-        vectors = torch.from_numpy(np.array(  # a copy: the arrow buffer is read-only
-            kept.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1), dtype=np.float32))
-        with torch.inference_mode():
-            values, latents = self.sae.encode(vectors) if len(ids) else (torch.zeros(0, self.sae.k),
-                                                                          torch.zeros(0, self.sae.k, dtype=torch.long))
-        return {"item": self.items[where], "values": values.numpy(), "latents": latents.numpy(),
-                "vector": vectors.numpy()}
+            raise StageError(f"profile: a text of {source} is not in prepare's corpus; {source} and prepare outputs "
+                             "do not match")
+        return torch.from_numpy(self.items[where].astype(np.int64))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: ProfileSection = ctx.sections["profile"]
-    embed, train_sae, prepare = ctx.input("embed"), ctx.input("train_sae"), ctx.input("prepare")
-    sae_config, sae_state = artifacts.read_sae_files(train_sae)
+    embed, explain, prepare = ctx.input("embed"), ctx.input("explain"), ctx.input("prepare")
     kept = artifacts.read_intent_set(ctx.input("judge")).latents
-    codes = ray.data.read_parquet(artifacts.EMBEDDINGS.path(embed), filesystem=ctx.store.fs,
-                                  columns=["text_id", "vector", "tokens"]).map_batches(
-        EncodeTexts, fn_constructor_kwargs={"sae_config": sae_config, "sae_state": sae_state,
-                                            "corpus_path": artifacts.CORPUS.path(prepare), "filesystem": ctx.store.fs},
-        compute=ray.data.ActorPoolStrategy(size=1), batch_size=4096, batch_format="pyarrow")
+    n_latents = restore.sae_config(ctx.input("train_sae")).n_latents
+    items_of = TextItems(prepare)
     n_items = int(artifacts.read_table(prepare, artifacts.ITEMS, ["item"]).column("item").to_numpy().max())
-    folded = ProfileAccumulator(int(sae_config["n_latents"]), cfg.pooling)
+    folded = ProfileAccumulator(n_latents, cfg.pooling)
+    for ids, values, latents in artifacts.read_codes(explain, BATCH_TEXTS):
+        folded.add(items_of(ids, explain.uri()), torch.from_numpy(values), torch.from_numpy(latents))
     text_sums: torch.Tensor | None = None
-    for batch in codes.iter_batches(batch_format="numpy", batch_size=None):
-        items = torch.from_numpy(batch["item"]).long()
-        folded.add(items, torch.from_numpy(batch["values"]), torch.from_numpy(batch["latents"]))
-        vectors = torch.from_numpy(batch["vector"]).float()
+    for batch in artifacts.dataset(embed, artifacts.EMBEDDINGS).to_batches(columns=["text_id", "vector", "tokens"],
+                                                                            batch_size=BATCH_TEXTS):
+        keep, matrix = artifacts.nonempty_vectors(batch)
+        items = items_of(batch.column("text_id").to_numpy()[keep], embed.uri())
         if text_sums is None:
-            text_sums = torch.zeros(n_items + 1, vectors.shape[1], dtype=torch.float64)
-        text_sums.index_add_(0, items, vectors.double())
+            text_sums = torch.zeros(n_items + 1, matrix.shape[1], dtype=torch.float64)
+        text_sums.index_add_(0, items, torch.from_numpy(matrix).double())
     rows: dict[str, list] = {"set": [], "item": [], "intents": [], "weights": []}
     metrics: dict[str, Any] = {"items": n_items, "items_with_text": len(folded.texts), "pooling": cfg.pooling}
-    for name, latents in (("judged", kept), ("all", np.arange(int(sae_config["n_latents"])))):
+    for name, latents in (("judged", kept), ("all", np.arange(n_latents))):
         profiles = folded.profiles(latents, cfg.max_intents)
         for item in sorted(profiles):
             rows["set"].append(name)
@@ -105,7 +95,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                           pa.table({"item": with_text, "vector": means.tolist()}, schema=schemas.ITEM_TEXT_VECTORS))
     categories = artifacts.read_item_categories(prepare)
     if categories is not None:
-        metrics.update(_purity(ctx, cfg, folded, kept, int(sae_config["n_latents"]), np.array(with_text), means,
+        metrics.update(_purity(ctx, cfg, folded, kept, n_latents, np.array(with_text), means,
                                categories))
     return metrics
 
@@ -125,4 +115,5 @@ def _purity(ctx: StageContext, cfg: ProfileSection, folded: ProfileAccumulator, 
             "purity_skipped_categories": lab.skipped, **purity.summary(scored)}
 
 
-STAGE = Stage(name="profile", run=run, inputs=("prepare", "embed", "train_sae", "judge"), sections=("profile",))
+STAGE = Stage(name="profile", run=run, inputs=("prepare", "embed", "train_sae", "explain", "judge"),
+              sections=("profile",))

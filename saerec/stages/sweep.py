@@ -26,7 +26,7 @@ import torch
 
 from ray import tune
 
-from saerec import artifacts, tuning
+from saerec import artifacts, restore, tuning
 from saerec.config import Config, RunSection, SweepSection, parse_judge
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
 from saerec.rec.grounded import ItemProfiles
@@ -112,7 +112,7 @@ def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int,
             inputs = _publish_upstream(ctx, f"{ctx.run_name}-drop{round(drop * 100)}", notes, data=data)
         names = sorted({s.variant for s in specs if (s.review_drop, s.judge) == (drop, judge)})
         try:
-            sets, point_profiles = build_inputs(names, n_items, ctx.seed, artifacts.sources(inputs, n_items),
+            sets, point_profiles = build_inputs(names, n_items, ctx.seed, restore.sources(inputs, n_items),
                                                 ctx.sections["rec"].kmeans_clusters)
         except ValueError as exc:
             raise StageError(f"sweep: {exc}") from exc

@@ -24,7 +24,7 @@ import ray.train.torch
 import torch
 from ray.train.torch import TorchTrainer
 
-from saerec import artifacts
+from saerec import artifacts, restore
 from saerec.config import RecSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec.grounded import ItemProfiles
@@ -139,7 +139,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     settings = run_settings(cfg, ctx.sections["evaluate"])
     data = artifacts.read_sequences(ctx.input("prepare"))
     try:
-        intents, profiles = build_inputs(variants, data.n_items, ctx.seed, artifacts.sources(ctx.inputs, data.n_items),
+        intents, profiles = build_inputs(variants, data.n_items, ctx.seed, restore.sources(ctx.inputs, data.n_items),
                                          cfg.kmeans_clusters)
     except ValueError as exc:
         raise StageError(f"train_rec: {exc}") from exc
