@@ -301,15 +301,12 @@ def _shared(section: Any, target: type) -> dict[str, Any]:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in wanted}
 
 
-# rec keys that train_rec or the sweep read themselves; every other rec key is a model or fit setting that
-# reaches EncoderConfig, IntentConfig or FitConfig by its name (tests/test_config.py checks both).
-REC_RUN_KEYS = ("models", "seeds", "num_workers", "use_gpu", "kmeans_clusters", "max_failures", "checkpoint_seconds")
-
-
 @dataclass
 class RecSection:
-    """The recommender's settings, declared once: ``encoder``, ``intent`` and ``fit`` build the model
-    and fit configs from them by key name, so a new model setting is one field here plus its use."""
+    """The recommender's settings, declared once: ``encoder``, ``intent`` and ``fit`` fill the model and
+    fit configs from the keys named as their fields, so a new model setting is one field here, named as
+    the field of EncoderConfig, IntentConfig or FitConfig that uses it (tests/test_config.py checks that
+    every key but those train_rec and the sweep read themselves gets there)."""
 
     models: list[str] = _listof("sasrec", "saerec", "grounded")
     d: int = _bounded(64, lo=1)
