@@ -107,10 +107,10 @@ def train_trial(config: dict[str, Any], data: SweepData, rec: RecSection, evalua
         raise KeyError(f"trial {spec.trial_id}: intent set {spec.intents_key!r} was not provided")
     resume = states.load(spec.trial_id)
 
-    def on_epoch(metrics: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+    def on_epoch(epoch: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
         if snapshot is not None:
             states.save(spec.trial_id, snapshot)
-        tune.report({"done": False, **metrics})
+        tune.report({"done": False, **epoch})
 
     profiles = data.profiles.get(spec.intents_key) if variant(spec.variant).grounded else None
     trained = runs.train_run(spec.variant, spec.seed, rec, evaluate, split, intents, n_items=data.n_items,
