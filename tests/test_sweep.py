@@ -11,7 +11,7 @@ import torch
 
 from saerec import artifacts, tuning
 from saerec.config import ConfigError, EvaluateSection, JudgeSection, RecSection, load_config, parse_judge
-from saerec.pipeline import Runner, Stage, StageContext, StageInput, fingerprint
+from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
 from saerec.rec.runs import selection_ks
 from saerec.rec.variants import random_like
 from saerec.sae.model import TopKSAE
@@ -19,7 +19,7 @@ from saerec.stages import prepare, profile, sweep
 from saerec.storage import Store
 from saerec.workers import tune_trials
 from tests.conftest import TINY_DEMO
-from tests.toy_stages import DOUBLE, NUMBERS
+from tests.toy_stages import DOUBLE, NUMBERS, TOTAL
 
 
 def test_grid_is_the_union_of_one_factor_studies():
@@ -97,6 +97,19 @@ def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
     again = base.derived("toy-data", data=data_changed.cfg.data)
     assert again.run_stage(NUMBERS).get("skipped") and "reused_from" not in again.run_stage(NUMBERS)
     assert base.manifest("double")["metrics"] == {"rows": 30}, "the base run is never touched"
+
+
+def test_run_upstream_runs_what_a_stage_reads_in_order_and_reuses_the_base_runs_stages(tmp_path):
+    cfg = load_config(None, [f"storage.uri={tmp_path}", "run.name=toy", "data.demo.users=30"])
+    base = Runner(cfg, Store(cfg.storage.uri), stages={s.name: s for s in (TOTAL, DOUBLE, NUMBERS)})
+    assert list(base.run_upstream("total")) == ["numbers", "double"]
+    derived = base.derived("toy-sae", sae=dataclasses.replace(cfg.sae, k=3), embed=dataclasses.replace(cfg.embed,
+                                                                                                      layer=2))
+    found = derived.run_upstream("total")
+    assert found["numbers"]["reused_from"] == "toy" and found["double"]["run"] == "toy-sae"
+    assert derived.run_stage(TOTAL)["inputs"]["numbers"]["run"] == "toy", "what reads a reused stage reads the base's"
+    with pytest.raises(StageError, match="unknown stage 'judge'; stages are: total, double, numbers"):
+        base.run_upstream("judge")
 
 
 def test_sweep_fingerprint_covers_what_trials_read_and_nothing_else():
