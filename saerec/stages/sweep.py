@@ -2,10 +2,10 @@
 
 Every trial reads published upstream outputs only. A study point that changes an upstream
 input (another review-removal rate changes the corpus; another judge changes the intent set)
-gets its upstream stages through the normal ``Runner`` under a derived run name such as
-``{run}-drop10`` or ``{run}-judge-<name>``, reusing any stage whose fingerprint equals the base
-run's (so another judge re-runs the judge only) and any derived output an earlier sweep
-published. Tune's experiment state and each trial's training state live in ``ctx.train_storage()``,
+gets its upstream stages through the runner running this stage (``Runner.derived`` and
+``run_upstream``) under a derived run name such as ``{run}-drop10`` or ``{run}-judge-<name>``,
+reusing any stage whose fingerprint equals the base run's (so another judge re-runs the judge only)
+and any derived output an earlier sweep published. The trials are ``saerec.workers.tune_trials``'s. Tune's experiment state and each trial's training state live in ``ctx.train_storage()``,
 so a killed sweep re-run with the same inputs keeps its finished trials and continues the others.
 
 Outputs: ``results.parquet`` (one row per trial, ``schemas.sweep_results_schema``),
