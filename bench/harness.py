@@ -22,10 +22,10 @@ import torch
 
 from bench.shared_data import shared_data_dir
 from saerec import artifacts, restore
-from saerec.config import Config, load_config
+from saerec.config import Config, EvaluateSection, RecSection, load_config
 from saerec.pipeline import Runner, StageInput
 from saerec.rec import evaluate, stats
-from saerec.rec.runs import RunSettings, train_run
+from saerec.rec.runs import selection_ks, train_run
 from saerec.rec.variants import build_inputs, variant
 from saerec.runtime import init_ray
 from saerec.storage import Store
@@ -107,7 +107,8 @@ class Published:
         return build_inputs(names, n_items, seed, restore.sources(self, n_items), self.cfg.rec.kmeans_clusters)
 
 
-def train_cell(cell: str, name: str, seed: int, settings: RunSettings, split: Any, intents: dict[str, torch.Tensor],
+def train_cell(cell: str, name: str, seed: int, rec: RecSection, evaluation: EvaluateSection, split: Any,
+               intents: dict[str, torch.Tensor],
                profiles: dict[str, Any], n_items: int, out: Path, extra: dict[str, Any] | None = None,
                save_model: bool = False) -> dict[str, Any]:
     """Train one cell, test it once and write its part (and with ``save_model`` its selected
@@ -119,15 +120,15 @@ def train_cell(cell: str, name: str, seed: int, settings: RunSettings, split: An
         print(f"{cell} epoch {metrics['epoch']} loss {metrics['loss']:.3f} selection ndcg@20 "
               f"{metrics['valid_ndcg@20']:.4f} ({metrics['train_seconds']:.0f}s)", flush=True)
 
-    trained = train_run(name, seed, settings, split, intents.get(found.intent_set), n_items=n_items,
+    trained = train_run(name, seed, rec, evaluation, split, intents.get(found.intent_set), n_items=n_items,
                         profiles=profiles.get(found.intent_set) if found.grounded else None, on_epoch=progress)
     result = trained.result
     row = {"cell": cell, "variant": name, "seed": seed, "best_epoch": result.best_epoch,
            "epochs": len(result.history), "mean_epoch_seconds": result.mean_epoch_seconds,
            "wall_seconds": round(time.time() - start, 1), "n_intents": int(getattr(trained.model, "n_intents", 0)),
            "selection": result.best_valid,
-           "test": evaluate(trained.model, split.test, settings.ks, settings.mask_history),
-           "settings": dataclasses.asdict(settings), "threads": torch.get_num_threads(), **(extra or {})}
+           "test": evaluate(trained.model, split.test, selection_ks(evaluation.ks), evaluation.mask_history),
+           "settings": {"rec": dataclasses.asdict(rec), "evaluate": dataclasses.asdict(evaluation)}, "threads": torch.get_num_threads(), **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     if save_model:
         torch.save({"spec": trained.spec, "state": trained.model.state_dict()}, out.with_suffix(".pt"))

@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            each_cell, read_parts, run_chain, train_cell)
 
-from saerec.rec.runs import RunSettings  # noqa: E402
+from saerec.config import EvaluateSection, RecSection  # noqa: E402
+from saerec.rec import runs  # noqa: E402
 
 CELLS = ("sasrec/strict", "sasrec/select-test", "sasrec/paper", "sasrec/paper-augment",
          "saerec/strict", "saerec/paper", "saerec-code/strict", "saerec-code/paper")
@@ -54,16 +55,14 @@ STEPS = (("the paper protocol (both changes below)", "sasrec/strict", "sasrec/pa
          ("the paper's SAERec instead of SASRec (strict protocol)", "sasrec/strict", "saerec/strict"))
 
 
-def settings_of(cell: str, args: argparse.Namespace) -> tuple[str, RunSettings, str]:
-    """(variant, run settings, split kind) of a cell; split kind: strict, select-test or paper."""
+def settings_of(cell: str, args: argparse.Namespace) -> tuple[str, RecSection, EvaluateSection, str]:
+    """(variant, rec and evaluate settings, split kind) of a cell; split kind: strict, select-test or paper."""
     name, _, protocol = cell.partition("/")
-    base = RunSettings(d=64, blocks=2, heads=2, max_len=50, dropout=0.5, k=args.k, lr=1e-3, batch_size=256,
-                       max_epochs=args.max_epochs, patience=args.patience, checkpoint_seconds=float("inf"))
     split = "paper" if protocol.startswith("paper") else protocol
-    settings = dataclasses.replace(base, protocol="paper" if split == "paper" else "strict",
-                                   prefix_augment=protocol == "paper-augment",
-                                   max_epochs=args.augment_max_epochs if protocol == "paper-augment" else args.max_epochs)
-    return name, settings, split
+    rec = RecSection(d=64, blocks=2, heads=2, max_len=50, dropout=0.5, k=args.k, lr=1e-3, batch_size=256,
+                     max_epochs=args.augment_max_epochs if protocol == "paper-augment" else args.max_epochs,
+                     patience=args.patience, checkpoint_seconds=float("inf"), prefix_augment=protocol == "paper-augment")
+    return name, rec, EvaluateSection(protocol="paper" if split == "paper" else "strict"), split
 
 
 def step_train(args: argparse.Namespace) -> None:
@@ -72,13 +71,13 @@ def step_train(args: argparse.Namespace) -> None:
     data = published.sequences()
 
     def train(cell: str, out: Path) -> None:
-        name, settings, split_kind = settings_of(cell, args)
-        split = settings.split(data.sequences, data.n_items)
+        name, rec, evaluation, split_kind = settings_of(cell, args)
+        split = runs.split(data.sequences, data.n_items, rec, evaluation)
         if split_kind == "select-test":
             split = dataclasses.replace(split, valid=split.test)
         intents, profiles = published.inputs_of([name], data.n_items, 0)
-        train_cell(cell, name, 0, settings, split, intents, profiles, data.n_items, out,
-                   extra={"split": split_kind, "prefix_augment": settings.prefix_augment})
+        train_cell(cell, name, 0, rec, evaluation, split, intents, profiles, data.n_items, out,
+                   extra={"split": split_kind, "prefix_augment": rec.prefix_augment})
 
     each_cell(args.cells, args.parts, train)
 

@@ -39,7 +39,7 @@ from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, c
 
 from saerec import artifacts  # noqa: E402
 from saerec.rec.explain import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
-from saerec.rec.runs import run_settings  # noqa: E402
+from saerec.rec import runs  # noqa: E402
 from saerec.rec.variants import NAMES, label, restore_model, variant  # noqa: E402
 
 BSAREC = {"hr@10": 0.1008, "hr@20": 0.1373, "ndcg@10": 0.0611, "ndcg@20": 0.0703}  # best honest published, this split
@@ -48,9 +48,11 @@ PAPER = {"SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, "ndcg@2
 
 
 def _settings(published: Published, args: argparse.Namespace):
+    """The run's rec section (with this benchmark's epochs and patience, no checkpoints) and its evaluate section."""
     cfg = published.cfg
-    return dataclasses.replace(run_settings(cfg.rec, cfg.evaluate, args.max_epochs, args.patience),
-                               checkpoint_seconds=float("inf"))
+    rec = dataclasses.replace(cfg.rec, max_epochs=args.max_epochs or cfg.rec.max_epochs,
+                              patience=args.patience or cfg.rec.patience, checkpoint_seconds=float("inf"))
+    return rec, cfg.evaluate
 
 
 def _cell(cell: str) -> tuple[str, int]:
@@ -65,14 +67,14 @@ def step_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     published = Published(args.config)
     data = published.sequences()
-    settings = _settings(published, args)
-    split = settings.split(data.sequences, data.n_items)
+    rec, evaluation = _settings(published, args)
+    split = runs.split(data.sequences, data.n_items, rec, evaluation)
 
     def train(cell: str, out: Path) -> None:
         name, seed = _cell(cell)
         intents, profiles = published.inputs_of([name], data.n_items, seed)
-        train_cell(cell, name, seed, settings, split, intents, profiles, data.n_items, out,
-                   extra={"protocol": settings.protocol}, save_model=True)
+        train_cell(cell, name, seed, rec, evaluation, split, intents, profiles, data.n_items, out,
+                   extra={"protocol": evaluation.protocol}, save_model=True)
 
     each_cell(args.cells, args.parts, train)
 
@@ -97,8 +99,8 @@ def step_steer(args: argparse.Namespace) -> None:
     published = Published(args.config)
     data = published.sequences()
     model = _load(args, args.cell)
-    settings = _settings(published, args)
-    split = settings.split(data.sequences, data.n_items)
+    rec, evaluation = _settings(published, args)
+    split = runs.split(data.sequences, data.n_items, rec, evaluation)
     saved = torch.load(_model_path(args, args.cell), map_location="cpu", weights_only=False)["spec"]
     latents = (artifacts.read_intent_set(published["judge"]).latents if saved["intent_set"] == "judged"
                else np.arange(model.n_intents))  # grounded-all: intent i is SAE latent i

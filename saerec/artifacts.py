@@ -25,6 +25,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from saerec import schemas
+from saerec.data.split import split_labels
 from saerec.pipeline import StageError, StageFiles
 from saerec.storage import display_uri, storage_errors
 
@@ -183,21 +184,22 @@ class Sequences:
 def read_sequences(prepare: StageFiles) -> Sequences:
     """The users' item sequences from prepare's interactions.
 
-    prepare's ``split`` column must be the strict leave-one-out (valid = second-to-last, test =
-    last) that the recommender stages rebuild from the order; a disagreement would mean two
-    protocols, so it stops the stage.
+    prepare's ``split`` column must be the leave-one-out split (``saerec.data.split``) that the
+    recommender stages rebuild from the order; a disagreement would mean two protocols, so it
+    stops the stage.
     """
     table = read_table(prepare, INTERACTIONS, ["user", "item", "position", "split"]).to_pandas()
     n_items = int(read_table(prepare, ITEMS, ["item"]).column("item").to_numpy().max())
     table = table.sort_values(["user", "position"], kind="stable")
     users, starts = np.unique(table["user"].to_numpy(), return_index=True)
     items = np.split(table["item"].to_numpy().astype(np.int64), starts[1:])
-    splits = np.split(table["split"].to_numpy(), starts[1:])
-    for user, labels in zip(users, splits):
-        expected = ["train"] * max(len(labels) - 2, 0) + ["valid", "test"][-min(len(labels), 2):]
-        if len(labels) >= 3 and list(labels) != expected:
-            raise _fail(INTERACTIONS, prepare, f"splits user {user} as {list(labels)}; expected valid = "
-                                               "second-to-last and test = last interaction")
+    labels, lengths = table["split"].to_numpy(), np.diff(np.r_[starts, len(table)])
+    wrong = np.flatnonzero(labels != split_labels(lengths))
+    if len(wrong):
+        row = np.searchsorted(starts, wrong[0], side="right") - 1
+        found = list(labels[starts[row]:starts[row] + lengths[row]])
+        raise _fail(INTERACTIONS, prepare, f"splits user {users[row]} as {found}; expected valid = "
+                                           "second-to-last and test = last interaction")
     return Sequences(users=users, sequences=items, n_items=n_items)
 
 

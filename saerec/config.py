@@ -11,9 +11,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from saerec.rec.saerec_model import IntentConfig
+    from saerec.rec.sasrec import EncoderConfig
+    from saerec.rec.training import FitConfig
 
 
 class ConfigError(ValueError):
@@ -290,8 +295,19 @@ def _check_distinct(values: list[Any], key: str, what: str) -> None:
         raise ConfigError(f"{key} lists {what} {repeated!r} twice")
 
 
+def _shared(section: Any, target: type) -> dict[str, Any]:
+    """The section's values for the keys that ``target`` (a model or fit config) declares too."""
+    wanted = {f.name for f in dataclasses.fields(target)}
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in wanted}
+
+
 @dataclass
 class RecSection:
+    """The recommender's settings, declared once: ``encoder``, ``intent`` and ``fit`` fill the model and
+    fit configs from the keys named as their fields, so a new model setting is one field here, named as
+    the field of EncoderConfig, IntentConfig or FitConfig that uses it (tests/test_config.py checks that
+    every key but those train_rec and the sweep read themselves gets there)."""
+
     models: list[str] = _listof("sasrec", "saerec", "grounded")
     d: int = _bounded(64, lo=1)
     blocks: int = _bounded(2, lo=1)
@@ -323,6 +339,27 @@ class RecSection:
         if self.d % self.heads:
             raise ConfigError(f"rec.d={self.d} must be divisible by rec.heads={self.heads}")
         _check_kmeans_k(self, self.models, "rec.models")
+
+    def encoder(self, n_items: int) -> "EncoderConfig":
+        """The sequence encoder's config (the variant sets its backbone, see ``variants.model_spec``)."""
+        from saerec.rec.sasrec import EncoderConfig
+
+        return EncoderConfig(n_items=n_items, **_shared(self, EncoderConfig))
+
+    def intent(self) -> "IntentConfig":
+        """SAERec's intent settings (the variant sets its ablation switches, see ``variants.model_spec``)."""
+        from saerec.rec.saerec_model import IntentConfig
+
+        return IntentConfig(**_shared(self, IntentConfig))
+
+    def fit(self, evaluate: "EvaluateSection", seed: int) -> "FitConfig":
+        """Optimisation and selection settings: the epoch is selected on valid as evaluate ranks the test
+        (its ``mask_history``, and every cut-off it reports besides the selection's)."""
+        from saerec.rec.runs import SELECT_METRIC, selection_ks
+        from saerec.rec.training import FitConfig
+
+        return FitConfig(**_shared(self, FitConfig), select_metric=SELECT_METRIC, ks=selection_ks(evaluate.ks),
+                         mask_history=evaluate.mask_history, seed=seed)
 
 
 @dataclass

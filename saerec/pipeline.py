@@ -36,7 +36,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import pyarrow as pa
 from safetensors import SafetensorError
@@ -164,6 +164,9 @@ class StageContext:
     output: StageFiles
     inputs: dict[str, StageInput]
     fingerprint: str
+    # The runner running this stage: a stage that studies variants of its upstream (the sweep) runs
+    # them through ``runner.derived(...)``. None where a stage is run outside a Runner.
+    runner: Runner | None = field(default=None, repr=False)
 
     def input(self, stage: str) -> StageInput:
         if stage not in self.inputs:
@@ -311,10 +314,49 @@ class Runner:
     folder and its attempt is looked up beside it, whatever root it was written under.
     """
 
-    def __init__(self, cfg: Config, store: Store):
+    def __init__(self, cfg: Config, store: Store, base: Runner | None = None,
+                 stages: Mapping[str, Stage] | None = None):
         self.cfg = cfg
         self.store = store
+        self.base = base  # the run this one is derived from (``derived``), or None
+        self.stages = stages  # the stages ``run_upstream`` finds by name; None: the job's (saerec.stages)
+        self._reused: dict[str, dict[str, Any]] = {}  # stage -> the base run's manifest taken in place of a run
         self._damaged_manifests: set[str] = set()  # said once each
+
+    def stage(self, name: str) -> Stage:
+        """The stage called ``name`` among this runner's stages."""
+        if self.stages is None:
+            from saerec.stages import load_stage  # the job's stages (their modules import this one)
+
+            return load_stage(name)
+        if name not in self.stages:
+            raise StageError(f"unknown stage {name!r}; stages are: {', '.join(self.stages)}")
+        return self.stages[name]
+
+    def derived(self, run_name: str, **sections: Any) -> Runner:
+        """A runner for a variant of this run: this config with ``sections`` replaced (e.g. ``judge=...``),
+        as run ``run_name`` in the same store.
+
+        It takes this run's published stage wherever that stage's fingerprint is the one the variant
+        would produce (its manifest then says ``reused_from``; another judge re-runs the judge and what
+        reads it only), and runs and publishes the rest under ``run_name``. This run is never written.
+        """
+        cfg = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, name=run_name), **sections)
+        return Runner(cfg, self.store, base=self, stages=self.stages)
+
+    def run_upstream(self, stage: str) -> dict[str, dict[str, Any]]:
+        """Run (or skip, or reuse) every stage that ``stage`` reads, directly or not, each after its own
+        inputs; returns each one's manifest by stage name, in the order they ran."""
+        order: list[str] = []
+
+        def visit(name: str) -> None:
+            for needed in self.stage(name).inputs:
+                if needed not in order:
+                    visit(needed)
+                    order.append(needed)
+
+        visit(stage)
+        return {name: self.run_stage(self.stage(name)) for name in order}
 
     def stage_dir(self, stage: str) -> str:
         return self.store.join(self.cfg.run.name, stage)
@@ -372,8 +414,11 @@ class Runner:
     def manifest(self, stage: str) -> dict[str, Any] | None:
         """The stage's published manifest with ``output_dir`` resolved under this store and run, or None.
 
-        Raises StageError when the manifest names an attempt folder that is not beside it.
+        Raises StageError when the manifest names an attempt folder that is not beside it. In a
+        derived run, a stage taken from the base run gives the base run's manifest.
         """
+        if stage in self._reused:
+            return self._reused[stage]
         found = self._read_manifest(stage)
         return None if found is None else self._resolved(stage, found)
 
@@ -426,6 +471,11 @@ class Runner:
         """Run (or skip) one stage; returns its published manifest, with ``skipped`` set when it was."""
         upstream = self._upstream(stage)
         fp = fingerprint(stage, self.cfg, upstream)
+        if self.base is not None and not force:
+            base = self.base.manifest(stage.name)
+            if base is not None and base.get("fingerprint") == fp:
+                self._reused[stage.name] = base
+                return {**base, "skipped": True, "reused_from": self.base.cfg.run.name}
         published = self._read_manifest(stage.name)
         keep = self._attempt(stage.name, published) if published is not None else None
         if published is not None and published.get("fingerprint") == fp and not force:
@@ -448,7 +498,7 @@ class Runner:
             sections={s: self.cfg.section(s) for s in stage.sections}, store=self.store,
             output=StageFiles(self.store, out_dir),
             inputs={n: StageInput(self.store, m) for n, m in upstream.items()},
-            fingerprint=fp)
+            fingerprint=fp, runner=self)
         start = time.time()
         try:
             metrics = stage.run(ctx) or {}

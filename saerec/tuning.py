@@ -1,45 +1,21 @@
-"""Ray Tune sweeps: the study grid, the trial function, and the tables of their results.
+"""The sweep's study design: the grid of trials and the tables of their results (no Ray here).
 
-One trial trains and tests one recommender variant in the same harness as every other trial
-(same split, same seeds, model selection on valid, test read once), so rows are comparable.
-The trials' read-only inputs (sequences, intent matrices) go to the object store once
-(``tune.with_parameters``).
-
-Resuming: Tune keeps each finished trial's result in its experiment state, and a sweep
-restored after its driver died reruns only the unfinished trials. A trial keeps its own
-resumable training state in one file (``TrialStates``), rewritten whole after an epoch, so a
-rerun trial (after a killed driver, a killed worker or a lost node) continues from its last
-saved epoch. Tune's own checkpoints are not used: after a killed driver its experiment state
-can name a checkpoint that checkpoint rotation has already deleted, which fails the restore.
-
-A trial trains through ``saerec.rec.runs.train_run``, the same path as train_rec, with the same
-``RunSettings``; only the trial's k differs per study point.
-
-Nothing here knows about the run's storage layout: the caller passes paths and a pyarrow filesystem.
+The four studies (ablation, sensitivity in k, robustness to review removal, judge choice) are
+one-factor sweeps around the full model's defaults; ``build_grid`` merges them so that a trial
+serving several studies runs once. The Tune trials that run the grid are
+``saerec.workers.tune_trials``'s.
 """
 from __future__ import annotations
 
-import dataclasses
-import io
-import logging
-import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
-import torch
-from ray import tune
 
-from saerec.rec import evaluate
-from saerec.rec.grounded import ItemProfiles
-from saerec.rec.runs import RunSettings, train_run, with_k
 from saerec.rec.stats import mean_std
 from saerec.rec.variants import FULL_MODEL, NAMES, variant
 from saerec.schemas import sweep_results_schema
 
-log = logging.getLogger(__name__)
 STUDIES = ("ablation", "sensitivity", "robustness", "judge")
 
 
@@ -103,156 +79,6 @@ def build_grid(variants: Sequence[str], ks: Sequence[int], review_drops: Sequenc
     return [TrialSpec(*key, studies=tuple(studies)) for key, studies in points.items()]
 
 
-@dataclass(frozen=True)
-class SweepData:
-    """What every trial reads: per-user item sequences (ids from 1), the named intent matrices and,
-    for the grounded variants, the items' profiles over them (same keys)."""
-
-    sequences: list[np.ndarray]
-    n_items: int
-    intents: dict[str, torch.Tensor]
-    profiles: dict[str, ItemProfiles] = dataclasses.field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TrialResources:
-    """How a trial runs (not what it computes): its torch threads and whether it uses a GPU."""
-
-    threads: int = 1
-    use_gpu: bool = False
-
-
-@dataclass(frozen=True)
-class TrialStates:
-    """One resumable training state per trial, as ``{directory}/{trial_id}.pt`` on a pyarrow filesystem."""
-
-    filesystem: Any
-    directory: str
-
-    def path(self, trial_id: str) -> str:
-        return posixpath.join(self.directory, f"{trial_id}.pt")
-
-    def load(self, trial_id: str) -> dict[str, Any] | None:
-        path = self.path(trial_id)
-        if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
-        with self.filesystem.open_input_stream(path) as src:
-            return torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=False)
-
-    def save(self, trial_id: str, state: dict[str, Any]) -> None:
-        """Write beside, then move into place: a reader never sees half a file."""
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        path = self.path(trial_id)
-        self.filesystem.create_dir(self.directory, recursive=True)
-        with self.filesystem.open_output_stream(f"{path}.partial") as out:
-            out.write(buf.getvalue())
-        self.filesystem.move(f"{path}.partial", path)
-
-
-def train_trial(config: dict[str, Any], data: SweepData, settings: RunSettings, states: TrialStates,
-                resources: TrialResources = TrialResources()) -> None:
-    """Tune function trainable: train one variant (resuming from its saved state), then test once."""
-    spec = TrialSpec(**config["trial"])
-    torch.set_num_threads(resources.threads)
-    device = "cuda" if resources.use_gpu and torch.cuda.is_available() else "cpu"
-    settings = with_k(settings, spec.k)
-    split = settings.split(data.sequences, data.n_items)
-    intents = None if spec.intents_key is None else data.intents.get(spec.intents_key)
-    if spec.intents_key is not None and intents is None:
-        raise KeyError(f"trial {spec.trial_id}: intent set {spec.intents_key!r} was not provided")
-    resume = states.load(spec.trial_id)
-
-    def on_epoch(metrics: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
-        if snapshot is not None:
-            states.save(spec.trial_id, snapshot)
-        tune.report({"done": False, **metrics})
-
-    profiles = data.profiles.get(spec.intents_key) if variant(spec.variant).grounded else None
-    trained = train_run(spec.variant, spec.seed, settings, split, intents, n_items=data.n_items, profiles=profiles,
-                        device=device, resume=resume, on_epoch=on_epoch)
-    result = trained.result
-    test = evaluate(trained.model, split.test, settings.ks, settings.mask_history, device=device)
-    tune.report({
-        "done": True,
-        "epochs": len(result.history),
-        "best_epoch": result.best_epoch,
-        "resumed_from_epoch": resume["epoch"] if resume else 0,
-        "train_seconds": float(sum(h["train_seconds"] for h in result.history)),
-        "n_intents": int(getattr(trained.model, "n_intents", 0)),
-        **{f"valid_{k}": v for k, v in result.best_valid.items()},
-        **{f"test_{k}": v for k, v in test.items()},
-    })
-
-
-def trial_progress(total: int) -> Any:
-    """A Tune callback printing one line per finished or failed trial: Tune's own reporter is
-    off (``verbose=0``) because its status tables bury the job's stage lines."""
-    class TrialProgress(tune.Callback):
-        def __init__(self) -> None:
-            self.finished = 0
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.finished += 1
-            result = trial.last_result or {}
-            spec = TrialSpec(**trial.config["trial"])
-            log.info(f"[sweep] trial {self.finished}/{total} {spec.trial_id}: {result.get('epochs', '?')} epochs, "
-                  f"test ndcg@20 {result.get('test_ndcg@20', float('nan')):.4f}")
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            log.warning(f"[sweep] trial {TrialSpec(**trial.config['trial']).trial_id} failed; Tune retries it from its "
-                  "saved state up to sweep.max_failures times")
-
-    return TrialProgress()
-
-
-@dataclass(frozen=True)
-class SweepOutcome:
-    """Finished trials' final metrics, trials that failed for good, and whether the sweep was resumed."""
-
-    rows: list[dict[str, Any]]
-    failed: list[tuple[str, str]]
-    restored: bool
-
-
-def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, storage_path: str,
-              storage_filesystem: Any, name: str, concurrency: int, resources: dict[str, float],
-              max_failures: int = 2) -> SweepOutcome:
-    """Run the grid on Ray Tune, or continue it when an earlier driver left its state in storage.
-
-    Trials that crash (a killed worker, a lost node) are retried up to ``max_failures`` times,
-    each retry resuming from the trial's saved state; one that still fails is reported in
-    ``failed``, not silently dropped.
-    """
-    experiment = posixpath.join(storage_path, name)
-    wrapped = tune.with_resources(trainable, resources)
-    restored = tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem)
-    if restored:
-        tuner = tune.Tuner.restore(experiment, trainable=wrapped, resume_unfinished=True,
-                                   resume_errored=True, storage_filesystem=storage_filesystem)
-    else:
-        tuner = tune.Tuner(
-            wrapped,
-            param_space={"trial": tune.grid_search([_identity(s) for s in specs])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
-                callbacks=[trial_progress(len(specs))]))
-    grid = tuner.fit()
-    studies = {s.trial_id: s.studies for s in specs}
-    rows, failed = [], []
-    for result in grid:
-        spec = TrialSpec(**result.config["trial"])
-        metrics = result.metrics or {}
-        if result.error is not None or not metrics.get("done"):
-            failed.append((spec.trial_id, str(result.error or "it stopped before reporting its test metrics")))
-            continue
-        rows.append({**metrics, **dataclasses.asdict(spec), "trial_id": spec.trial_id,
-                     "studies": list(studies.get(spec.trial_id, ()))})
-    return SweepOutcome(rows=rows, failed=failed, restored=restored)
-
-
 def results_table(rows: Sequence[dict[str, Any]], ks: Sequence[int]) -> pa.Table:
     """One row per trial, sorted by trial id, with the valid score used for selection and every test metric."""
     schema = sweep_results_schema(ks)
@@ -289,11 +115,6 @@ def best_point(summary: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]
     if not summary:
         raise ValueError("no study points to choose from")
     return max(summary, key=lambda r: r[f"valid_{metric}_mean"])
-
-
-def _identity(spec: TrialSpec) -> dict[str, Any]:
-    """A trial's settings without its study labels, which are bookkeeping, not a parameter."""
-    return {k: v for k, v in dataclasses.asdict(spec).items() if k != "studies"}
 
 
 def _study_order(key: tuple) -> tuple:

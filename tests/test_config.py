@@ -187,3 +187,22 @@ def test_readme_lists_exactly_the_keys_left_out_of_fingerprints():
     assert set(re.findall(r"`([a-z_]+\.[a-z_.]+)`", paragraph)) == marked
     assert "judge.concurrency" in marked and "judge.model" not in marked
     assert "model" in result_settings(cfg.judge) and "concurrency" not in result_settings(cfg.judge)
+
+
+# rec keys that train_rec or the sweep read themselves; every other rec key is a model or fit setting.
+REC_RUN_KEYS = {"models", "seeds", "num_workers", "use_gpu", "kmeans_clusters", "max_failures", "checkpoint_seconds"}
+
+
+def test_every_rec_model_setting_reaches_the_model_or_fit_config_by_its_name():
+    """One declaration per recommender setting: a rec key that is not one the stages read themselves
+    is carried into EncoderConfig, IntentConfig or FitConfig under its own name, with its value."""
+    rec = load_config(None, ["rec.d=12", "rec.heads=3", "rec.blocks=3", "rec.max_len=7", "rec.dropout=0.25",
+                             "rec.k=3", "rec.ema_beta=0.5", "rec.lr=0.02", "rec.weight_decay=0.01",
+                             "rec.batch_size=32", "rec.max_epochs=4", "rec.patience=3", "rec.prefix_augment=true",
+                             "rec.bsarec_alpha=0.4", "rec.bsarec_c=3"]).rec
+    evaluate = load_config(None, ["evaluate.ks=[1, 50]", "evaluate.mask_history=false"]).evaluate
+    built = {**vars(rec.encoder(9)), **vars(rec.intent()), **vars(rec.fit(evaluate, seed=7))}
+    model_keys = {f.name for f in dataclasses.fields(rec)} - REC_RUN_KEYS
+    assert {key: built.get(key) for key in model_keys} == {key: getattr(rec, key) for key in model_keys}
+    assert (built["n_items"], built["seed"], built["ks"], built["mask_history"]) == (9, 7, (1, 5, 10, 20, 50), False)
+    assert built["select_metric"] == "ndcg@20" and built["backbone"] == "sasrec"

@@ -1,5 +1,5 @@
-"""The code's layout rules: stages never import each other, file names live only in saerec.artifacts,
-and model variants are named only in the variant registry."""
+"""The code's layout rules: stages never import each other (statically or by a name computed at run
+time), file names live only in saerec.artifacts, and model variants are named only in the variant registry."""
 from __future__ import annotations
 
 import ast
@@ -35,6 +35,55 @@ def test_the_import_rule_would_catch_an_offender(tmp_path):
     offender = tmp_path / "bad.py"
     offender.write_text("from saerec.stages.explain import something\nfrom saerec.stages import judge\n")
     assert {"saerec.stages.explain", "saerec.stages.judge"} <= _imported_modules(offender)
+
+
+def _dynamic_stage_imports(path: Path) -> list[str]:
+    """Where ``path`` may load a stage by a name it computes: every ``load_stage`` (imported or called,
+    under any alias), and ``importlib.import_module`` / ``__import__`` calls unless they name a fixed
+    module that is not a stage."""
+    stage_modules = {f"saerec.stages.{name}" for name in STAGE_ORDER}
+    tree = ast.parse(path.read_text())
+    aliases = {"load_stage", "import_module", "__import__"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("saerec.stages", "importlib"):
+            aliases.update(a.asname for a in node.names if a.asname and a.name in ("load_stage", "import_module"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "saerec.stages" and \
+                any(a.name == "load_stage" for a in node.names):
+            found.append(f"line {node.lineno}: imports load_stage")
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        if name not in aliases:
+            continue
+        first = node.args[0] if node.args else None
+        fixed = isinstance(first, ast.Constant) and isinstance(first.value, str)
+        if name in ("import_module", "__import__") and fixed and first.value not in stage_modules:
+            continue
+        found.append(f"line {node.lineno}: {name}(...)")
+    return found
+
+
+def test_no_stage_loads_another_stage_dynamically():
+    offenders = {path.name: _dynamic_stage_imports(path) for path in STAGE_FILES if path.name != "__init__.py"}
+    assert {name: calls for name, calls in offenders.items() if calls} == {}
+
+
+def test_the_dynamic_import_rule_would_catch_an_offender(tmp_path):
+    offender = tmp_path / "bad.py"
+    offender.write_text("import importlib\nfrom importlib import import_module as im\n"
+                        "from saerec.stages import load_stage as stage_named\n"
+                        "def run(name):\n"
+                        "    stage_named(name)\n"
+                        "    importlib.import_module(f'saerec.stages.{name}')\n"
+                        "    im('saerec.stages.judge')\n"
+                        "    __import__(name)\n"
+                        "    importlib.import_module('json')\n")
+    assert _dynamic_stage_imports(offender) == ["line 3: imports load_stage", "line 5: stage_named(...)",
+                                                "line 6: import_module(...)", "line 7: im(...)",
+                                                "line 8: __import__(...)"]
 
 
 def _string_literals(path: Path) -> list[str]:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from saerec.config import EvaluateSection, RecSection
 from saerec.rec import evaluate
 from saerec.rec.batching import leave_one_out, training_examples
-from saerec.rec.runs import RunSettings, train_run
+from saerec.rec.runs import split, train_run
 from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig
 from saerec.rec.variants import model_spec
@@ -19,8 +20,9 @@ from tests.rec_toy import chain_sequences, unique_sequences
 
 torch.set_num_threads(1)
 N_ITEMS = 24
-SETTINGS = RunSettings(d=8, heads=2, blocks=1, max_len=10, k=2, max_epochs=3, patience=3, batch_size=16,
-                       checkpoint_seconds=0.0)
+REC = RecSection(d=8, heads=2, blocks=1, max_len=10, k=2, max_epochs=3, patience=3, batch_size=16,
+                 checkpoint_seconds=0.0)
+STRICT = EvaluateSection()
 
 
 class PoisonedSet:
@@ -50,7 +52,7 @@ def test_paper_protocol_trains_on_the_valid_item_and_selects_on_the_test_item():
 def test_strict_training_and_selection_never_read_the_test_set(variant, intents):
     data = leave_one_out(chain_sequences(n_users=30, n_items=N_ITEMS, length=8), N_ITEMS, max_len=10)
     poisoned = dataclasses.replace(data, test=PoisonedSet())
-    trained = train_run(variant, 0, SETTINGS, poisoned, intents, n_items=N_ITEMS)
+    trained = train_run(variant, 0, REC, STRICT, poisoned, intents, n_items=N_ITEMS)
     assert len(trained.result.history) == 3
     with pytest.raises(AssertionError, match="the test set was read"):
         evaluate(trained.model, poisoned.test)
@@ -58,10 +60,10 @@ def test_strict_training_and_selection_never_read_the_test_set(variant, intents)
 
 def test_the_paper_protocol_selects_on_test_so_its_selected_score_is_the_test_score():
     seqs = chain_sequences(n_users=30, n_items=N_ITEMS, length=8)
-    settings = dataclasses.replace(SETTINGS, protocol="paper")
-    split = settings.split(seqs, N_ITEMS)
-    trained = train_run("sasrec", 0, settings, split, None, n_items=N_ITEMS)
-    test = evaluate(trained.model, split.test, settings.ks, settings.mask_history)
+    paper = EvaluateSection(protocol="paper")
+    data = split(seqs, N_ITEMS, REC, paper)
+    trained = train_run("sasrec", 0, REC, paper, data, None, n_items=N_ITEMS)
+    test = evaluate(trained.model, data.test, paper.ks, paper.mask_history)
     assert trained.result.best_valid == pytest.approx(test)
 
 
@@ -77,9 +79,9 @@ def test_prefix_augmentation_makes_one_example_per_prefix_with_its_loss_at_the_e
 
 def test_a_prefix_augmented_run_trains_on_every_prefix():
     data = leave_one_out(chain_sequences(n_users=30, n_items=N_ITEMS, length=8), N_ITEMS, max_len=10)
-    settings = dataclasses.replace(SETTINGS, prefix_augment=True, max_epochs=1)
-    assert settings.fit_config(0).prefix_augment
-    trained = train_run("sasrec", 0, settings, data, None, n_items=N_ITEMS)
+    rec = dataclasses.replace(REC, prefix_augment=True, max_epochs=1)
+    assert rec.fit(STRICT, 0).prefix_augment
+    trained = train_run("sasrec", 0, rec, STRICT, data, None, n_items=N_ITEMS)
     assert np.isfinite(trained.result.history[0]["loss"])
 
 
@@ -109,10 +111,10 @@ def test_item_query_retrieves_by_the_input_items_embedding():
 
 def test_the_public_code_variant_retrieves_every_intent():
     enc = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=10)
-    spec = model_spec("saerec-code", enc, k=2, ema_beta=0.9, intent_shape=(37, 4))
+    spec = model_spec("saerec-code", enc, IntentConfig(k=2, ema_beta=0.9), intent_shape=(37, 4))
     assert spec["intent_set"] == "all" and spec["intent"]["k"] == 37
     assert (spec["intent"]["query"], spec["intent"]["fusion_rule"]) == ("item", "residual")
-    assert model_spec("saerec", enc, k=2, ema_beta=0.9, intent_shape=(37, 4))["intent"]["k"] == 2
+    assert model_spec("saerec", enc, IntentConfig(k=2, ema_beta=0.9), intent_shape=(37, 4))["intent"]["k"] == 2
 
 
 def test_retrieving_every_intent_attends_over_the_whole_set_whatever_the_order():

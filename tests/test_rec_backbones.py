@@ -12,7 +12,9 @@ from saerec.rec.batching import leave_one_out
 from saerec.rec.bsarec import lowpass_kernel
 from saerec.rec.explain import explain_grounded
 from saerec.rec.grounded import ItemProfiles
-from saerec.rec.runs import RunSettings, train_run
+from saerec.config import EvaluateSection, RecSection
+from saerec.rec.runs import train_run
+from saerec.rec.saerec_model import IntentConfig
 from saerec.rec.sasrec import BACKBONES, EncoderConfig, SASRec
 from saerec.rec.variants import NAMES, ON_EVERY_BACKBONE, VARIANTS, build_model, model_spec, restore_model, variant
 from tests.rec_toy import chain_sequences
@@ -60,7 +62,8 @@ def _model(name: str, **encoder: object) -> torch.nn.Module:
     intents, profiles = _inputs(name)
     cfg = EncoderConfig(n_items=N_ITEMS, d=16, blocks=2, heads=2, max_len=MAX_LEN, dropout=0.0, **encoder)
     torch.manual_seed(0)
-    spec = model_spec(name, cfg, 2, 0.9, None if intents is None else tuple(intents.shape), profiles)
+    spec = model_spec(name, cfg, IntentConfig(k=2, ema_beta=0.9), None if intents is None else tuple(intents.shape),
+                      profiles)
     return build_model(spec, intents, profiles).eval()
 
 
@@ -117,7 +120,7 @@ def test_every_plain_item_representation_exists_on_bsarec_and_intent_attention_s
 
 def test_a_model_saved_before_the_backbone_axis_restores_as_sasrec():
     old = _model("grounded")
-    spec = model_spec("grounded", old.cfg, 2, 0.9, (N_INTENTS, TEXT_DIM), _inputs("grounded")[1])
+    spec = model_spec("grounded", old.cfg, IntentConfig(k=2, ema_beta=0.9), (N_INTENTS, TEXT_DIM), _inputs("grounded")[1])
     for key in ("backbone", "bsarec_alpha", "bsarec_c"):
         del spec["encoder"][key]
     restored = restore_model(spec, old.state_dict())
@@ -126,8 +129,8 @@ def test_a_model_saved_before_the_backbone_axis_restores_as_sasrec():
 
 
 def test_bsarec_knobs_reach_the_encoder_and_change_the_model():
-    settings = RunSettings(bsarec_alpha=0.3, bsarec_c=7, max_len=MAX_LEN)
-    spec = model_spec("bsarec", settings.encoder(N_ITEMS), 2, 0.9, None)
+    rec = RecSection(bsarec_alpha=0.3, bsarec_c=7, max_len=MAX_LEN)
+    spec = model_spec("bsarec", rec.encoder(N_ITEMS), rec.intent(), None)
     assert (spec["encoder"]["backbone"], spec["encoder"]["bsarec_alpha"], spec["encoder"]["bsarec_c"]) == \
         ("bsarec", 0.3, 7)
     model = build_model(spec, None)
@@ -139,9 +142,10 @@ def test_bsarec_knobs_reach_the_encoder_and_change_the_model():
 def test_grounded_bsarec_trains_restores_and_its_scores_split_exactly_into_intents(tmp_path):
     split = leave_one_out(chain_sequences(n_users=30, n_items=N_ITEMS, length=8), N_ITEMS, MAX_LEN)
     intents, profiles = _inputs("bsarec-grounded")
-    settings = RunSettings(d=16, blocks=1, heads=2, max_len=MAX_LEN, dropout=0.1, lr=1e-2, batch_size=16,
-                           max_epochs=12, patience=12, checkpoint_seconds=1e9)
-    trained = train_run("bsarec-grounded", 0, settings, split, intents, n_items=N_ITEMS, profiles=profiles)
+    rec = RecSection(d=16, blocks=1, heads=2, max_len=MAX_LEN, dropout=0.1, lr=1e-2, batch_size=16,
+                     max_epochs=12, patience=12, checkpoint_seconds=1e9)
+    trained = train_run("bsarec-grounded", 0, rec, EvaluateSection(), split, intents, n_items=N_ITEMS,
+                        profiles=profiles)
     losses = [h["loss"] for h in trained.result.history]
     assert losses[-1] < 0.5 * losses[0], losses
     assert trained.result.best_valid["ndcg@10"] > 0.5, "the ring's next item is ranked near the top"

@@ -84,6 +84,7 @@ def test_control_profiles_keep_each_items_count_and_weights_and_change_only_whic
 
 
 def test_the_dense_control_adds_a_projection_of_the_items_text_and_survives_a_save():
+    from saerec.rec.saerec_model import IntentConfig
     from saerec.rec.variants import build_inputs, build_model, model_spec, restore_model
 
     torch.manual_seed(0)
@@ -91,7 +92,7 @@ def test_the_dense_control_adds_a_projection_of_the_items_text_and_survives_a_sa
     item_texts[0] = 0.0
     intents, _ = build_inputs(["dense"], N_ITEMS, 0, _sources({}, item_texts, torch.randn(N_INTENTS, 6)), None)
     cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0)
-    spec = model_spec("dense", cfg, 5, 0.9, tuple(intents["text"].shape))
+    spec = model_spec("dense", cfg, IntentConfig(k=5, ema_beta=0.9), tuple(intents["text"].shape))
     model = build_model(spec, intents["text"]).eval()
     ids = torch.tensor([2, 5])
     assert torch.allclose(model.item_vectors(ids), model.item_emb(ids) + model.text_proj(item_texts[ids]))
@@ -106,12 +107,13 @@ def test_the_dense_control_adds_a_projection_of_the_items_text_and_survives_a_sa
 
 @pytest.mark.parametrize("projected", [False, True])
 def test_saerec_over_grounded_items_attends_to_the_vectors_its_items_are_built_from(projected):
+    from saerec.rec.saerec_model import IntentConfig
     from saerec.rec.variants import build_model, model_spec, restore_model
 
     torch.manual_seed(0)
     cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0)
     intents, profiles = torch.randn(N_INTENTS, 4), _profiles()
-    spec = model_spec("saerec-grounded", cfg, 2, 0.9, tuple(intents.shape), profiles)
+    spec = model_spec("saerec-grounded", cfg, IntentConfig(k=2, ema_beta=0.9), tuple(intents.shape), profiles)
     spec["grounded"]["projected"] = projected
     model = build_model(spec, intents, profiles)
     assert torch.equal(model.projected_intents(), model.intent_table())
@@ -135,8 +137,8 @@ def test_history_retrieval_takes_the_intents_the_items_read_so_far_carry_most():
     torch.manual_seed(0)
     cfg = EncoderConfig(n_items=N_ITEMS, d=8, heads=2, blocks=1, max_len=6, dropout=0.0)
     intents, profiles = torch.randn(N_INTENTS, 4), _profiles()
-    model = build_model(model_spec("saerec-grounded-history", cfg, 2, 0.9, tuple(intents.shape), profiles),
-                        intents, profiles)
+    spec = model_spec("saerec-grounded-history", cfg, IntentConfig(k=2, ema_beta=0.9), tuple(intents.shape), profiles)
+    model = build_model(spec, intents, profiles)
     seqs, lengths = torch.tensor([[1, 2, 7, 0], [7, 3, 0, 0]]), torch.tensor([3, 2])
     history = model.history_profiles(seqs)
     # item 1 = {0: .5, 3: .25}, then item 2 adds {3: 1.0}, then item 7 adds {4: .2, 1: .3, 2: .1}

@@ -10,16 +10,17 @@ import pytest
 import torch
 
 from saerec import artifacts, restore, tuning
-from saerec.config import ConfigError, JudgeSection, load_config, parse_judge
-from saerec.pipeline import Runner, Stage, StageContext, StageInput, fingerprint
-from saerec.rec.runs import RunSettings, run_settings
+from saerec.config import ConfigError, EvaluateSection, JudgeSection, RecSection, load_config, parse_judge
+from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
+from saerec.rec.runs import selection_ks
 from saerec.rec.variants import random_like
 from saerec.sae.model import SAEConfig, TopKSAE
 from saerec.stages import prepare, profile, sweep
 from saerec.storage import Store
+from saerec.workers import tune_trials
 from tests.conftest import TINY_DEMO
 from tests.test_stage_rec import EXPLAIN
-from tests.toy_stages import DOUBLE, NUMBERS
+from tests.toy_stages import DOUBLE, NUMBERS, TOTAL
 
 
 def test_grid_is_the_union_of_one_factor_studies():
@@ -80,7 +81,8 @@ def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
     base.run_stage(DOUBLE)
 
     embed_changed = _toy_runner(str(tmp_path), "run.name=toy-embed", "embed.layer=3")
-    derived = sweep.DerivedRunner(embed_changed.cfg, embed_changed.store, base)
+    derived = base.derived("toy-embed", embed=embed_changed.cfg.embed)
+    assert derived.cfg == embed_changed.cfg
     numbers = derived.run_stage(NUMBERS)
     assert numbers["reused_from"] == "toy" and numbers["output_dir"] == base.manifest("numbers")["output_dir"]
     doubled = derived.run_stage(DOUBLE)
@@ -90,23 +92,25 @@ def test_derived_run_reuses_what_its_change_does_not_touch(tmp_path):
     assert embed_changed.manifest("numbers") is None, "a reused stage is not copied into the derived run"
 
     data_changed = _toy_runner(str(tmp_path), "run.name=toy-data", "data.demo.users=40")
-    derived = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base)
+    derived = base.derived("toy-data", data=data_changed.cfg.data)
     assert derived.run_stage(NUMBERS)["metrics"] == {"rows": 40}
     assert derived.run_stage(DOUBLE)["metrics"] == {"rows": 40}
-    again = sweep.DerivedRunner(data_changed.cfg, data_changed.store, base)
+    again = base.derived("toy-data", data=data_changed.cfg.data)
     assert again.run_stage(NUMBERS).get("skipped") and "reused_from" not in again.run_stage(NUMBERS)
     assert base.manifest("double")["metrics"] == {"rows": 30}, "the base run is never touched"
 
 
-class _Reads:
-    """A config section that records which keys are read."""
-
-    def __init__(self, section):
-        self._section, self.read = section, set()
-
-    def __getattr__(self, name):
-        self.read.add(name)
-        return getattr(self._section, name)
+def test_run_upstream_runs_what_a_stage_reads_in_order_and_reuses_the_base_runs_stages(tmp_path):
+    cfg = load_config(None, [f"storage.uri={tmp_path}", "run.name=toy", "data.demo.users=30"])
+    base = Runner(cfg, Store(cfg.storage.uri), stages={s.name: s for s in (TOTAL, DOUBLE, NUMBERS)})
+    assert list(base.run_upstream("total")) == ["numbers", "double"]
+    derived = base.derived("toy-sae", sae=dataclasses.replace(cfg.sae, k=3), embed=dataclasses.replace(cfg.embed,
+                                                                                                      layer=2))
+    found = derived.run_upstream("total")
+    assert found["numbers"]["reused_from"] == "toy" and found["double"]["run"] == "toy-sae"
+    assert derived.run_stage(TOTAL)["inputs"]["numbers"]["run"] == "toy", "what reads a reused stage reads the base's"
+    with pytest.raises(StageError, match="unknown stage 'judge'; stages are: total, double, numbers"):
+        base.run_upstream("judge")
 
 
 def test_sweep_fingerprint_covers_what_trials_read_and_nothing_else():
@@ -119,23 +123,33 @@ def test_sweep_fingerprint_covers_what_trials_read_and_nothing_else():
     assert fp("rec.models=[sasrec]", "rec.seeds=[4]", "evaluate.steering_query=lipstick",
               "evaluate.top_n=5", "sweep.concurrency=3") == base
     assert fp("rec.lr=0.01") != base and fp("evaluate.ks=[10]") != base and fp("sweep.ks=[2]") != base
+    assert fp("rec.bsarec_c=7") != base and fp("rec.kmeans_clusters=9") != base
+    # A trial's model and fit configs are the same whatever the rec keys the sweep leaves out of its fingerprint.
     cfg = load_config(None, [])
-    rec, evaluate = _Reads(cfg.rec), _Reads(cfg.evaluate)
-    run_settings(rec, evaluate, cfg.sweep.max_epochs, cfg.sweep.patience)
-    resource_keys = {f.name for f in dataclasses.fields(cfg.rec) if f.metadata.get("resource")}
-    assert rec.read <= set(sweep.REC_KEYS) | resource_keys and evaluate.read <= set(sweep.EVALUATE_KEYS)
+    left_out = {"models": ["sasrec"], "seeds": [4], "num_workers": 2, "use_gpu": True}
+    assert set(left_out) == {f.name for f in dataclasses.fields(RecSection)
+                             if not f.metadata.get("resource")} - set(sweep.REC_KEYS)
+    other = dataclasses.replace(cfg.rec, **left_out)
+    for rec in (cfg.rec, other):
+        assert (rec.encoder(10), rec.intent(), rec.fit(cfg.evaluate, 0)) == \
+            (cfg.rec.encoder(10), cfg.rec.intent(), cfg.rec.fit(cfg.evaluate, 0))
+    steering = {"top_n": 5, "steering_query": "lipstick", "steering_category": "Lips", "steering_boost": 1.0,
+                "steering_strengths": [1.0]}
+    assert set(steering) == {f.name for f in dataclasses.fields(EvaluateSection)} - set(sweep.EVALUATE_KEYS)
+    assert cfg.rec.fit(dataclasses.replace(cfg.evaluate, **steering), 0) == cfg.rec.fit(cfg.evaluate, 0)
 
 
-def _tiny_data(n_users: int = 40, n_items: int = 25) -> tuning.SweepData:
+def _tiny_data(n_users: int = 40, n_items: int = 25) -> tune_trials.SweepData:
     rng = np.random.default_rng(0)
     sequences = [rng.integers(1, n_items + 1, size=int(rng.integers(4, 9))) for _ in range(n_users)]
     gen = torch.Generator().manual_seed(0)
-    return tuning.SweepData(sequences, n_items, {"judged@drop0@configured": torch.randn(6, 8, generator=gen),
-                                                 "all@drop0@configured": torch.randn(10, 8, generator=gen)})
+    return tune_trials.SweepData(sequences, n_items, {"judged@drop0@configured": torch.randn(6, 8, generator=gen),
+                                                      "all@drop0@configured": torch.randn(10, 8, generator=gen)})
 
 
-SETTINGS = RunSettings(d=8, heads=2, blocks=1, max_len=8, max_epochs=2, patience=2, batch_size=16,
-                       checkpoint_seconds=0.0)
+REC = RecSection(d=8, heads=2, blocks=1, max_len=8, max_epochs=2, patience=2, batch_size=16, checkpoint_seconds=0.0)
+EVALUATE = EvaluateSection()
+KS = selection_ks(EVALUATE.ks)
 
 
 def test_trials_report_every_metric_and_a_finished_sweep_is_restored_not_rerun(s3_server, s3_uri, ray_local):
@@ -143,13 +157,14 @@ def test_trials_report_every_metric_and_a_finished_sweep_is_restored_not_rerun(s
 
     store = Store(s3_uri, s3_server.endpoint)
     specs = tuning.build_grid(["saerec", "noIde", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
-    states = tuning.TrialStates(store.fs, store.join("states"))
-    trainable = tune.with_parameters(tuning.train_trial, data=_tiny_data(), settings=SETTINGS, states=states)
+    states = tune_trials.TrialStates(store.fs, store.join("states"))
+    trainable = tune.with_parameters(tune_trials.train_trial, data=_tiny_data(), rec=REC, evaluate=EVALUATE,
+                                     states=states)
     kwargs = dict(storage_path=store.join("tune"), storage_filesystem=store.fs, name="grid", concurrency=2,
                   resources={"cpu": 1}, max_failures=0)
-    first = tuning.run_sweep(trainable, specs, **kwargs)
+    first = tune_trials.run_sweep(trainable, specs, **kwargs)
     assert not first.restored and not first.failed
-    table = tuning.results_table(first.rows, SETTINGS.ks)
+    table = tuning.results_table(first.rows, KS)
     assert table.column("trial_id").to_pylist() == sorted(s.trial_id for s in specs)
     rows = {r["variant"]: r for r in table.to_pylist()}
     assert rows["saerec"]["n_intents"] == 6 and rows["noIde"]["n_intents"] == 10 and rows["sasrec"]["n_intents"] == 0
@@ -160,13 +175,13 @@ def test_trials_report_every_metric_and_a_finished_sweep_is_restored_not_rerun(s
     assert store.list_files(store.join("states")) == sorted(states.path(s.trial_id) for s in specs)
     assert states.load("saerec-k3-drop0-judge-seed0")["epoch"] == 2
 
-    second = tuning.run_sweep(trainable, specs, **kwargs)
+    second = tune_trials.run_sweep(trainable, specs, **kwargs)
     assert second.restored
-    assert tuning.results_table(second.rows, SETTINGS.ks).equals(table)
+    assert tuning.results_table(second.rows, KS).equals(table)
 
 
-def _faulty_trial(config: dict, data: tuning.SweepData, settings: RunSettings,
-                  states: tuning.TrialStates, marker_dir: str) -> None:
+def _faulty_trial(config: dict, data: tune_trials.SweepData, rec: RecSection, evaluate: EvaluateSection,
+                  states: tune_trials.TrialStates, marker_dir: str) -> None:
     """The real trial, except that SASRec always raises and the others' worker process dies once,
     after its third epoch."""
     import os
@@ -188,20 +203,21 @@ def _faulty_trial(config: dict, data: tuning.SweepData, settings: RunSettings,
         return fit(*args, on_epoch=hook, **kwargs)
 
     saerec.rec.runs.fit = fit_then_die
-    tuning.train_trial(config, data, settings, states)
+    tune_trials.train_trial(config, data, rec, evaluate, states)
 
 
 def test_a_dead_worker_resumes_from_saved_state_and_a_failing_trial_is_reported(tmp_path, ray_local):
     import pyarrow.fs as pafs
     from ray import tune
 
-    settings = dataclasses.replace(SETTINGS, max_epochs=5, patience=5)
-    states = tuning.TrialStates(pafs.LocalFileSystem(), str(tmp_path / "states"))
+    rec = dataclasses.replace(REC, max_epochs=5, patience=5)
+    states = tune_trials.TrialStates(pafs.LocalFileSystem(), str(tmp_path / "states"))
     specs = tuning.build_grid(["saerec", "sasrec"], [], [], [], [0], default_k=3, default_drop=0.0)
-    trainable = tune.with_parameters(_faulty_trial, data=_tiny_data(), settings=settings, states=states,
+    trainable = tune.with_parameters(_faulty_trial, data=_tiny_data(), rec=rec, evaluate=EVALUATE, states=states,
                                      marker_dir=str(tmp_path))
-    outcome = tuning.run_sweep(trainable, specs, storage_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem(),
-                               name="faults", concurrency=2, resources={"cpu": 1}, max_failures=1)
+    outcome = tune_trials.run_sweep(trainable, specs, storage_path=str(tmp_path),
+                                    storage_filesystem=pafs.LocalFileSystem(), name="faults", concurrency=2,
+                                    resources={"cpu": 1}, max_failures=1)
     assert (tmp_path / "saerec").exists(), "the worker did die once"
     [row] = outcome.rows
     assert (row["variant"], row["resumed_from_epoch"], row["epochs"]) == ("saerec", 3, 5)
@@ -269,17 +285,28 @@ def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capl
     cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
                              "rec.batch_size=64", "sweep.ablations=[saerec,noIde,kmeans,random,sasrec]", "sweep.ks=[3]",
                              "sweep.review_drops=[]", "sweep.seeds=[0]", "sweep.max_epochs=2",
-                             "sweep.concurrency=2"])
-    runner = Runner(cfg, Store(cfg.storage.uri))
+                             "sweep.concurrency=2", "sweep.judges=[other-judge]"])
+    stages = {s.name: s for s in (prepare.STAGE, *STAND_INS, sweep.STAGE)}
+    runner = Runner(cfg, Store(cfg.storage.uri), stages=stages)
     for stage in (prepare.STAGE, *STAND_INS):
         runner.run_stage(stage)
     published = runner.run_stage(sweep.STAGE)
-    assert published["metrics"]["trials"] == 6 and published["metrics"]["restored"] is False
+    assert published["metrics"]["trials"] == 7 and published["metrics"]["restored"] is False
     progress = [line for line in caplog.messages if line.startswith("[sweep] trial ")]
-    assert [line.split()[2] for line in progress] == [f"{i}/6" for i in range(1, 7)], "a line per finished trial"
+    assert [line.split()[2] for line in progress] == [f"{i}/7" for i in range(1, 8)], "a line per finished trial"
     out = published["output_dir"]
     results = runner.store.read_table(f"{out}/results.parquet")
-    assert results.num_rows == 6
+    assert results.num_rows == 7
+    assert sorted(results.column("judge").to_pylist()) == [""] * 6 + ["other-judge"]
+    # The other judge's point runs its upstream as run demo-judge-other-judge: what the judge change does
+    # not touch is taken from this run, the judge and what reads it run there.
+    notes = runner.store.read_json(f"{out}/results.json")["upstream"]
+    assert [n.split(": ")[0] for n in notes] == [f"[sweep] demo-judge-other-judge/{name}"
+                                                 for name in ("prepare", "embed", "train_sae", "judge", "profile")]
+    assert [n.split(": ")[1].startswith("reused from demo") for n in notes] == [True, True, True, False, False]
+    derived = runner.derived("demo-judge-other-judge", judge=dataclasses.replace(cfg.judge, model="other-judge"))
+    assert derived.manifest("judge")["run"] == "demo-judge-other-judge"
+    assert derived.manifest("embed") is None and runner.manifest("judge")["run"] == "demo"
     assert dict(zip(results.column("variant").to_pylist(), results.column("n_intents").to_pylist())) == {
         "saerec": 4, "noIde": 12, "kmeans": 4, "random": 4, "sasrec": 0}
     assert all(1 <= e <= 2 for e in results.column("epochs").to_pylist())

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from saerec import schemas
 from saerec.data.records import DataError, Interaction
+from saerec.data.split import MIN_LENGTH, split_labels
 
 SPOOL_BATCH = 50_000
 CORPUS_PART_ROWS = 200_000
@@ -133,8 +134,8 @@ def collect(records: Iterable[Interaction], k_core: int, workdir: Path, drop_dup
         raise DataError(f"no interactions survive {k_core}-core filtering")
 
     lengths = np.bincount(u, minlength=len(user_ids))
-    short = lengths[u] < 3
-    dropped_short_users = int(((lengths > 0) & (lengths < 3)).sum())
+    short = lengths[u] < MIN_LENGTH
+    dropped_short_users = int(((lengths > 0) & (lengths < MIN_LENGTH)).sum())
     u, it, ts, records_kept = u[~short], it[~short], ts[~short], records_kept[~short]
     if len(u) == 0:
         raise DataError("no user has the 3 interactions a leave-one-out split needs")
@@ -154,8 +155,7 @@ def collect(records: Iterable[Interaction], k_core: int, workdir: Path, drop_dup
     starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
     counts = np.diff(np.r_[starts, len(u)])
     position = (np.arange(len(u)) - np.repeat(starts, counts)).astype(np.int32)
-    from_end = np.repeat(counts, counts) - position
-    split = np.where(from_end == 1, "test", np.where(from_end == 2, "valid", "train"))
+    split = split_labels(counts)
 
     interactions = pa.table({
         "user": pa.array(u, pa.int32()), "item": pa.array(it, pa.int32()),

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saerec.data.split import split_labels
+
 
 @dataclass(frozen=True)
 class RankingSet:
@@ -71,26 +73,27 @@ def _windows(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.
 
 def leave_one_out(sequences: Sequence[Sequence[int]], n_items: int, max_len: int,
                   protocol: Protocol = "strict") -> LeaveOneOut:
-    """Split chronological per-user sequences; users with under 3 items only contribute training.
-
-    A user needs one training item as history plus the valid and test items to be ranked.
-    """
+    """Split chronological per-user sequences by the split prepare publishes (``saerec.data.split``):
+    users with too few items to hold two out only contribute training."""
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    sequences = [_as_items(seq, user, n_items) for user, seq in enumerate(sequences)]
+    lengths = np.array([len(items) for items in sequences], dtype=np.int64)
+    labels = np.split(split_labels(lengths), np.cumsum(lengths)[:-1])
     train, users, valid_hist, valid_tgt, test_hist, test_tgt = [], [], [], [], [], []
-    for user, seq in enumerate(sequences):
-        items = _as_items(seq, user, n_items)
-        if len(items) < 3:
+    for user, (items, label) in enumerate(zip(sequences, labels)):
+        history, valid, test = items[label == "train"], items[label == "valid"], items[label == "test"]
+        if not len(test):
             train.append(items)
             continue
-        train.append(items[:-1] if protocol == "paper" else items[:-2])
+        train.append(items[label != "test"] if protocol == "paper" else history)
         users.append(user)
-        valid_hist.append(items[:-2])
-        valid_tgt.append(items[-2])
-        test_hist.append(items[:-1])
-        test_tgt.append(items[-1])
+        valid_hist.append(history)
+        valid_tgt.append(valid[0])
+        test_hist.append(items[label != "test"])
+        test_tgt.append(test[0])
     user_ids = np.asarray(users, dtype=np.int64)
     valid = RankingSet(user_ids, *_windows(valid_hist, max_len), np.asarray(valid_tgt, dtype=np.int64))
     test = RankingSet(user_ids, *_windows(test_hist, max_len), np.asarray(test_tgt, dtype=np.int64))

@@ -9,7 +9,7 @@ import copy
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -112,7 +112,7 @@ def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap_ddp(model: nn.Module) -> nn.Module:
     """The recommender inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -172,7 +172,7 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
     may be DDP-wrapped; every worker then evaluates the same weights and stops together.
     """
     examples = training_examples(data.train, max_len, cfg.prefix_augment)
-    core = unwrap(model)
+    core = unwrap_ddp(model)
     optimizer = make_optimizer(model, cfg)
     if resume is not None:
         state = FitState.from_dict(resume, core, optimizer)
@@ -204,10 +204,3 @@ def fit(model: nn.Module, data: LeaveOneOut, cfg: FitConfig, max_len: int,
     best_valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
     return FitResult(state.stopper.best_epoch, best_valid, state.best_model, state.history)
 
-
-def final_test(model: nn.Module, result: FitResult, data: LeaveOneOut, ks: Sequence[int],
-               mask_history: bool, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Load the selected weights and read the test set once."""
-    core = unwrap(model)
-    core.load_state_dict(result.best_model)
-    return evaluate(core, data.test, ks, mask_history, device=device)

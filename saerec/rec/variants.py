@@ -155,10 +155,10 @@ def is_grounded(spec: Mapping[str, Any]) -> bool:
     return spec.get("model") in GROUNDED_KINDS
 
 
-def model_spec(name: str, encoder: EncoderConfig, k: int, ema_beta: float,
+def model_spec(name: str, encoder: EncoderConfig, intent: IntentConfig,
                intent_shape: tuple[int, int] | None, profiles: ItemProfiles | None = None) -> dict[str, Any]:
     """Everything needed to rebuild a variant's model; stored beside its weights. The variant sets
-    the encoder's backbone."""
+    the encoder's backbone and the intent config's switches (and k, for one that reads every intent)."""
     found = variant(name)
     encoder = dataclasses.replace(encoder, backbone=found.backbone)
     spec: dict[str, Any] = {"variant": name, "encoder": dataclasses.asdict(encoder), "intent_set": found.intent_set,
@@ -175,8 +175,8 @@ def model_spec(name: str, encoder: EncoderConfig, k: int, ema_beta: float,
             raise ValueError(f"model {name} needs the items' {found.intent_set} intent profiles")
         spec["grounded"] = {"projected": found.projected, "profile_width": int(profiles.ids.shape[1])}
     if found.attends:
-        k = intent_shape[0] if found.every_intent else k
-        spec["intent"] = dataclasses.asdict(IntentConfig(k=k, ema_beta=ema_beta, **found.switches))
+        k = intent_shape[0] if found.every_intent else intent.k
+        spec["intent"] = dataclasses.asdict(dataclasses.replace(intent, k=k, **found.switches))
     return spec
 
 

@@ -2,10 +2,10 @@
 
 Every trial reads published upstream outputs only. A study point that changes an upstream
 input (another review-removal rate changes the corpus; another judge changes the intent set)
-gets its upstream stages through the normal ``Runner`` under a derived run name such as
-``{run}-drop10`` or ``{run}-judge-<name>``, reusing any stage whose fingerprint equals the base
-run's (so another judge re-runs the judge only) and any derived output an earlier sweep
-published. Tune's experiment state and each trial's training state live in ``ctx.train_storage()``,
+gets its upstream stages through the runner running this stage (``Runner.derived`` and
+``run_upstream``) under a derived run name such as ``{run}-drop10`` or ``{run}-judge-<name>``,
+reusing any stage whose fingerprint equals the base run's (so another judge re-runs the judge only)
+and any derived output an earlier sweep published. The trials are ``saerec.workers.tune_trials``'s. Tune's experiment state and each trial's training state live in ``ctx.train_storage()``,
 so a killed sweep re-run with the same inputs keeps its finished trials and continues the others.
 
 Outputs: ``results.parquet`` (one row per trial, ``schemas.sweep_results_schema``),
@@ -23,52 +23,24 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from ray import tune
 
 from saerec import artifacts, restore, tuning
-from saerec.config import Config, RunSection, SweepSection, parse_judge
-from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
+from saerec.config import RecSection, SweepSection, parse_judge
+from saerec.pipeline import Stage, StageContext, StageError, StageInput
 from saerec.rec.grounded import ItemProfiles
-from saerec.rec.runs import SELECT_METRIC, run_settings
+from saerec.rec.runs import SELECT_METRIC, selection_ks
 from saerec.rec.variants import build_inputs, variant
-from saerec.stages import load_stage
+from saerec.workers import tune_trials
 
 log = logging.getLogger(__name__)
-UPSTREAM = ("prepare", "embed", "train_sae", "explain", "judge", "profile")
 SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge", "profile")
-# The keys of rec and evaluate that trials read: rec.models, rec.seeds or the steering settings
-# do not re-run the sweep.
-REC_KEYS = ("d", "blocks", "heads", "max_len", "dropout", "ema_beta", "lr", "weight_decay", "batch_size",
-            "max_epochs", "patience", "k", "kmeans_clusters", "prefix_augment", "bsarec_alpha", "bsarec_c")
+# Trials read every rec key but these (which models and seeds train_rec trains, and its workers), so
+# changing one of these does not re-run the sweep, and a new rec key re-runs it.
+TRAIN_REC_ONLY = ("models", "seeds", "num_workers", "use_gpu")
+REC_KEYS = tuple(f.name for f in dataclasses.fields(RecSection)
+                 if not f.metadata.get("resource") and f.name not in TRAIN_REC_ONLY)
 EVALUATE_KEYS = ("protocol", "ks", "mask_history")
-
-
-class DerivedRunner(Runner):
-    """A Runner for a derived config that takes the base run's published stage whenever its
-    fingerprint is the one this config would produce, and runs (and publishes) only the rest."""
-
-    def __init__(self, cfg: Config, store: Any, base: Runner):
-        super().__init__(cfg, store)
-        self.base = base
-        self.reused: dict[str, dict[str, Any]] = {}
-
-    def manifest(self, stage: str) -> dict[str, Any] | None:
-        return self.reused.get(stage) or super().manifest(stage)
-
-    def run_stage(self, stage: Stage, force: bool = False) -> dict[str, Any]:
-        wanted = fingerprint(stage, self.cfg, self._upstream(stage))
-        base = self.base.manifest(stage.name)
-        if base is not None and base.get("fingerprint") == wanted:
-            self.reused[stage.name] = base
-            return {**base, "skipped": True, "reused_from": self.base.cfg.run.name}
-        return super().run_stage(stage, force)
-
-
-def _config(ctx: StageContext, run_name: str, **sections: Any) -> Config:
-    """A full Config for the Runner from this stage's sections, with some sections replaced."""
-    own = {name: ctx.sections[name] for name in SECTIONS if name != "sweep"}
-    return Config(run=RunSection(name=run_name), seed=ctx.seed, **{**own, **sections})
 
 
 def _slug(text: str) -> str:
@@ -76,19 +48,17 @@ def _slug(text: str) -> str:
 
 
 def _publish_upstream(ctx: StageContext, run_name: str, notes: list[str], **sections: Any) -> dict[str, StageInput]:
-    """Make sure a derived run's upstream stages are published; returns them as stage inputs."""
-    base = Runner(_config(ctx, ctx.run_name), ctx.store)
-    runner = DerivedRunner(_config(ctx, run_name, **sections), ctx.store, base)
-    found = {}
-    for name in UPSTREAM:
-        start = time.time()
-        manifest = runner.run_stage(load_stage(name))
+    """Make sure a derived run's upstream stages are published; returns this stage's inputs from it."""
+    if ctx.runner is None:
+        raise StageError("sweep: a study point with another review drop or judge runs its upstream stages, "
+                         "which needs the stage to run inside a Runner")
+    found = ctx.runner.derived(run_name, **sections).run_upstream(ctx.stage)
+    for name, manifest in found.items():
         how = (f"reused from {manifest['reused_from']}" if "reused_from" in manifest
-               else "already published" if manifest.get("skipped") else f"ran in {time.time() - start:.1f}s")
+               else "already published" if manifest.get("skipped") else f"ran in {manifest['wall_time_s']:.1f}s")
         notes.append(f"[sweep] {run_name}/{name}: {how}")
         log.info(notes[-1])
-        found[name] = StageInput(ctx.store, manifest)
-    return found
+    return {name: StageInput(ctx.store, found[name]) for name in ctx.inputs}
 
 
 def _intent_sets(ctx: StageContext, specs: list[tuning.TrialSpec], n_items: int, notes: list[str]
@@ -141,31 +111,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
     upstream_seconds = time.time() - start
     tune_start = time.time()
 
-    settings = run_settings(rec, ctx.sections["evaluate"], cfg.max_epochs, cfg.patience)
-    data = tuning.SweepData(sequences=sequences.sequences, n_items=sequences.n_items, intents=intents,
-                            profiles=profiles)
+    evaluate = ctx.sections["evaluate"]
+    trial_rec = dataclasses.replace(rec, max_epochs=cfg.max_epochs or rec.max_epochs,
+                                    patience=cfg.patience or rec.patience)
+    data = tune_trials.SweepData(sequences=sequences.sequences, n_items=sequences.n_items, intents=intents,
+                                 profiles=profiles)
     resources = {"cpu": cfg.cpus_per_trial, **({"gpu": cfg.gpus_per_trial} if cfg.gpus_per_trial else {})}
     storage_path, filesystem = ctx.train_storage()
-    states = tuning.TrialStates(filesystem, posixpath.join(storage_path, "trial_states"))
-    trainable = tune.with_parameters(tuning.train_trial, data=data, settings=settings, states=states,
-                                     resources=tuning.TrialResources(threads=max(1, int(cfg.cpus_per_trial)),
-                                                                     use_gpu=cfg.gpus_per_trial > 0))
-    outcome = tuning.run_sweep(trainable, specs, storage_path=storage_path, storage_filesystem=filesystem,
-                               name="sweep", concurrency=cfg.concurrency, resources=resources,
-                               max_failures=cfg.max_failures)
+    states = tune_trials.TrialStates(filesystem, posixpath.join(storage_path, "trial_states"))
+    trainable = tune.with_parameters(
+        tune_trials.train_trial, data=data, rec=trial_rec, evaluate=evaluate, states=states,
+        resources=tune_trials.TrialResources(threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0))
+    outcome = tune_trials.run_sweep(trainable, specs, storage_path=storage_path, storage_filesystem=filesystem,
+                                    name="sweep", concurrency=cfg.concurrency, resources=resources,
+                                    max_failures=cfg.max_failures)
     if outcome.failed:
         listed = "; ".join(f"{trial}: {error.splitlines()[0] if error else 'failed'}"
                            for trial, error in outcome.failed[:5])
         raise StageError(f"sweep: {len(outcome.failed)} of {len(specs)} trials failed after "
                          f"{cfg.max_failures} retries ({listed}); re-run the job to retry them from their saved state")
-    results = tuning.results_table(outcome.rows, settings.ks)
-    summary = tuning.summary_table(results, settings.ks)
+    ks = selection_ks(evaluate.ks)
+    results = tuning.results_table(outcome.rows, ks)
+    summary = tuning.summary_table(results, ks)
     artifacts.write_table(ctx.output, artifacts.SWEEP_RESULTS, results)
     artifacts.write_table(ctx.output, artifacts.SWEEP_SUMMARY, summary)
-    artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"protocol": settings.protocol,"trials": results.to_pylist(), "summary": summary.to_pylist(),
+    artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"protocol": evaluate.protocol, "trials": results.to_pylist(), "summary": summary.to_pylist(),
                                            "upstream": notes, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
     best = tuning.best_point(summary.to_pylist(), SELECT_METRIC)
-    return {"protocol": settings.protocol, "trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
+    return {"protocol": evaluate.protocol, "trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
             "upstream_seconds": round(upstream_seconds, 3), "tune_seconds": round(time.time() - tune_start, 3),
             "trial_train_seconds": float(np.sum(results.column("train_seconds").to_numpy())),
             "trials_resumed_mid_training": int(np.sum(results.column("resumed_from_epoch").to_numpy() > 0)),
