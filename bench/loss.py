@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.rec import read_sequence_file  # noqa: E402
 from bench.shared_data import shared_data_dir  # noqa: E402
 
 from saerec.rec import EncoderConfig, FitConfig, SASRec, leave_one_out  # noqa: E402
@@ -46,6 +45,13 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def read_sequence_file(folder: Path) -> tuple[list[list[int]], int]:
+    """The ICLRec ``sequences.txt`` (``user item item ...``, item ids 1..n) as per-user item lists."""
+    sequences = [[int(i) for i in line.split()[1:]] for line in (folder / "sequences.txt").read_text().splitlines()
+                 if line.strip()]
+    return sequences, max(max(s) for s in sequences)
 
 
 def main(argv: list[str] | None = None) -> None:
