@@ -9,7 +9,7 @@ import torch
 
 from saerec.rec.batching import RankingSet, ranking_batches
 from saerec.rec.grounded import GroundedSAERec, GroundedSASRec
-from saerec.rec.metrics import hr_ndcg, target_ranks
+from saerec.rec.metrics import hr_ndcg, mask_scores, target_ranks
 from saerec.rec.saerec_model import SAERec, steering
 
 
@@ -59,10 +59,7 @@ def top_items(model: torch.nn.Module, inputs: np.ndarray, lengths: np.ndarray, t
     for rows in _batches(lengths, batch_size):
         width = int(lengths[rows].max())
         seqs = torch.from_numpy(inputs[rows, :width]).to(device)
-        scores = model.item_scores(model(seqs, torch.from_numpy(lengths[rows]).to(device), last_only=True))
-        scores[:, 0] = float("-inf")
-        if mask_history:
-            scores.scatter_(1, seqs, float("-inf"))
+        scores = model.full_sort_scores(seqs, torch.from_numpy(lengths[rows]).to(device), mask_history)
         out[rows] = scores.topk(top_n, dim=1).indices.cpu().numpy()
     return out
 
@@ -169,15 +166,12 @@ def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: Rankin
     in_category = np.zeros(len(levels))
     for rows, seqs, lengths, targets in ranking_batches(data, batch_size):
         seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
-        scores = model.item_scores(model(seqs, lengths, last_only=True))
+        scores = model.full_sort_scores(seqs, lengths, mask_seen=False)
         spread = scores[:, 1:].std(dim=1, keepdim=True)
         base = None
         for level, strength in enumerate(levels):
-            steered = scores + strength * spread * boost.to(scores.device)
-            ranks[level, rows] = target_ranks(steered, targets, seqs if mask_history else None).cpu().numpy()
-            steered[:, 0] = float("-inf")
-            if mask_history:
-                steered.scatter_(1, seqs, float("-inf"))
+            steered = mask_scores(scores + strength * spread * boost.to(scores.device), seqs if mask_history else None)
+            ranks[level, rows] = target_ranks(steered, targets).cpu().numpy()
             top = steered.topk(top_n, dim=1).indices.cpu()
             carried[level] += float(carrying[top].sum())
             if category is not None:
