@@ -10,7 +10,7 @@ import torch
 
 from saerec.rec.batching import leave_one_out
 from saerec.rec.bsarec import lowpass_kernel
-from saerec.rec.explain import explain_grounded
+from saerec.rec.attribution import explain_grounded
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import RunSettings, train_run
 from saerec.rec.sasrec import BACKBONES, EncoderConfig, SASRec

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from saerec import tuning
-from saerec.rec.explain import cheapest_effect
+from saerec.rec.attribution import cheapest_effect
 from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
 from saerec.stages import evaluate
 

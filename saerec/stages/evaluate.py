@@ -33,7 +33,7 @@ from saerec import artifacts, schemas
 from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import leave_one_out
-from saerec.rec.explain import (category_flags, cheapest_effect, explain_grounded, explain_users,
+from saerec.rec.attribution import (category_flags, cheapest_effect, explain_grounded, explain_users,
                                 grounded_steering_study, match_category, match_texts, steering_study, top_items)
 from saerec.rec.metrics import (COLD_MAX_TRAIN, HEAD_ITEM_SHARE, POPULARITY_BUCKETS, bucket_metrics, hr_ndcg,
                                 item_train_counts, popularity_buckets, rank_users, user_ndcg_hr)

@@ -1,4 +1,7 @@
-"""Top-N recommendations, their intent explanations, and counterfactual steering by intent boosts."""
+"""Score attribution: top-N recommendations, the intents behind them (for a grounded model the exact
+parts each item's score splits into), and counterfactual steering by intent boosts.
+
+Not to be confused with the ``explain`` stage, which labels SAE latents with words."""
 from __future__ import annotations
 
 import re
