@@ -90,7 +90,7 @@ def _judge(ctx: StageContext) -> dict:
         "latent": list(range(10)), "summary": [f"theme {i}" for i in range(10)],
         "words": [[f"w{i}a", f"w{i}b"] for i in range(10)], "kept": [i in LATENTS for i in range(10)],
         "frequency": np.arange(10) / 10.0, "detection": [0.75] * 10}))
-    return {"kept": len(LATENTS), "judged": 10}
+    return {"kept": len(LATENTS), "judged": 10, "detection_scoring": "judge"}
 
 
 def _evaluate(ctx: StageContext) -> dict:
@@ -99,6 +99,7 @@ def _evaluate(ctx: StageContext) -> dict:
     valid = {"mean": 0.06, "std": 0.002, "n": 2}
     interval = {"difference": 0.02, "low": 0.01, "high": 0.03, "users": 50, "excludes_zero": True}
     ctx.output.write_json("metrics.json", {
+        "protocol": "strict",
         "summary": {"sasrec": {"seeds": [0, 1], "valid": {**valid, "mean": 0.04}, "test": test},
                     "saerec": {"seeds": [0, 1], "valid": valid, "test": test},
                     "dense": {"seeds": [0], "valid": {"mean": 0.059, "std": None, "n": 1}, "test": one_seed}},
@@ -131,7 +132,7 @@ def _evaluate(ctx: StageContext) -> dict:
         "item_contributions": pa.array([[], []], pa.list_(pa.list_(pa.float32()))),
         "item_intent_share": pa.array([[], []], pa.list_(pa.float32()))},
         schema=schemas.RECOMMENDATIONS))
-    return {"explained_model": "saerec-seed0", "fusion_weight_self": 0.9, "fusion_weight_personal": 0.06,
+    return {"protocol": "strict", "explained_model": "saerec-seed0", "fusion_weight_self": 0.9, "fusion_weight_personal": 0.06,
             "fusion_weight_public": 0.04}
 
 
@@ -146,7 +147,7 @@ def _sweep(ctx: StageContext) -> dict:
                                                            for m in ("hr", "ndcg") for k in (5, 10, 20)}})
     results = tuning.results_table(rows, (5, 10, 20))
     ctx.output.write_table("summary.parquet", tuning.summary_table(results, (5, 10, 20)))
-    return {"trials": len(specs), "seeds": 2, "tune_seconds": 12.5, "upstream_seconds": 3.0}
+    return {"protocol": "strict", "trials": len(specs), "seeds": 2, "tune_seconds": 12.5, "upstream_seconds": 3.0}
 
 
 def _profile(ctx: StageContext) -> dict:
@@ -167,7 +168,7 @@ STAND_INS = {
     "explain": _published("explain", ("train_sae",), lambda ctx: {"latents": 10}),
     "judge": _published("judge", ("explain",), _judge),
     "profile": _published("profile", ("judge",), _profile),
-    "train_rec": _published("train_rec", ("judge",), lambda ctx: {"runs": 4}),
+    "train_rec": _published("train_rec", ("judge",), lambda ctx: {"protocol": "strict", "runs": 4}),
     "evaluate": _published("evaluate", ("train_rec",), _evaluate),
     "sweep": _published("sweep", ("evaluate",), _sweep),
 }

@@ -262,7 +262,7 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, tes
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: EvaluateSection = ctx.sections["evaluate"]
     train_rec = ctx.input("train_rec")
-    trained_under = train_rec.metrics.get("protocol", "strict")
+    trained_under = train_rec.metrics["protocol"]
     if trained_under != cfg.protocol:
         raise StageError(f"evaluate.protocol={cfg.protocol} but train_rec selected its models under {trained_under!r}; "
                          "re-run train_rec under the same protocol")

@@ -35,8 +35,8 @@ PAPER_BANNER = ("PAPER PROTOCOL (evaluate.protocol=paper): the models were train
 
 def run_protocol(ctx: StageContext) -> str:
     """The evaluation protocol of the run's results; refuses a run whose stages disagree, so strict
-    and paper numbers can never share a table. Results from before the switch are strict."""
-    found = {name: ctx.input(name).metrics.get("protocol", "strict") for name in PROTOCOL_STAGES}
+    and paper numbers can never share a table."""
+    found = {name: ctx.input(name).metrics["protocol"] for name in PROTOCOL_STAGES}
     if len(set(found.values())) > 1:
         listed = ", ".join(f"{name}: {p}" for name, p in found.items())
         raise StageError(f"report: the run's results mix evaluation protocols ({listed}); re-run them under one "
@@ -59,11 +59,8 @@ def _cell(value: dict[str, Any]) -> str:
 
 def answer_text(evaluated: dict[str, Any]) -> str:
     """One paragraph: the selected model against the baseline, valid and test (evaluate's ``selection``
-    and ``comparisons``); runs from before the selection say so and point at the table."""
-    chosen = evaluated.get("selection")
-    if not chosen:
-        return ("This run's evaluate output predates the choice of one model on valid: see each model's valid and "
-                "test metrics in the main results below.")
+    and ``comparisons``)."""
+    chosen = evaluated["selection"]
     name, metric = chosen["selected"], chosen["metric"]
     test = evaluated["summary"][name]["test"]
     shown = [f"test {m.upper()} {_cell(test[m])}" for m in ANSWER_METRICS if m in test]
@@ -76,9 +73,8 @@ def answer_text(evaluated: dict[str, Any]) -> str:
     if name == BASELINE:
         return text + " It is the baseline itself: no intent variant beat it on valid."
     if base and metric in base["test"]:
-        valid_base = f"valid {metric.upper()} {_cell(base['valid'])}, " if "valid" in base else ""
-        text += f" The baseline {BASELINE}: {valid_base}test {metric.upper()} {_cell(base['test'][metric])}."
-    paired = next((c for c in evaluated.get("comparisons", []) if c["a"] == name and c["b"] == BASELINE), None)
+        text += f" The baseline {BASELINE}: valid {metric.upper()} {_cell(base['valid'])}, test {metric.upper()} {_cell(base['test'][metric])}."
+    paired = next((c for c in evaluated["comparisons"] if c["a"] == name and c["b"] == BASELINE), None)
     if paired:
         found = paired["test"]
         text += (f" Paired over {found['users']:,} test users, {name} − {BASELINE} on test "
@@ -162,7 +158,7 @@ def _purity(doc: render.Document, ctx: StageContext) -> None:
 
 
 def _detection_by(metrics: dict) -> str:
-    scoring = metrics.get("detection_scoring", "judge")  # manifests older than the key: the judge LM
+    scoring = metrics["detection_scoring"]
     if scoring == "embedding":
         return "by the cosine of sentence embeddings, judge.detection_scoring=embedding"
     return "by the judge LM itself" if scoring == "judge" else "not scored: judge.detection=false"
@@ -174,7 +170,7 @@ def _main_results(doc: render.Document, ctx: StageContext) -> None:
     valid_column = f"valid {SELECT_METRIC}"
     for variant, info in evaluated["summary"].items():
         seeds = len(info["seeds"])
-        shown = {**({valid_column: info["valid"]} if "valid" in info else {}), **info["test"]}
+        shown = {valid_column: info["valid"], **info["test"]}
         ours[variant] = {m: (render.format_mean_std(v["mean"], v["std"], seeds) if seeds > 1 else v["mean"])
                          for m, v in shown.items()}
     metrics = [m for m in (valid_column, *render.MAIN_METRICS) if any(m in v for v in ours.values())]
@@ -183,7 +179,7 @@ def _main_results(doc: render.Document, ctx: StageContext) -> None:
     paper_rows = {v: VARIANTS[v].paper_row for v in ours if v in VARIANTS}
     section.blocks.append(render.main_results_table(ours, metrics, with_paper=not demo, paper_rows=paper_rows))
     selection = ("selected on the validation item only (strict protocol)"
-                 if evaluated.get("protocol", "strict") == "strict" else
+                 if evaluated["protocol"] == "strict" else
                  "trained on the validation item and selected on the test item (paper protocol)")
     section.blocks.append(f"Our rows are this run's test metrics beside the valid {SELECT_METRIC} that selects "
                           "(mean ± sample std over n seeds when several), each model's epochs "
@@ -201,17 +197,14 @@ def _main_results(doc: render.Document, ctx: StageContext) -> None:
 
 
 def _by_popularity(doc: render.Document, ctx: StageContext) -> None:
-    """Where the models differ: head, tail and cold held-out items (runs from before the breakdown have none)."""
-    found = artifacts.read_json(ctx.input("evaluate"), artifacts.TEST_METRICS).get("by_popularity")
-    if found:
-        doc.section("By item popularity").blocks.extend(render.popularity_tables(found))
+    """Where the models differ: head, tail and cold held-out items."""
+    found = artifacts.read_json(ctx.input("evaluate"), artifacts.TEST_METRICS)["by_popularity"]
+    doc.section("By item popularity").blocks.extend(render.popularity_tables(found))
 
 
 def _selection(section: render.Section, evaluated: dict[str, Any]) -> None:
     """The model chosen on valid, its ties, and the paired comparisons over users."""
-    chosen = evaluated.get("selection")
-    if not chosen:
-        return
+    chosen = evaluated["selection"]
     name, valid, test = chosen["selected"], chosen["valid"][chosen["selected"]], chosen["test"]
     ties = ", ".join(t["model"] for t in chosen["ties"])
     section.blocks.append(
@@ -222,7 +215,7 @@ def _selection(section: render.Section, evaluated: dict[str, Any]) -> None:
          "of the per-user valid difference contains 0, so valid cannot tell them apart." if ties else
          "No other variant is within valid noise of it."))
     rows = [[f"{c['a']} − {c['b']}", render.format_interval(c["valid"]), render.format_interval(c["test"]),
-             c["test"]["users"], c["test"]["excludes_zero"]] for c in evaluated.get("comparisons", [])]
+             c["test"]["users"], c["test"]["excludes_zero"]] for c in evaluated["comparisons"]]
     if rows:
         section.blocks.append(render.Table(
             ["pair", f"valid {chosen['metric']} difference [95 % interval]",
@@ -348,7 +341,7 @@ def _dose_response(section: render.Section, study: dict[str, Any]) -> None:
         f"{study['query']!r} ({'; '.join(s or '?' for s in study['matched_summaries'])}); {study['items_carrying']} "
         f"items carry one of them. Each item's score is raised by strength x the user's score spread x its weight "
         "on those intents, so strength 0 is the model's own ranking.")
-    valid = {r["strength"]: r for r in study.get("valid_dose_response", [])}
+    valid = {r["strength"]: r for r in study["valid_dose_response"]}
     section.blocks.append(render.Table(
         ["strength", f"share of top-{n} items carrying them", f"valid NDCG@{n}", f"NDCG@{n}", f"HR@{n}",
          "users whose list changed"],
@@ -378,7 +371,7 @@ def _dose_response(section: render.Section, study: dict[str, Any]) -> None:
 def _category_response(section: render.Section, study: dict[str, Any], cheap: dict[str, Any] | None) -> None:
     """Steering scored against an outside label: the share of top-N items in the query's category."""
     if "category" not in study:
-        section.blocks.append(f"Not scored against item categories: {study.get('category_skipped', 'no labels')}.")
+        section.blocks.append(f"Not scored against item categories: {study['category_skipped']}.")
         return
     n, category = study["top_n"], study["category"]
     if cheap:
@@ -389,8 +382,7 @@ def _category_response(section: render.Section, study: dict[str, Any], cheap: di
             f"to {cheap['category_share_after']:.2%} ({'undefined' if rise is None else f'{rise:+.1%}'} relative; "
             "the paper reports +2.8 % for Skin Care, 6,819 to 7,011 items).")
     curves = {name: [r["category_share"] for r in rows]
-              for name, rows in (("valid", study.get("valid_dose_response", [])), ("test", study["dose_response"]))
-              if rows}
+              for name, rows in (("valid", study["valid_dose_response"]), ("test", study["dose_response"]))}
     section.blocks.append(render.Figure(render.line_chart(
         [r["strength"] for r in study["dose_response"]], {k: (v, [0.0] * len(v)) for k, v in curves.items()},
         f"Share of top-{n} items in {category!r}", "strength (x the user's score spread)", "share of listed items"),
