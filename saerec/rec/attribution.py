@@ -33,6 +33,25 @@ def match_category(names: Sequence[str], query: str) -> list[str]:
     return [n for n, hit in zip(names, match_texts(names, query)) if hit]
 
 
+def steering_category(labels: dict[int, list[str]] | None, query: str,
+                      category: str | None = None) -> dict[str, str]:
+    """The category a steering ``query`` targets, ``{"category": name}``, or ``{"category_skipped": why}``:
+    ``category`` (``evaluate.steering_category``) if set, else the one category name matching the query.
+    ``labels`` maps item ids to their category names (None: the run has none)."""
+    if labels is None:
+        return {"category_skipped": "prepare published no item categories (data.item_categories)"}
+    names = sorted({name for found in labels.values() for name in found})
+    if category is not None:
+        found = [n for n in names if n.casefold() == category.strip().casefold()]
+        return ({"category": found[0]} if found else
+                {"category_skipped": f"no item is labelled evaluate.steering_category={category!r}"})
+    found = match_category(names, query)
+    if len(found) == 1:
+        return {"category": found[0]}
+    return {"category_skipped": f"{'no' if not found else len(found)} category names match {query!r}"
+                                f"{' (' + ', '.join(found[:5]) + ')' if found else ''}; set evaluate.steering_category"}
+
+
 def category_flags(labels: dict[int, list[str]], category: str, n_items: int) -> np.ndarray:
     """(n_items + 1,) mask of the items labelled ``category`` (index 0, the padding id, is never set)."""
     flags = np.zeros(n_items + 1, dtype=bool)
