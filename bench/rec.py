@@ -38,7 +38,7 @@ from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, c
                            each_cell, mean_std, read_parts, run_chain, seed_sized_run, sized_overrides, train_cell)
 
 from saerec import artifacts  # noqa: E402
-from saerec.rec.explain import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
+from saerec.rec.attribution import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
 from saerec.rec import runs  # noqa: E402
 from saerec.rec.variants import NAMES, label, restore_model, variant  # noqa: E402
 

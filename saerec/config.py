@@ -373,7 +373,7 @@ class EvaluateSection:
     # whose name equals the query or contains it as a word
     steering_category: str | None = None
     steering_boost: float = _bounded(2.0, lo=0.0)  # SAERec: + boost on the matched intents' retrieval and attention
-    # grounded models: the dose-response levels, in units of each user's score spread (see rec/explain.py)
+    # grounded models: the dose-response levels, in units of each user's score spread (see rec/attribution.py)
     steering_strengths: list[float] = _bounded([0.05, 0.1, 0.2, 0.5, 1.0, 2.0], lo=0.0)
 
     def __post_init__(self) -> None:

@@ -77,7 +77,7 @@ def test_editing_a_stages_code_reruns_it_and_its_dependents_and_unrelated_edits_
 
 def test_the_real_stages_cover_the_modules_they_run_and_not_the_others():
     evaluate, train_sae, judge = (stage_code(load_stage(n)) for n in ("evaluate", "train_sae", "judge"))
-    assert {"saerec.stages.evaluate", "saerec.rec.metrics", "saerec.rec.stats", "saerec.rec.explain"} <= set(evaluate)
+    assert {"saerec.stages.evaluate", "saerec.rec.metrics", "saerec.rec.stats", "saerec.rec.attribution"} <= set(evaluate)
     assert not any(m.startswith(("saerec.intents", "saerec.sae.training", "saerec.stages.judge")) for m in evaluate)
     assert not any(m.startswith(("saerec.rec", "saerec.intents")) for m in train_sae), \
         "a recommender change does not re-run the SAE"

@@ -112,7 +112,7 @@ def test_variant_names_are_spelled_only_in_the_registry_and_config_defaults():
         where = path.relative_to(SAEREC).as_posix()
         # "saerec" is also the package's name (versions, cache folder); as a model name it could
         # only appear where models are handled.
-        names = NAMES if where.startswith(("stages/", "rec/")) or where in ("tuning.py", "report.py") else \
+        names = NAMES if where.startswith(("stages/", "rec/")) or where in ("tuning.py", "render.py") else \
             tuple(n for n in NAMES if n != "saerec")
         return sorted({s for s in _string_literals(path) if s in names})
 

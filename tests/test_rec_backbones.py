@@ -10,7 +10,7 @@ import torch
 
 from saerec.rec.batching import leave_one_out
 from saerec.rec.bsarec import lowpass_kernel
-from saerec.rec.explain import explain_grounded
+from saerec.rec.attribution import explain_grounded
 from saerec.rec.grounded import ItemProfiles
 from saerec.config import EvaluateSection, RecSection
 from saerec.rec.runs import train_run
@@ -94,6 +94,18 @@ def test_no_position_of_any_variant_depends_on_a_later_item(name):
     with torch.no_grad():
         assert torch.allclose(model(wider, LENGTHS, last_only=True), model(SEQS, LENGTHS, last_only=True), atol=1e-5), \
             f"{name}: a user's state depends on the padded width of the batch"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_variant_full_sorts_with_padding_and_seen_items_masked(name):
+    model = _model(name)
+    with torch.no_grad():
+        raw = model.item_scores(model(SEQS, LENGTHS, last_only=True))
+        masked, unmasked = model.full_sort_scores(SEQS, LENGTHS), model.full_sort_scores(SEQS, LENGTHS, mask_seen=False)
+    seen = torch.zeros_like(raw, dtype=torch.bool).scatter_(1, SEQS, True)
+    seen[:, 0] = True
+    assert torch.isneginf(masked[seen]).all() and torch.equal(masked[~seen], raw[~seen])
+    assert torch.isneginf(unmasked[:, 0]).all() and torch.equal(unmasked[:, 1:], raw[:, 1:])
 
 
 def test_the_causality_check_catches_a_whole_window_filter():

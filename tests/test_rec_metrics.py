@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from saerec.rec.metrics import bucket_metrics, hr_ndcg, item_train_counts, popularity_buckets, target_ranks
+from saerec.rec.metrics import bucket_metrics, hr_ndcg, item_train_counts, mask_scores, popularity_buckets, target_ranks
 
 
 def test_rank_counts_items_scored_above_target_and_ignores_padding():
@@ -22,6 +22,15 @@ def test_history_masking_removes_seen_items_and_buries_a_seen_target():
     history = torch.tensor([[4, 0]])
     assert target_ranks(scores, torch.tensor([3]), history).tolist() == [1]
     assert target_ranks(scores, torch.tensor([4]), history).tolist() == [4]
+
+
+def test_masking_copies_the_scores_and_buries_padding_and_history():
+    scores = torch.tensor([[0.0, 0.1, 0.5, 0.3, 0.9], [0.2, 0.4, 0.1, 0.6, 0.3]])
+    masked = mask_scores(scores, torch.tensor([[4, 2], [1, 0]]))
+    inf = float("-inf")
+    assert torch.equal(masked, torch.tensor([[inf, 0.1, inf, 0.3, inf], [inf, inf, 0.1, 0.6, 0.3]]))
+    assert scores[0, 4] == scores.new_tensor(0.9), "the caller's scores are left as they were"
+    assert torch.equal(mask_scores(scores), torch.tensor([[inf, 0.1, 0.5, 0.3, 0.9], [inf, 0.4, 0.1, 0.6, 0.3]]))
 
 
 def test_ties_rank_against_the_target():

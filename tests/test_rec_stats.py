@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from saerec import tuning
-from saerec.rec.explain import cheapest_effect
+from saerec.rec import comparisons
+from saerec.rec.attribution import cheapest_effect, steering_category
 from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
 from saerec.stages import evaluate
 
@@ -77,19 +78,19 @@ def _poisoned_runs() -> tuple[list[dict], pa.Table]:
 
 def test_evaluate_chooses_the_model_on_valid_and_reads_test_only_to_report_it():
     per_run, per_user = _poisoned_runs()
-    choice = evaluate.select_model(per_run, evaluate.pooled(per_user, "valid"))
+    choice = comparisons.select_model(per_run, comparisons.pooled(per_user, "valid"))
     assert choice["selected"] == "grounded", "test ranks dense first; valid must decide"
     assert choice["ties"] == []
     assert choice["test"]["mean"] == pytest.approx(np.mean([r["test"]["ndcg@20"] for r in per_run[:2]]))
-    [compared] = evaluate.paired_comparisons([("grounded", "dense")], per_user)
+    [compared] = comparisons.paired_comparisons([("grounded", "dense")], per_user)
     assert compared["valid"]["low"] > 0 and compared["test"]["high"] < 0, "both splits are reported as they are"
 
 
 def test_pairs_compared_are_the_selected_model_vs_sasrec_and_each_intent_model_vs_its_random_control():
     variants = ["sasrec", "saerec", "random", "grounded", "grounded-all", "grounded-random", "dense"]
-    assert evaluate.compared_pairs(variants, "dense") == [
+    assert comparisons.compared_pairs(variants, "dense") == [
         ("dense", "sasrec"), ("saerec", "random"), ("grounded", "grounded-random"), ("grounded-all", "grounded-random")]
-    assert evaluate.compared_pairs(["sasrec", "dense"], "sasrec") == []
+    assert comparisons.compared_pairs(["sasrec", "dense"], "sasrec") == []
 
 
 def _trial(variant: str, seed: int, valid: float, test: float) -> dict:
@@ -138,17 +139,15 @@ def test_the_category_share_is_reported_at_the_strength_valid_cost_chose():
 
 
 def test_the_steering_category_is_the_configured_one_or_the_one_name_the_query_matches():
-    from saerec.config import EvaluateSection
-
     labels = {1: ["Sun", "Skin Care"], 2: ["Nail Polish"], 3: ["Nail Polish Remover"], 4: ["Shampoos"]}
-    target = evaluate.steering_category
-    assert target(labels, EvaluateSection(steering_query="NAIL POLISH")) == {"category": "Nail Polish"}
-    assert target(labels, EvaluateSection(steering_query="sunscreen", steering_category="sun")) == {"category": "Sun"}
-    assert target(labels, EvaluateSection(steering_query="x", steering_category="Hair")) == {
+    target = steering_category
+    assert target(labels, "NAIL POLISH") == {"category": "Nail Polish"}
+    assert target(labels, "sunscreen", "sun") == {"category": "Sun"}
+    assert target(labels, "x", "Hair") == {
         "category_skipped": "no item is labelled evaluate.steering_category='Hair'"}
-    assert target(labels, EvaluateSection(steering_query="shampoo")) == {
+    assert target(labels, "shampoo") == {
         "category_skipped": "no category names match 'shampoo'; set evaluate.steering_category"}
-    assert target(labels, EvaluateSection(steering_query="polish")) == {
+    assert target(labels, "polish") == {
         "category_skipped": "2 category names match 'polish' (Nail Polish, Nail Polish Remover); "
                             "set evaluate.steering_category"}
-    assert "no item categories" in target(None, EvaluateSection(steering_query="sun"))["category_skipped"]
+    assert "no item categories" in target(None, "sun")["category_skipped"]

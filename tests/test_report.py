@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from saerec import report as rp
+from saerec import render
 from saerec import artifacts, schemas, tuning
 from saerec.config import load_config
 from saerec.pipeline import Runner, Stage, StageContext, StageError
@@ -28,20 +28,20 @@ def _images(text: str) -> list[bytes]:
 
 
 def test_document_renders_to_self_contained_html_and_markdown():
-    doc = rp.Document("A <title>")
+    doc = render.Document("A <title>")
     section = doc.section("Numbers & charts")
     section.blocks.append("Plain text with a | pipe and <b>markup</b>.")
-    section.blocks.append(rp.Table(["name", "value"], [["a|b", 0.123456], ["none", None], ["big", 12345.678]],
-                                   "a caption"))
-    section.blocks.append(rp.Figure(rp.bar_chart(["x", "y"], [0.1, 0.2], [0.01, 0.0], "t", "v"), "bars"))
-    section.blocks.append(rp.Figure(rp.line_chart([1, 2, 3], {"s": ([0.1, 0.2, 0.3], [0, 0, 0])}, "t", "x", "y"),
-                                    "lines"))
-    html = rp.to_html(doc)
-    markdown = rp.to_markdown(doc)
+    section.blocks.append(render.Table(["name", "value"], [["a|b", 0.123456], ["none", None], ["big", 12345.678]],
+                                       "a caption"))
+    section.blocks.append(render.Figure(render.bar_chart(["x", "y"], [0.1, 0.2], [0.01, 0.0], "t", "v"), "bars"))
+    section.blocks.append(render.Figure(render.line_chart([1, 2, 3], {"s": ([0.1, 0.2, 0.3], [0, 0, 0])}, "t", "x", "y"),
+                                        "lines"))
+    html = render.to_html(doc)
+    markdown = render.to_markdown(doc)
     assert "&lt;b&gt;markup&lt;/b&gt;" in html and "<b>markup" not in html
     assert "<td>0.1235</td>" in html and "<td>—</td>" in html and "<td>12,345.7</td>" in html
     long = "a long item name that a narrow table must wrap"
-    wrapped = rp.to_html(rp.Document("t", [rp.Section("s", [rp.Table(["item", "n"], [[long, 0.5]])])]))
+    wrapped = render.to_html(render.Document("t", [render.Section("s", [render.Table(["item", "n"], [[long, 0.5]])])]))
     assert f"<td class='text'>{long}</td><td>0.5000</td>" in wrapped, "long text wraps, numbers stay on one line"
     assert "| a\\|b | 0.1235 |" in markdown
     assert "src='http" not in html and "](http" not in markdown, "nothing is fetched from elsewhere"
@@ -51,7 +51,7 @@ def test_document_renders_to_self_contained_html_and_markdown():
 
 
 def test_main_table_puts_the_papers_numbers_beside_ours():
-    table = rp.main_results_table({"sasrec": {"hr@10": 0.09, "ndcg@20": 0.06}, "saerec": {"hr@10": "0.1 ± 0.01"}})
+    table = render.main_results_table({"sasrec": {"hr@10": 0.09, "ndcg@20": 0.06}, "saerec": {"hr@10": "0.1 ± 0.01"}})
     rows = {(r[0], r[1]): r[2:] for r in table.rows}
     assert rows[("sasrec", "this run")] == [0.09, None, None, 0.06]
     assert rows[("SASRec", "paper (Beauty)")] == [0.0624, 0.0894, 0.0342, 0.0386]
@@ -59,15 +59,15 @@ def test_main_table_puts_the_papers_numbers_beside_ours():
     assert rows[("ICSRec", "paper (Beauty)")][3] == 0.0663
     assert rows[("KMeans-Intent", "paper (Beauty)")] == [None, 0.1349, None, 0.0671]
     assert [r[0] for r in table.rows].count("SASRec") == 1
-    demo = rp.main_results_table({"sasrec": {"hr@10": 0.5}}, with_paper=False)
+    demo = render.main_results_table({"sasrec": {"hr@10": 0.5}}, with_paper=False)
     assert [r[1] for r in demo.rows] == ["this run"], "the demo's numbers are not set beside Beauty's"
 
 
 def test_mean_std_format():
-    assert rp.format_mean_std(0.12345, 0.01, 1) == "0.1235"
-    assert rp.format_mean_std(0.12345, 0.01, 3) == "0.1235 ± 0.0100 (n=3)"
-    assert rp.format_mean_std(0.12345, None, 1) == "0.1235", "one seed: no spread shown"
-    assert rp.format_interval({"difference": 0.0012, "low": -0.0003, "high": 0.0027}) == "+0.0012 [-0.0003, +0.0027]"
+    assert render.format_mean_std(0.12345, 0.01, 1) == "0.1235"
+    assert render.format_mean_std(0.12345, 0.01, 3) == "0.1235 ± 0.0100 (n=3)"
+    assert render.format_mean_std(0.12345, None, 1) == "0.1235", "one seed: no spread shown"
+    assert render.format_interval({"difference": 0.0012, "low": -0.0003, "high": 0.0027}) == "+0.0012 [-0.0003, +0.0027]"
 
 
 LATENTS = [2, 5, 7]
@@ -90,7 +90,7 @@ def _judge(ctx: StageContext) -> dict:
         "latent": list(range(10)), "summary": [f"theme {i}" for i in range(10)],
         "words": [[f"w{i}a", f"w{i}b"] for i in range(10)], "kept": [i in LATENTS for i in range(10)],
         "frequency": np.arange(10) / 10.0, "detection": [0.75] * 10}))
-    return {"kept": len(LATENTS), "judged": 10}
+    return {"kept": len(LATENTS), "judged": 10, "detection_scoring": "judge"}
 
 
 def _evaluate(ctx: StageContext) -> dict:
@@ -99,6 +99,7 @@ def _evaluate(ctx: StageContext) -> dict:
     valid = {"mean": 0.06, "std": 0.002, "n": 2}
     interval = {"difference": 0.02, "low": 0.01, "high": 0.03, "users": 50, "excludes_zero": True}
     ctx.output.write_json("metrics.json", {
+        "protocol": "strict",
         "summary": {"sasrec": {"seeds": [0, 1], "valid": {**valid, "mean": 0.04}, "test": test},
                     "saerec": {"seeds": [0, 1], "valid": valid, "test": test},
                     "dense": {"seeds": [0], "valid": {"mean": 0.059, "std": None, "n": 1}, "test": one_seed}},
@@ -131,7 +132,7 @@ def _evaluate(ctx: StageContext) -> dict:
         "item_contributions": pa.array([[], []], pa.list_(pa.list_(pa.float32()))),
         "item_intent_share": pa.array([[], []], pa.list_(pa.float32()))},
         schema=schemas.RECOMMENDATIONS))
-    return {"explained_model": "saerec-seed0", "fusion_weight_self": 0.9, "fusion_weight_personal": 0.06,
+    return {"protocol": "strict", "explained_model": "saerec-seed0", "fusion_weight_self": 0.9, "fusion_weight_personal": 0.06,
             "fusion_weight_public": 0.04}
 
 
@@ -146,7 +147,7 @@ def _sweep(ctx: StageContext) -> dict:
                                                            for m in ("hr", "ndcg") for k in (5, 10, 20)}})
     results = tuning.results_table(rows, (5, 10, 20))
     ctx.output.write_table("summary.parquet", tuning.summary_table(results, (5, 10, 20)))
-    return {"trials": len(specs), "seeds": 2, "tune_seconds": 12.5, "upstream_seconds": 3.0}
+    return {"protocol": "strict", "trials": len(specs), "seeds": 2, "tune_seconds": 12.5, "upstream_seconds": 3.0}
 
 
 def _profile(ctx: StageContext) -> dict:
@@ -167,7 +168,7 @@ STAND_INS = {
     "explain": _published("explain", ("train_sae",), lambda ctx: {"latents": 10}),
     "judge": _published("judge", ("explain",), _judge),
     "profile": _published("profile", ("judge",), _profile),
-    "train_rec": _published("train_rec", ("judge",), lambda ctx: {"runs": 4}),
+    "train_rec": _published("train_rec", ("judge",), lambda ctx: {"protocol": "strict", "runs": 4}),
     "evaluate": _published("evaluate", ("train_rec",), _evaluate),
     "sweep": _published("sweep", ("evaluate",), _sweep),
 }
@@ -256,32 +257,32 @@ def test_report_reads_top_down(published_report):
     rows = [line.split(" | ") for line in explained.splitlines() if re.match(r"\| \d+ \| ", line)]
     assert len(rows) == 2
     held_out, top = rows[0][1:3]
-    assert held_out == rp.item_label(3, texts[3]) and held_out.startswith(texts[3][:20])
-    assert top.split("; ") == [rp.item_label(i, texts[i]) for i in (1, 2, 3)]
+    assert held_out == render.item_label(3, texts[3]) and held_out.startswith(texts[3][:20])
+    assert top.split("; ") == [render.item_label(i, texts[i]) for i in (1, 2, 3)]
     for row in rows:
         assert all(re.fullmatch(r"\S.* \(id \d+\)", item) for item in [row[1], *row[2].split("; ")]), row
 
 
 def test_metric_labels_and_item_names_read_as_words():
-    assert rp.metric_label("count_words_s") == "counting corpus words (s)"
-    assert rp.metric_label("upstream_seconds") == "upstream (s)"
-    assert rp.metric_label("dead_pct") == "dead latents (%)"
-    assert rp.metric_label("tokens_per_s") == "tokens per second"
-    assert rp.metric_label("users_dropped_short") == "users dropped short"
-    assert rp.item_label(181, "Sally Hansen Hard as Nails") == "Sally Hansen Hard as Nails (id 181)"
+    assert render.metric_label("count_words_s") == "counting corpus words (s)"
+    assert render.metric_label("upstream_seconds") == "upstream (s)"
+    assert render.metric_label("dead_pct") == "dead latents (%)"
+    assert render.metric_label("tokens_per_s") == "tokens per second"
+    assert render.metric_label("users_dropped_short") == "users dropped short"
+    assert render.item_label(181, "Sally Hansen Hard as Nails") == "Sally Hansen Hard as Nails (id 181)"
     long = "Maybelline New York Instant Age Rewind Eraser Dark Circles Treatment Concealer, Light, 0.2 fl oz"
-    shown = rp.item_label(225, long)
+    shown = render.item_label(225, long)
     assert shown == "Maybelline New York Instant Age Rewind Eraser Dark Circles… (id 225)"
-    assert len(shown.split(" (id")[0]) <= rp.ITEM_TEXT_SHOWN + 1
-    assert rp.item_label(7, None) == rp.item_label(7, "  ") == "item 7"
+    assert len(shown.split(" (id")[0]) <= render.ITEM_TEXT_SHOWN + 1
+    assert render.item_label(7, None) == render.item_label(7, "  ") == "item 7"
 
 
 def test_ablation_chart_is_horizontal_and_grows_with_its_labels():
     from PIL import Image
 
     labels = ["SAERec without personal intents", "SAERec (paper eqs. 3-8)", "SASRec", "SAERec, random intent set"]
-    few = Image.open(io.BytesIO(rp.horizontal_bar_chart(labels[:2], [0.1, 0.2], [0.0, 0.01], "t", "x")))
-    many = Image.open(io.BytesIO(rp.horizontal_bar_chart(labels * 3, [0.1] * 12, [0.0] * 12, "t", "x")))
+    few = Image.open(io.BytesIO(render.horizontal_bar_chart(labels[:2], [0.1, 0.2], [0.0, 0.01], "t", "x")))
+    many = Image.open(io.BytesIO(render.horizontal_bar_chart(labels * 3, [0.1] * 12, [0.0] * 12, "t", "x")))
     assert few.width == many.width and many.height > few.height, "one readable row per label"
 
 

@@ -1,7 +1,7 @@
 """The report's steering section: the dose-response scored against the query's item category."""
 from __future__ import annotations
 
-from saerec import report as rp
+from saerec import render
 from saerec.stages import report as report_stage
 
 
@@ -21,9 +21,9 @@ def _study(**extra) -> dict:
 
 
 def _markdown(study: dict) -> str:
-    doc = rp.Document("r")
+    doc = render.Document("r")
     report_stage._dose_response(doc.section("Steering study"), study)
-    return rp.to_markdown(doc)
+    return render.to_markdown(doc)
 
 
 def test_the_steering_section_shows_the_category_share_at_the_chosen_strength_and_its_dose_response():

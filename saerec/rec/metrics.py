@@ -22,18 +22,26 @@ from torch import Tensor
 from saerec.rec.batching import RankingSet, ranking_batches
 
 
-def target_ranks(scores: Tensor, targets: Tensor, history: Tensor | None = None) -> Tensor:
-    """0-based rank of each target among all items; column 0 (padding) never competes.
-
-    scores (B, n_items + 1); targets (B,); history (B, L) item ids (0 = padding) whose scores
-    are pushed to -inf first, so already-seen items cannot outrank the target. A target that
-    is itself in the history is ranked last. Ties count against the target (strict >, plus
-    an equal score ranks ahead), so a constant scorer cannot look good.
-    """
+def mask_scores(scores: Tensor, history: Tensor | None = None) -> Tensor:
+    """A copy of (B, n_items + 1) scores with column 0 (padding) and, given ``history`` (B, L) item
+    ids (0 = padding), every seen item at -inf: the one masking rule of every ranking (metrics,
+    top-N lists, attribution, steering), so masked items rank below all others."""
     scores = scores.clone()
     scores[:, 0] = float("-inf")
     if history is not None:
         scores.scatter_(1, history, float("-inf"))
+    return scores
+
+
+def target_ranks(scores: Tensor, targets: Tensor, history: Tensor | None = None) -> Tensor:
+    """0-based rank of each target among all items; column 0 (padding) never competes.
+
+    scores (B, n_items + 1); targets (B,); history (B, L) item ids (0 = padding) whose scores
+    are pushed to -inf first (``mask_scores``), so already-seen items cannot outrank the target.
+    A target that is itself in the history is ranked last. Ties count against the target (strict >,
+    plus an equal score ranks ahead), so a constant scorer cannot look good.
+    """
+    scores = mask_scores(scores, history)
     target_scores = scores.gather(1, targets.unsqueeze(1))
     ahead = (scores >= target_scores).sum(dim=1) - 1
     ahead = torch.where(torch.isinf(target_scores.squeeze(1)), scores.shape[1] - 1, ahead)
@@ -113,8 +121,7 @@ def rank_users(model: torch.nn.Module, data: RankingSet, mask_history: bool = Tr
     try:
         for rows, seqs, lengths, targets in ranking_batches(data, batch_size):
             seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
-            scores = model.item_scores(model(seqs, lengths, last_only=True))
-            ranks[rows] = target_ranks(scores, targets, seqs if mask_history else None).cpu().numpy()
+            ranks[rows] = target_ranks(model.full_sort_scores(seqs, lengths, mask_history), targets).cpu().numpy()
     finally:
         model.train(was_training)
     return ranks

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from saerec.rec.bsarec import BSARecBlock
 from saerec.rec.losses import full_softmax_cross_entropy
+from saerec.rec.metrics import mask_scores
 
 BACKBONES = ("sasrec", "bsarec")
 
@@ -197,3 +198,9 @@ class SASRec(nn.Module):
     def item_scores(self, reps: Tensor) -> Tensor:
         """(N, d) -> (N, n_items + 1) dot products with every item embedding (column 0 = padding)."""
         return reps @ self.item_table().T
+
+    def full_sort_scores(self, seqs: Tensor, lengths: Tensor, mask_seen: bool = True) -> Tensor:
+        """(B, n_items + 1) every item's score as the next item after each history (RecBole's
+        ``full_sort_predict``): padding (column 0) and, with ``mask_seen``, the history's items are
+        -inf (``mask_scores``), so the row's order is the recommendation list and no caller re-masks."""
+        return mask_scores(self.item_scores(self(seqs, lengths, last_only=True)), seqs if mask_seen else None)

@@ -24,6 +24,11 @@ def mean_std(values: Sequence[float]) -> dict[str, Any]:
             "n": int(found.size)}
 
 
+def mean_std_of(rows: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per key: mean, sample std (None for one row) and n."""
+    return {k: mean_std([r[k] for r in rows]) for k in rows[0]}
+
+
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
                      seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> dict[str, Any]:
     """Mean per-user difference ``a - b`` with its percentile bootstrap interval.

@@ -15,7 +15,8 @@ selected-epoch valid score from train_rec); its test is reported once. A variant
 of it ties (``saerec.rec.stats.select_on_valid``). Comparisons (the selected model vs SASRec, each
 variant reading judged or every SAE intent vs its random-intent control of the same model kind)
 are paired bootstraps over users on per-user NDCG@20, seeds pooled per user by mean, on test and
-on valid.
+on valid. The computations live in ``saerec.rec.comparisons``, ``saerec.rec.metrics`` and
+``saerec.rec.attribution``; this stage reads, calls them and writes.
 
 Popularity (``by_popularity`` in ``TEST_METRICS``): every model's test metrics per bucket of the
 held-out item's training frequency (head, tail, cold; ``saerec.rec.metrics`` defines them), mean,
@@ -33,21 +34,17 @@ from saerec import artifacts, restore, schemas
 from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import leave_one_out
-from saerec.rec.explain import (category_flags, cheapest_effect, explain_grounded, explain_users,
-                                grounded_steering_study, match_category, match_texts, steering_study, top_items)
-from saerec.rec.metrics import (COLD_MAX_TRAIN, HEAD_ITEM_SHARE, POPULARITY_BUCKETS, bucket_metrics, hr_ndcg,
-                                item_train_counts, popularity_buckets, rank_users, user_ndcg_hr)
+from saerec.rec.attribution import (category_flags, cheapest_effect, explain_grounded, explain_users,
+                                    grounded_steering_study, match_texts, steering_category, steering_study,
+                                    top_items)
+from saerec.rec.comparisons import (PAIRED_K, by_popularity, compared_pairs, paired_comparisons,
+                                    popularity_definition, pooled, select_model)
+from saerec.rec.metrics import hr_ndcg, item_train_counts, popularity_buckets, rank_users, user_ndcg_hr
 from saerec.rec.runs import SELECT_METRIC
-from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
-from saerec.rec.variants import BASELINE, EXPLAIN_ORDER, RANDOM_SET, VARIANTS, attends, is_grounded
+from saerec.rec.stats import mean_std, mean_std_of
+from saerec.rec.variants import EXPLAIN_ORDER, attends, is_grounded
 
 EXPLAINED_INTENTS_PER_ITEM = 3
-PAIRED_K = 20  # the cut-off of the per-user metrics (schemas.PER_USER) and of SELECT_METRIC
-
-
-def mean_std_of(rows: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Per key: mean, sample std (None for one row) and n."""
-    return {k: mean_std([r[k] for r in rows]) for k in rows[0]}
 
 
 def per_user_table(variant: str, seed: int, users: np.ndarray, valid_ranks: np.ndarray,
@@ -60,81 +57,6 @@ def per_user_table(variant: str, seed: int, users: np.ndarray, valid_ranks: np.n
         columns[f"{split}_ndcg@{PAIRED_K}"] = ndcg
         columns[f"{split}_hr@{PAIRED_K}"] = hit
     return pa.table(columns, schema=schemas.PER_USER)
-
-
-def pooled(per_user: pa.Table, split: str) -> dict[str, np.ndarray]:
-    """Each variant's per-user NDCG@20 on ``split``, averaged over its seeds (rows in user order)."""
-    frame = per_user.select(["variant", "user", f"{split}_ndcg@{PAIRED_K}"]).to_pandas()
-    means = frame.groupby(["variant", "user"], sort=True)[f"{split}_ndcg@{PAIRED_K}"].mean()
-    return {name: means.loc[name].to_numpy() for name in means.index.get_level_values(0).unique()}
-
-
-def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The model: the variant with the best mean valid NDCG@20 over seeds, its ties, and its test
-    (read after the choice, never for it)."""
-    valid = {}
-    for r in per_run:
-        valid.setdefault(r["variant"], []).append(r["valid"][SELECT_METRIC])
-    choice = select_on_valid(valid, valid_per_user)
-    test = mean_std([r["test"][SELECT_METRIC] for r in per_run if r["variant"] == choice["selected"]])
-    return {**choice, "metric": SELECT_METRIC, "chosen_on": "valid", "test": test}
-
-
-def compared_pairs(variants: list[str], selected: str) -> list[tuple[str, str]]:
-    """The pairs evaluate compares: the selected model vs SASRec, and each variant that reads judged or
-    every SAE intent vs the random-intent control of the same model kind and backbone."""
-    pairs = [(selected, BASELINE)] if selected != BASELINE and BASELINE in variants else []
-    for name in variants:
-        found = VARIANTS.get(name)
-        if found is None or found.intent_set not in ("judged", "all"):
-            continue
-        pairs += [(name, c) for c in variants if c in VARIANTS and VARIANTS[c].intent_set == RANDOM_SET
-                  and VARIANTS[c].model == found.model and VARIANTS[c].backbone == found.backbone
-                  and (name, c) not in pairs]
-    return pairs
-
-
-def paired_comparisons(pairs: list[tuple[str, str]], per_user: pa.Table) -> list[dict[str, Any]]:
-    """Paired bootstrap of ``a - b`` on per-user NDCG@20 (seeds pooled), on test and on valid."""
-    scores = {split: pooled(per_user, split) for split in ("valid", "test")}
-    return [{"a": a, "b": b, "metric": f"ndcg@{PAIRED_K}",
-             **{split: paired_bootstrap(scores[split][a], scores[split][b]) for split in ("valid", "test")}}
-            for a, b in pairs]
-
-
-def popularity_definition(counts: np.ndarray, item_buckets: np.ndarray, head_min: int,
-                          user_buckets: np.ndarray) -> dict[str, Any]:
-    """The buckets' thresholds and sizes: items, their share of training interactions, test users."""
-    total = max(int(counts.sum()), 1)
-    return {"counted_on": "training interactions (the training part of the split)",
-            "cold_max_train": COLD_MAX_TRAIN, "head_item_share": HEAD_ITEM_SHARE, "head_min_train": head_min,
-            "buckets": {name: {"items": int((item_buckets[1:] == i).sum()),
-                               "train_share": float(counts[1:][item_buckets[1:] == i].sum() / total),
-                               "test_users": int((user_buckets == i).sum())}
-                        for i, name in enumerate(POPULARITY_BUCKETS)}}
-
-
-def by_popularity(per_user: pa.Table, user_buckets: dict[int, int], variants: list[str], ks: list[int],
-                  pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Per model and popularity bucket: users and test HR/NDCG (mean, sample std, n over seeds); per
-    compared pair and bucket: the paired bootstrap of test NDCG@20 (seeds pooled per user)."""
-    frame = per_user.select(["variant", "seed", "user", "test_rank"]).to_pandas()
-    frame["bucket"] = frame["user"].map(user_buckets)
-    models: dict[str, dict[str, Any]] = {}
-    for variant in variants:
-        mine = frame[frame["variant"] == variant]
-        runs = [bucket_metrics(rows["test_rank"].to_numpy(), rows["bucket"].to_numpy(), ks)
-                for _, rows in mine.groupby("seed", sort=True)]
-        models[variant] = {name: {"users": runs[0][name]["users"],
-                                  **({m: mean_std([r[name][m] for r in runs]) for m in runs[0][name] if m != "users"})}
-                           for name in POPULARITY_BUCKETS}
-    scores = pooled(per_user, "test")
-    buckets = np.array([user_buckets[u] for u in np.unique(frame["user"].to_numpy())])
-    comparisons = [{"a": a, "b": b, "metric": f"ndcg@{PAIRED_K}", "split": "test",
-                    "buckets": {name: paired_bootstrap(scores[a][buckets == i], scores[b][buckets == i])
-                                for i, name in enumerate(POPULARITY_BUCKETS) if (buckets == i).any()}}
-                   for a, b in pairs]
-    return {"models": models, "comparisons": comparisons}
 
 
 def pick_explained(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -204,23 +126,6 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
     }, schema=schemas.RECOMMENDATIONS)
 
 
-def steering_category(labels: dict[int, list[str]] | None, cfg: EvaluateSection) -> dict[str, str]:
-    """The category the steering query targets, ``{"category": name}``, or ``{"category_skipped": why}``:
-    ``evaluate.steering_category`` if set, else the one category name matching the query."""
-    if labels is None:
-        return {"category_skipped": "prepare published no item categories (data.item_categories)"}
-    names = sorted({name for found in labels.values() for name in found})
-    if cfg.steering_category is not None:
-        found = [n for n in names if n.casefold() == cfg.steering_category.strip().casefold()]
-        return ({"category": found[0]} if found else
-                {"category_skipped": f"no item is labelled evaluate.steering_category={cfg.steering_category!r}"})
-    found = match_category(names, cfg.steering_query)
-    if len(found) == 1:
-        return {"category": found[0]}
-    return {"category_skipped": f"{'no' if not found else len(found)} category names match {cfg.steering_query!r}"
-                                f"{' (' + ', '.join(found[:5]) + ')' if found else ''}; set evaluate.steering_category"}
-
-
 def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, test: Any, latents: np.ndarray | None,
              summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection,
              labels: dict[int, list[str]] | None = None) -> dict[str, Any]:
@@ -240,7 +145,7 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, tes
     if len(matched) == 0:
         return {**base, "skipped": f"no intent summary mentions {query!r}"}
     if is_grounded(run["spec"]):
-        target = steering_category(labels, cfg)
+        target = steering_category(labels, query, cfg.steering_category)
         flags = (category_flags(labels, target["category"], model.profile_ids.shape[0] - 1)
                  if "category" in target else None)
         study = grounded_steering_study(model, test, matched.tolist(), cfg.steering_strengths, cfg.top_n,
@@ -262,7 +167,7 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, tes
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: EvaluateSection = ctx.sections["evaluate"]
     train_rec = ctx.input("train_rec")
-    trained_under = train_rec.metrics.get("protocol", "strict")
+    trained_under = train_rec.metrics["protocol"]
     if trained_under != cfg.protocol:
         raise StageError(f"evaluate.protocol={cfg.protocol} but train_rec selected its models under {trained_under!r}; "
                          "re-run train_rec under the same protocol")

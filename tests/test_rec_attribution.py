@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saerec.rec.batching import leave_one_out
-from saerec.rec.explain import explain_users, match_texts, steering_study, top_items
+from saerec.rec.attribution import explain_users, match_texts, steering_study, top_items
 from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig
 from tests.rec_toy import chain_sequences
@@ -68,7 +68,7 @@ def test_match_texts_finds_whole_words_case_insensitively():
 
 
 def test_flagged_share_counts_listed_items_of_a_category():
-    from saerec.rec.explain import category_flags, flagged_share
+    from saerec.rec.attribution import category_flags, flagged_share
 
     labels = {1: ["Sun", "Skin Care"], 2: ["Nail Polish"], 3: ["Sun"], 5: ["Sun"], 9: ["Sun"]}
     flags = category_flags(labels, "Sun", n_items=6)  # item 9 lies outside the run's items
@@ -81,7 +81,7 @@ def test_flagged_share_counts_listed_items_of_a_category():
 
 
 def test_match_category_prefers_the_equal_name_then_whole_words():
-    from saerec.rec.explain import match_category
+    from saerec.rec.attribution import match_category
 
     names = ["Eyeliner", "Nail Polish", "Nail Polish Remover", "Shampoos", "Sun", "Sunscreen Lotions"]
     assert match_category(names, "nail polish") == ["Nail Polish"]
@@ -101,7 +101,7 @@ def _grounded():
 
 
 def test_grounded_steering_raises_the_share_of_listed_items_carrying_the_boosted_intent():
-    from saerec.rec.explain import cheapest_effect, grounded_steering_study
+    from saerec.rec.attribution import cheapest_effect, grounded_steering_study
     from saerec.rec.metrics import evaluate
 
     data, model = _grounded()

@@ -1,4 +1,7 @@
-"""Top-N recommendations, their intent explanations, and counterfactual steering by intent boosts."""
+"""Score attribution: top-N recommendations, the intents behind them (for a grounded model the exact
+parts each item's score splits into), and counterfactual steering by intent boosts.
+
+Not to be confused with the ``explain`` stage, which labels SAE latents with words."""
 from __future__ import annotations
 
 import re
@@ -9,7 +12,7 @@ import torch
 
 from saerec.rec.batching import RankingSet, ranking_batches
 from saerec.rec.grounded import GroundedSAERec, GroundedSASRec
-from saerec.rec.metrics import hr_ndcg, target_ranks
+from saerec.rec.metrics import hr_ndcg, mask_scores, target_ranks
 from saerec.rec.saerec_model import SAERec, steering
 
 
@@ -28,6 +31,25 @@ def match_category(names: Sequence[str], query: str) -> list[str]:
     if exact:
         return exact
     return [n for n, hit in zip(names, match_texts(names, query)) if hit]
+
+
+def steering_category(labels: dict[int, list[str]] | None, query: str,
+                      category: str | None = None) -> dict[str, str]:
+    """The category a steering ``query`` targets, ``{"category": name}``, or ``{"category_skipped": why}``:
+    ``category`` (``evaluate.steering_category``) if set, else the one category name matching the query.
+    ``labels`` maps item ids to their category names (None: the run has none)."""
+    if labels is None:
+        return {"category_skipped": "prepare published no item categories (data.item_categories)"}
+    names = sorted({name for found in labels.values() for name in found})
+    if category is not None:
+        found = [n for n in names if n.casefold() == category.strip().casefold()]
+        return ({"category": found[0]} if found else
+                {"category_skipped": f"no item is labelled evaluate.steering_category={category!r}"})
+    found = match_category(names, query)
+    if len(found) == 1:
+        return {"category": found[0]}
+    return {"category_skipped": f"{'no' if not found else len(found)} category names match {query!r}"
+                                f"{' (' + ', '.join(found[:5]) + ')' if found else ''}; set evaluate.steering_category"}
 
 
 def category_flags(labels: dict[int, list[str]], category: str, n_items: int) -> np.ndarray:
@@ -59,10 +81,7 @@ def top_items(model: torch.nn.Module, inputs: np.ndarray, lengths: np.ndarray, t
     for rows in _batches(lengths, batch_size):
         width = int(lengths[rows].max())
         seqs = torch.from_numpy(inputs[rows, :width]).to(device)
-        scores = model.item_scores(model(seqs, torch.from_numpy(lengths[rows]).to(device), last_only=True))
-        scores[:, 0] = float("-inf")
-        if mask_history:
-            scores.scatter_(1, seqs, float("-inf"))
+        scores = model.full_sort_scores(seqs, torch.from_numpy(lengths[rows]).to(device), mask_history)
         out[rows] = scores.topk(top_n, dim=1).indices.cpu().numpy()
     return out
 
@@ -169,15 +188,12 @@ def grounded_steering_study(model: GroundedSASRec | GroundedSAERec, data: Rankin
     in_category = np.zeros(len(levels))
     for rows, seqs, lengths, targets in ranking_batches(data, batch_size):
         seqs, lengths, targets = seqs.to(device), lengths.to(device), targets.to(device)
-        scores = model.item_scores(model(seqs, lengths, last_only=True))
+        scores = model.full_sort_scores(seqs, lengths, mask_seen=False)
         spread = scores[:, 1:].std(dim=1, keepdim=True)
         base = None
         for level, strength in enumerate(levels):
-            steered = scores + strength * spread * boost.to(scores.device)
-            ranks[level, rows] = target_ranks(steered, targets, seqs if mask_history else None).cpu().numpy()
-            steered[:, 0] = float("-inf")
-            if mask_history:
-                steered.scatter_(1, seqs, float("-inf"))
+            steered = mask_scores(scores + strength * spread * boost.to(scores.device), seqs if mask_history else None)
+            ranks[level, rows] = target_ranks(steered, targets).cpu().numpy()
             top = steered.topk(top_n, dim=1).indices.cpu()
             carried[level] += float(carrying[top].sum())
             if category is not None:

@@ -1,0 +1,96 @@
+"""Which model is "the model" and how the models compare, from the per-user table (``PER_USER``: one row
+per run and user with its valid and test rank and NDCG/HR at ``PAIRED_K``).
+
+Selection: the variant with the highest mean valid NDCG@20 over seeds (``stats.select_on_valid``), its
+test read after the choice. Comparisons: paired bootstraps over users on per-user NDCG@20, seeds pooled
+per user by mean, on valid and test, and within each popularity bucket of the held-out item
+(``saerec.rec.metrics`` defines the buckets) on test.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from saerec.rec.metrics import COLD_MAX_TRAIN, HEAD_ITEM_SHARE, POPULARITY_BUCKETS, bucket_metrics
+from saerec.rec.runs import SELECT_METRIC
+from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
+from saerec.rec.variants import BASELINE, RANDOM_SET, VARIANTS
+
+PAIRED_K = 20  # the cut-off of the per-user metrics (schemas.PER_USER) and of SELECT_METRIC
+
+
+def pooled(per_user: pa.Table, split: str) -> dict[str, np.ndarray]:
+    """Each variant's per-user NDCG@20 on ``split``, averaged over its seeds (rows in user order)."""
+    frame = per_user.select(["variant", "user", f"{split}_ndcg@{PAIRED_K}"]).to_pandas()
+    means = frame.groupby(["variant", "user"], sort=True)[f"{split}_ndcg@{PAIRED_K}"].mean()
+    return {name: means.loc[name].to_numpy() for name in means.index.get_level_values(0).unique()}
+
+
+def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The model: the variant with the best mean valid NDCG@20 over seeds, its ties, and its test
+    (read after the choice, never for it)."""
+    valid = {}
+    for r in per_run:
+        valid.setdefault(r["variant"], []).append(r["valid"][SELECT_METRIC])
+    choice = select_on_valid(valid, valid_per_user)
+    test = mean_std([r["test"][SELECT_METRIC] for r in per_run if r["variant"] == choice["selected"]])
+    return {**choice, "metric": SELECT_METRIC, "chosen_on": "valid", "test": test}
+
+
+def compared_pairs(variants: list[str], selected: str) -> list[tuple[str, str]]:
+    """The pairs evaluate compares: the selected model vs SASRec, and each variant that reads judged or
+    every SAE intent vs the random-intent control of the same model kind and backbone."""
+    pairs = [(selected, BASELINE)] if selected != BASELINE and BASELINE in variants else []
+    for name in variants:
+        found = VARIANTS.get(name)
+        if found is None or found.intent_set not in ("judged", "all"):
+            continue
+        pairs += [(name, c) for c in variants if c in VARIANTS and VARIANTS[c].intent_set == RANDOM_SET
+                  and VARIANTS[c].model == found.model and VARIANTS[c].backbone == found.backbone
+                  and (name, c) not in pairs]
+    return pairs
+
+
+def paired_comparisons(pairs: list[tuple[str, str]], per_user: pa.Table) -> list[dict[str, Any]]:
+    """Paired bootstrap of ``a - b`` on per-user NDCG@20 (seeds pooled), on test and on valid."""
+    scores = {split: pooled(per_user, split) for split in ("valid", "test")}
+    return [{"a": a, "b": b, "metric": f"ndcg@{PAIRED_K}",
+             **{split: paired_bootstrap(scores[split][a], scores[split][b]) for split in ("valid", "test")}}
+            for a, b in pairs]
+
+
+def popularity_definition(counts: np.ndarray, item_buckets: np.ndarray, head_min: int,
+                          user_buckets: np.ndarray) -> dict[str, Any]:
+    """The buckets' thresholds and sizes: items, their share of training interactions, test users."""
+    total = max(int(counts.sum()), 1)
+    return {"counted_on": "training interactions (the training part of the split)",
+            "cold_max_train": COLD_MAX_TRAIN, "head_item_share": HEAD_ITEM_SHARE, "head_min_train": head_min,
+            "buckets": {name: {"items": int((item_buckets[1:] == i).sum()),
+                               "train_share": float(counts[1:][item_buckets[1:] == i].sum() / total),
+                               "test_users": int((user_buckets == i).sum())}
+                        for i, name in enumerate(POPULARITY_BUCKETS)}}
+
+
+def by_popularity(per_user: pa.Table, user_buckets: dict[int, int], variants: list[str], ks: list[int],
+                  pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Per model and popularity bucket: users and test HR/NDCG (mean, sample std, n over seeds); per
+    compared pair and bucket: the paired bootstrap of test NDCG@20 (seeds pooled per user)."""
+    frame = per_user.select(["variant", "seed", "user", "test_rank"]).to_pandas()
+    frame["bucket"] = frame["user"].map(user_buckets)
+    models: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        mine = frame[frame["variant"] == variant]
+        runs = [bucket_metrics(rows["test_rank"].to_numpy(), rows["bucket"].to_numpy(), ks)
+                for _, rows in mine.groupby("seed", sort=True)]
+        models[variant] = {name: {"users": runs[0][name]["users"],
+                                  **({m: mean_std([r[name][m] for r in runs]) for m in runs[0][name] if m != "users"})}
+                           for name in POPULARITY_BUCKETS}
+    scores = pooled(per_user, "test")
+    buckets = np.array([user_buckets[u] for u in np.unique(frame["user"].to_numpy())])
+    comparisons = [{"a": a, "b": b, "metric": f"ndcg@{PAIRED_K}", "split": "test",
+                    "buckets": {name: paired_bootstrap(scores[a][buckets == i], scores[b][buckets == i])
+                                for i, name in enumerate(POPULARITY_BUCKETS) if (buckets == i).any()}}
+                   for a, b in pairs]
+    return {"models": models, "comparisons": comparisons}
