@@ -176,7 +176,7 @@ def child_bare(args: argparse.Namespace) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from saerec.text import load_encoder
+    from saerec.text.encoders import load_encoder
 
     if args.device == "cpu":
         torch.set_num_threads(max(1, int(args.cpus_per_actor)))

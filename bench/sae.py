@@ -51,7 +51,7 @@ VARIANTS = {"tied": ["sae.variant=tied", "sae.aux_k=0"],
 
 def encode_items(data_dir: Path, out_dir: Path, model: str) -> dict[str, float]:
     """Embed ``items.tsv`` texts with the project's encoder into an embed-stage-shaped folder."""
-    from saerec.text import load_encoder
+    from saerec.text.encoders import load_encoder
 
     path = data_dir / "items.tsv"
     if not path.exists():

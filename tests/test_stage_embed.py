@@ -12,7 +12,8 @@ from saerec.config import load_config
 from saerec.pipeline import Runner, StageError
 from saerec.stages import embed, prepare
 from saerec.storage import Store
-from saerec.text import WordCounter, load_encoder
+from saerec.text.encoders import load_encoder
+from saerec.text.vocabulary import WordCounter
 from saerec.text.encoders import resolve_model_path
 from saerec.workers.encoding import embed_corpus
 from tests.conftest import TINY_DEMO

@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, T5Config, T5EncoderModel, T5ForConditionalGeneration
 
-from saerec.text import WordCounter, load_encoder, masked_mean, tokenize_words
+from saerec.text.encoders import load_encoder, masked_mean
+from saerec.text.vocabulary import WordCounter, tokenize_words
 from saerec.text.encoders import resolve_dtype, resolve_model_path
 
 torch.set_num_threads(1)

@@ -18,7 +18,8 @@ import torch
 from saerec import artifacts, schemas
 from saerec.config import EmbedSection
 from saerec.pipeline import StageError
-from saerec.text import WordCounter, load_encoder
+from saerec.text.encoders import load_encoder
+from saerec.text.vocabulary import WordCounter
 from saerec.text.encoders import EncoderSpec, inspect_encoder
 
 log = logging.getLogger(__name__)
