@@ -99,6 +99,11 @@ class Published:
             self._open[stage] = StageInput(self.store, manifest)
         return self._open[stage]
 
+    def upstream(self) -> dict[str, str]:
+        """The fingerprint of every published stage read so far: what a cell records as its inputs, so
+        cells trained on different chains (another judge, another SAE) can be told apart."""
+        return {stage: found.manifest["fingerprint"] for stage, found in sorted(self._open.items())}
+
     def sequences(self) -> artifacts.Sequences:
         return artifacts.read_sequences(self["prepare"])
 

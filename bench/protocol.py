@@ -77,7 +77,8 @@ def step_train(args: argparse.Namespace) -> None:
             split = dataclasses.replace(split, valid=split.test)
         intents, profiles = published.inputs_of([name], data.n_items, 0)
         train_cell(cell, name, 0, rec, evaluation, split, intents, profiles, data.n_items, out,
-                   extra={"split": split_kind, "prefix_augment": rec.prefix_augment})
+                   extra={"split": split_kind, "prefix_augment": rec.prefix_augment,
+                          "upstream": published.upstream()})
 
     each_cell(args.cells, args.parts, train)
 

@@ -74,7 +74,7 @@ def step_train(args: argparse.Namespace) -> None:
         name, seed = _cell(cell)
         intents, profiles = published.inputs_of([name], data.n_items, seed)
         train_cell(cell, name, seed, rec, evaluation, split, intents, profiles, data.n_items, out,
-                   extra={"protocol": evaluation.protocol}, save_model=True)
+                   extra={"protocol": evaluation.protocol, "upstream": published.upstream()}, save_model=True)
 
     each_cell(args.cells, args.parts, train)
 

@@ -31,10 +31,18 @@ def test_no_stage_imports_another_stage():
     assert {name: mods for name, mods in offenders.items() if mods} == {}
 
 
+def test_no_stage_imports_ray():
+    """Stages orchestrate: Ray actors, tasks, train loops and Tune trials live in saerec/workers."""
+    offenders = {path.name: sorted(m for m in _imported_modules(path) if m == "ray" or m.startswith("ray."))
+                 for path in STAGE_FILES}
+    assert {name: mods for name, mods in offenders.items() if mods} == {}
+
+
 def test_the_import_rule_would_catch_an_offender(tmp_path):
     offender = tmp_path / "bad.py"
-    offender.write_text("from saerec.stages.explain import something\nfrom saerec.stages import judge\n")
-    assert {"saerec.stages.explain", "saerec.stages.judge"} <= _imported_modules(offender)
+    offender.write_text("from saerec.stages.explain import something\nfrom saerec.stages import judge\n"
+                        "import ray\nfrom ray import tune\n")
+    assert {"saerec.stages.explain", "saerec.stages.judge", "ray", "ray.tune"} <= _imported_modules(offender)
 
 
 def _dynamic_stage_imports(path: Path) -> list[str]:

@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from saerec import artifacts, restore, schemas
 from saerec.config import ExplainSection
 from saerec.intents.quality import planted_intent_recovery, sample_negatives
 from saerec.pipeline import Stage, StageContext, StageError
-from saerec.workers.sae_codes import explain_latents
+from saerec.workers.sae_codes import explain_on_ray
 
 
 def _lists(rows: np.ndarray, lookup: Any, value_type: pa.DataType) -> pa.Array:
@@ -47,8 +46,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if word_vectors.shape[1] != sae.d_in:
         raise StageError(f"explain: word vectors have dimension {word_vectors.shape[1]} but the SAE reads "
                          f"{sae.d_in}; embed and train_sae outputs do not match")
-    task = ray.remote(num_cpus=1, num_gpus=cfg.num_gpus)(explain_latents)
-    out = ray.get(task.remote(sae, words, word_vectors, embed, prepare, ctx.output, cfg))
+    out = explain_on_ray(sae, words, word_vectors, embed, prepare, ctx.output, cfg)
 
     n_latents, text_ids = len(out["frequency"]), out["text_ids"]
     random_rows = sample_negatives(len(text_ids), out["top_rows"], cfg.random_texts,

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from ray import tune
 
 from saerec import artifacts, restore, tuning
 from saerec.config import RecSection, SweepSection, parse_judge
@@ -119,9 +118,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     resources = {"cpu": cfg.cpus_per_trial, **({"gpu": cfg.gpus_per_trial} if cfg.gpus_per_trial else {})}
     storage_path, filesystem = ctx.train_storage()
     states = tune_trials.TrialStates(filesystem, posixpath.join(storage_path, "trial_states"))
-    trainable = tune.with_parameters(
-        tune_trials.train_trial, data=data, rec=trial_rec, evaluate=evaluate, states=states,
-        resources=tune_trials.TrialResources(threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0))
+    trainable = tune_trials.trainable(
+        data, trial_rec, evaluate, states,
+        tune_trials.TrialResources(threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0))
     outcome = tune_trials.run_sweep(trainable, specs, storage_path=storage_path, storage_filesystem=filesystem,
                                     name="sweep", concurrency=cfg.concurrency, resources=resources,
                                     max_failures=cfg.max_failures)

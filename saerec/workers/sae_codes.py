@@ -1,4 +1,4 @@
-"""The explain stage's Ray task: the corpus through the SAE once, then the word alignment.
+"""The explain stage's Ray task (``explain_on_ray``): the corpus through the SAE once, then the word alignment.
 
 The one pass over the non-empty texts publishes each chunk's SAE codes (``CODES``) as it comes,
 so no later stage encodes the corpus again, and feeds the activation summary and the corpus word
@@ -37,6 +37,15 @@ def encode_corpus(sae: TopKSAE, embed: StageFiles, output: StageFiles, chunk_siz
             values, latents = sae.encode(vectors.to(device))
         artifacts.write_codes(output, part, ids, values.cpu().numpy(), latents.cpu().numpy())
         yield ids, vectors, values, latents
+
+
+def explain_on_ray(sae: TopKSAE, words: list[str], encoder_vectors: np.ndarray, embed: StageFiles,
+                   prepare: StageFiles, output: StageFiles, cfg: ExplainSection) -> dict[str, np.ndarray]:
+    """``explain_latents`` as one Ray task with one CPU and ``explain.num_gpus`` GPUs."""
+    import ray
+
+    task = ray.remote(num_cpus=1, num_gpus=cfg.num_gpus)(explain_latents)
+    return ray.get(task.remote(sae, words, encoder_vectors, embed, prepare, output, cfg))
 
 
 def explain_latents(sae: TopKSAE, words: list[str], encoder_vectors: np.ndarray, embed: StageFiles,

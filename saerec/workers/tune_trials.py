@@ -130,6 +130,12 @@ def train_trial(config: dict[str, Any], data: SweepData, rec: RecSection, evalua
     })
 
 
+def trainable(data: SweepData, rec: RecSection, evaluate: EvaluateSection, states: TrialStates,
+              resources: TrialResources) -> Callable[..., None]:
+    """``train_trial`` with the sweep's data put once in Ray's object store, as Tune runs it."""
+    return tune.with_parameters(train_trial, data=data, rec=rec, evaluate=evaluate, states=states, resources=resources)
+
+
 def trial_progress(total: int) -> Any:
     """A Tune callback printing one line per finished or failed trial: Tune's own reporter is
     off (``verbose=0``) because its status tables bury the job's stage lines."""
