@@ -302,8 +302,8 @@ def test_sweep_stage_publishes_results_for_every_trial(tmp_path, ray_local, capl
     # not touch is taken from this run, the judge and what reads it run there.
     notes = runner.store.read_json(f"{out}/results.json")["upstream"]
     assert [n.split(": ")[0] for n in notes] == [f"[sweep] demo-judge-other-judge/{name}"
-                                                 for name in ("prepare", "embed", "train_sae", "judge", "profile")]
-    assert [n.split(": ")[1].startswith("reused from demo") for n in notes] == [True, True, True, False, False]
+                                                 for name in ("prepare", "embed", "train_sae", "judge", "explain", "profile")]
+    assert [n.split(": ")[1].startswith("reused from demo") for n in notes] == [True, True, True, False, True, False]
     derived = runner.derived("demo-judge-other-judge", judge=dataclasses.replace(cfg.judge, model="other-judge"))
     assert derived.manifest("judge")["run"] == "demo-judge-other-judge"
     assert derived.manifest("embed") is None and runner.manifest("judge")["run"] == "demo"
