@@ -37,21 +37,20 @@ def published(run_dir: str, stage: str) -> StageInput:
     return StageInput(store, store.read_json(store.join(run, stage, MANIFEST)))
 
 
-def top_items(profiles: Any, latent: int, n: int) -> list[int]:
-    """The ``n`` items with the largest pooled weight on ``latent`` in the every-latent profile set."""
-    best: list[tuple[float, int]] = []
+def items_by_latent(profiles: Any) -> dict[int, list[tuple[float, int]]]:
+    """(weight, item) pairs per latent of the every-latent profile set, one pass over the table."""
+    found: dict[int, list[tuple[float, int]]] = {}
     for item, intents, weights in profiles:
-        for i, w in zip(intents, weights):
-            if i == latent:
-                best.append((w, item))
-    return [item for _, item in sorted(best, reverse=True)[:n]]
+        for latent, weight in zip(intents, weights):
+            found.setdefault(latent, []).append((weight, item))
+    return found
 
 
 def intents_of(run_dir: str, titles: dict[int, str], n: int, seed: int) -> dict[str, Any]:
     features = published(run_dir, "judge").read_table("features.parquet").to_pylist()
     profile = published(run_dir, "profile")
     table = profile.read_table("item_profiles.parquet").to_pylist()
-    every = [(r["item"], r["intents"], r["weights"]) for r in table if r["set"] == "all"]
+    by_latent = items_by_latent((r["item"], r["intents"], r["weights"]) for r in table if r["set"] == "all")
     purity = {r["id"]: r for r in profile.read_table("intent_purity.parquet").to_pylist() if r["group"] == "kept"}
     kept = [f for f in features if f["kept"]]
     rng = np.random.default_rng(seed)
@@ -63,7 +62,7 @@ def intents_of(run_dir: str, titles: dict[int, str], n: int, seed: int) -> dict[
                      "detection": f["detection"], "detection_words": f["detection_words"],
                      "purity": None if p is None else round(float(p["purity"]), 3),
                      "category": None if p is None else p["category"],
-                     "top_items": [titles.get(i, f"item {i}") for i in top_items(every, f["latent"], 3)]})
+                     "top_items": [titles.get(i, f"item {i}") for i in (item for _, item in sorted(by_latent.get(f["latent"], []), reverse=True)[:3])]})
     return {"run": run_dir, "kept": len(kept), "latents": len(features), "sample": rows}
 
 
