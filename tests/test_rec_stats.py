@@ -10,7 +10,6 @@ from saerec import tuning
 from saerec.rec import comparisons
 from saerec.rec.attribution import cheapest_effect, steering_category
 from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
-from saerec.stages import evaluate
 
 
 def test_mean_std_is_the_sample_std_with_n_and_none_for_one_seed():
@@ -68,7 +67,7 @@ def _poisoned_runs() -> tuple[list[dict], pa.Table]:
     per_run, tables = [], []
     for name, valid_ranks, test_ranks in (("grounded", good, bad), ("dense", bad, good)):
         for seed in (0, 1):
-            tables.append(evaluate.per_user_table(name, seed, users, valid_ranks, test_ranks))
+            tables.append(comparisons.per_user_table(name, seed, users, valid_ranks, test_ranks))
             valid = float(tables[-1].column("valid_ndcg@20").to_numpy().mean())
             test = float(tables[-1].column("test_ndcg@20").to_numpy().mean())
             per_run.append({"variant": name, "seed": seed, "valid": {"ndcg@20": valid + seed * 1e-4},

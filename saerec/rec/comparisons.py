@@ -8,14 +8,18 @@ per user by mean, on valid and test, and within each popularity bucket of the he
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import torch
 
-from saerec.rec.metrics import COLD_MAX_TRAIN, HEAD_ITEM_SHARE, POPULARITY_BUCKETS, bucket_metrics
+from saerec import schemas
+from saerec.rec.batching import LeaveOneOut
+from saerec.rec.metrics import (COLD_MAX_TRAIN, HEAD_ITEM_SHARE, POPULARITY_BUCKETS, bucket_metrics, hr_ndcg,
+                                item_train_counts, popularity_buckets, rank_users, user_ndcg_hr)
 from saerec.rec.runs import SELECT_METRIC
-from saerec.rec.stats import mean_std, paired_bootstrap, select_on_valid
+from saerec.rec.stats import mean_std, mean_std_of, paired_bootstrap, select_on_valid
 from saerec.rec.variants import BASELINE, RANDOM_SET, VARIANTS
 
 PAIRED_K = 20  # the cut-off of the per-user metrics (schemas.PER_USER) and of SELECT_METRIC
@@ -94,3 +98,50 @@ def by_popularity(per_user: pa.Table, user_buckets: dict[int, int], variants: li
                                 for i, name in enumerate(POPULARITY_BUCKETS) if (buckets == i).any()}}
                    for a, b in pairs]
     return {"models": models, "comparisons": comparisons}
+
+
+def per_user_table(variant: str, seed: int, users: np.ndarray, valid_ranks: np.ndarray,
+                   test_ranks: np.ndarray) -> pa.Table:
+    """One run's rows of ``PER_USER``."""
+    columns: dict[str, Any] = {"variant": [variant] * len(users), "seed": np.full(len(users), seed),
+                               "user": users.astype(np.int32), "valid_rank": valid_ranks, "test_rank": test_ranks}
+    for split, ranks in (("valid", valid_ranks), ("test", test_ranks)):
+        ndcg, hit = user_ndcg_hr(ranks, PAIRED_K)
+        columns[f"{split}_ndcg@{PAIRED_K}"] = ndcg
+        columns[f"{split}_hr@{PAIRED_K}"] = hit
+    return pa.table(columns, schema=schemas.PER_USER)
+
+
+def assess(runs: Iterable[tuple[dict[str, Any], torch.nn.Module]], split: LeaveOneOut, users: np.ndarray,
+           n_items: int, ks: Sequence[int], mask_history: bool = True) -> tuple[pa.Table, dict[str, Any]]:
+    """Test every trained run once and compare them as evaluate reports it (one home for the job and
+    the benchmarks): ``runs`` yields each run's record (``variant``, ``seed``, ``valid`` metrics of its
+    selected epoch, ``best_epoch``, ``epochs``, ``mean_epoch_seconds``, optional ``name``) with its model;
+    ``users`` are the test users' ids in ``split.test`` order. Returns the ``PER_USER`` table and the
+    metrics: per run, per variant (mean, sample std, n), the model chosen on valid, the paired
+    comparisons and the popularity breakdown."""
+    per_run, user_rows = [], []
+    counts = item_train_counts(split.train, n_items)
+    item_buckets, head_min = popularity_buckets(counts)
+    user_buckets = item_buckets[split.test.targets]
+    for r, model in runs:
+        test_ranks = rank_users(model, split.test, mask_history)
+        valid_ranks = rank_users(model, split.valid, mask_history)
+        per_run.append({"name": r.get("name", f"{r['variant']}-seed{r['seed']}"), "variant": r["variant"],
+                        "seed": r["seed"], "best_epoch": r["best_epoch"], "epochs": r["epochs"],
+                        "mean_epoch_seconds": r["mean_epoch_seconds"], "valid": r["valid"],
+                        "test": hr_ndcg(test_ranks, ks)})
+        user_rows.append(per_user_table(r["variant"], r["seed"], users, valid_ranks, test_ranks))
+    per_user = pa.concat_tables(user_rows)
+    variants = list(dict.fromkeys(r["variant"] for r in per_run))
+    summary = {v: {"seeds": [r["seed"] for r in per_run if r["variant"] == v],
+                   "valid": mean_std([r["valid"][SELECT_METRIC] for r in per_run if r["variant"] == v]),
+                   "test": mean_std_of([r["test"] for r in per_run if r["variant"] == v]),
+                   "epoch_seconds": mean_std([r["mean_epoch_seconds"] for r in per_run if r["variant"] == v])}
+               for v in variants}
+    selection = select_model(per_run, pooled(per_user, "valid"))
+    pairs = compared_pairs(variants, selection["selected"])
+    popularity = {**popularity_definition(counts, item_buckets, head_min, user_buckets),
+                  **by_popularity(per_user, dict(zip(users.tolist(), user_buckets.tolist())), variants, ks, pairs)}
+    return per_user, {"runs": per_run, "summary": summary, "selection": selection,
+                      "comparisons": paired_comparisons(pairs, per_user), "by_popularity": popularity}

@@ -37,26 +37,11 @@ from saerec.rec import leave_one_out
 from saerec.rec.attribution import (category_flags, cheapest_effect, explain_grounded, explain_users,
                                     grounded_steering_study, match_texts, steering_category, steering_study,
                                     top_items)
-from saerec.rec.comparisons import (PAIRED_K, by_popularity, compared_pairs, paired_comparisons,
-                                    popularity_definition, pooled, select_model)
-from saerec.rec.metrics import hr_ndcg, item_train_counts, popularity_buckets, rank_users, user_ndcg_hr
+from saerec.rec.comparisons import assess
 from saerec.rec.runs import SELECT_METRIC
-from saerec.rec.stats import mean_std, mean_std_of
 from saerec.rec.variants import EXPLAIN_ORDER, attends, is_grounded
 
 EXPLAINED_INTENTS_PER_ITEM = 3
-
-
-def per_user_table(variant: str, seed: int, users: np.ndarray, valid_ranks: np.ndarray,
-                   test_ranks: np.ndarray) -> pa.Table:
-    """One run's rows of ``PER_USER``."""
-    columns: dict[str, Any] = {"variant": [variant] * len(users), "seed": np.full(len(users), seed),
-                               "user": users.astype(np.int32), "valid_rank": valid_ranks, "test_rank": test_ranks}
-    for split, ranks in (("valid", valid_ranks), ("test", test_ranks)):
-        ndcg, hit = user_ndcg_hr(ranks, PAIRED_K)
-        columns[f"{split}_ndcg@{PAIRED_K}"] = ndcg
-        columns[f"{split}_hr@{PAIRED_K}"] = hit
-    return pa.table(columns, schema=schemas.PER_USER)
 
 
 def pick_explained(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -176,37 +161,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     max_len = runs[0]["spec"]["encoder"]["max_len"]
     split = leave_one_out(data.sequences, data.n_items, max_len, cfg.protocol)
 
-    per_run, user_rows = [], []
     users = np.asarray(data.users)[split.test.users]
-    counts = item_train_counts(split.train, data.n_items)
-    item_buckets, head_min = popularity_buckets(counts)
-    user_buckets = item_buckets[split.test.targets]
-    for r in ctx.progress(runs, total=len(runs), desc="evaluate"):
-        model = restore.rec_model(train_rec, r)
-        test_ranks = rank_users(model, split.test, cfg.mask_history)
-        valid_ranks = rank_users(model, split.valid, cfg.mask_history)
-        per_run.append({"name": r["name"], "variant": r["variant"], "seed": r["seed"], "best_epoch": r["best_epoch"],
-                        "epochs": r["epochs"], "mean_epoch_seconds": r["mean_epoch_seconds"],
-                        "valid": r["valid"], "test": hr_ndcg(test_ranks, cfg.ks)})
-        user_rows.append(per_user_table(r["variant"], r["seed"], users, valid_ranks, test_ranks))
-    per_user = pa.concat_tables(user_rows)
+    restored = ((r, restore.rec_model(train_rec, r)) for r in ctx.progress(runs, total=len(runs), desc="evaluate"))
+    per_user, assessed = assess(restored, split, users, data.n_items, cfg.ks, cfg.mask_history)
     artifacts.write_table(ctx.output, artifacts.PER_USER, per_user)
-    variants = list(dict.fromkeys(r["variant"] for r in per_run))
-    summary = {v: {"seeds": [r["seed"] for r in per_run if r["variant"] == v],
-                   "valid": mean_std([r["valid"][SELECT_METRIC] for r in per_run if r["variant"] == v]),
-                   "test": mean_std_of([r["test"] for r in per_run if r["variant"] == v]),
-                   "epoch_seconds": mean_std([r["mean_epoch_seconds"] for r in per_run if r["variant"] == v])}
-               for v in variants}
-    selection = select_model(per_run, pooled(per_user, "valid"))
-    pairs = compared_pairs(variants, selection["selected"])
-    comparisons = paired_comparisons(pairs, per_user)
-    popularity = {**popularity_definition(counts, item_buckets, head_min, user_buckets),
-                  **by_popularity(per_user, dict(zip(users.tolist(), user_buckets.tolist())), variants, cfg.ks, pairs)}
     artifacts.write_json(ctx.output, artifacts.TEST_METRICS, {"protocol": cfg.protocol, "ks": cfg.ks,
-                                                              "mask_history": cfg.mask_history,
-                                                              "runs": per_run, "summary": summary,
-                                                              "selection": selection, "comparisons": comparisons,
-                                                              "by_popularity": popularity})
+                                                              "mask_history": cfg.mask_history, **assessed})
+    selection, summary, popularity = assessed["selection"], assessed["summary"], assessed["by_popularity"]
 
     explained = pick_explained(runs) or sorted(runs, key=lambda r: (r["variant"], r["seed"]))[0]
     model = restore.rec_model(train_rec, explained)
@@ -231,7 +192,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                f"selected_valid_{SELECT_METRIC}": selection["valid"][selection["selected"]]["mean"],
                                f"selected_test_{SELECT_METRIC}": selection["test"]["mean"],
                                "selected_ties": ", ".join(t["model"] for t in selection["ties"]) or "none"}
-    for c in comparisons:
+    for c in assessed["comparisons"]:
         name = f"{c['a']}_minus_{c['b']}_test_{c['metric']}"
         metrics.update({name: c["test"]["difference"], f"{name}_low": c["test"]["low"],
                         f"{name}_high": c["test"]["high"]})
@@ -240,7 +201,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         found = popularity["models"][selection["selected"]][name].get(SELECT_METRIC)
         if found is not None:
             metrics[f"selected_test_{SELECT_METRIC}_{name}"] = found["mean"]
-    for v in variants:
+    for v in summary:
         for k in cfg.ks:
             for m in ("hr", "ndcg"):
                 metrics[f"{v}_test_{m}@{k}"] = summary[v]["test"][f"{m}@{k}"]["mean"]
