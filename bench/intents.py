@@ -30,6 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.provenance import git_commit  # noqa: E402
 from bench.shared_data import shared_data_dir  # noqa: E402
 
 from saerec.pipeline import StageInput  # noqa: E402
@@ -119,8 +120,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, cwd=REPO)
         rows.append(steering_row(published(store, "evaluate")))
     result = {"dataset": "Amazon Beauty (ICLRec 5-core), item text = title + brand (configs/beauty-titles.yaml)",
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                       cwd=REPO).stdout.strip(),
+              "commit": git_commit(),
               "machine": platform.machine(), "wall_s": round(time.time() - started, 1),
               "command": " ".join(sys.argv), "job_commands": commands, **summarise(store, rows)}
     args.out.write_text(json.dumps(result, indent=1) + "\n")

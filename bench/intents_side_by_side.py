@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.provenance import git_commit  # noqa: E402
 from saerec.pipeline import StageInput  # noqa: E402
 from saerec.storage import MANIFEST, Store  # noqa: E402
 
@@ -115,8 +115,7 @@ def main() -> None:
     items = published(args.titles, "prepare").read_table("items.parquet").to_pylist()
     titles = {r["item"]: r["text"] for r in items if r["text"]}
     result = {"command": " ".join(sys.argv),
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                       cwd=REPO).stdout.strip(),
+              "commit": git_commit(),
               "short": intents_of(args.short, titles, args.intents, args.seed),
               "titles": intents_of(args.titles, titles, args.intents, args.seed),
               "explanations": explanations(args.titles, titles, args.users, args.seed)}

@@ -11,6 +11,9 @@ Steps:
   python bench/rec.py --step train --cells sasrec/0 grounded/0 grounded-random/0 ...
   python bench/rec.py --step steer --cell grounded/0 --query "nail polish"
   python bench/rec.py --step report                     # -> bench/results/rec_beauty.json
+  python bench/rec.py --step assess --cells sasrec/0 sasrec/1 sasrec/2 grounded/0 grounded/1 grounded/2
+      # the saved cells tested as the job's evaluate does: the model chosen on valid over seeds, its ties,
+      # paired bootstrap intervals over users, the popularity breakdown -> bench/results/headline_beauty.json
 
 The SAE size study (``--sae-latents N``) runs the chain again from train_sae with N latents in
 its own run (``beauty-sae<N>``, prepare and embed copied from the main run, the judge limited to
@@ -35,9 +38,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
-                           each_cell, mean_std, read_parts, run_chain, seed_sized_run, sized_overrides, train_cell)
+                           each_cell, mean_std, part_path, read_parts, run_chain, seed_sized_run, sized_overrides,
+                           train_cell)
 
+from bench.provenance import git_commit  # noqa: E402
 from saerec import artifacts  # noqa: E402
+from saerec.rec.comparisons import assess  # noqa: E402
 from saerec.rec.attribution import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
 from saerec.rec import runs  # noqa: E402
 from saerec.rec.variants import NAMES, label, restore_model, variant  # noqa: E402
@@ -137,6 +143,48 @@ def step_steer(args: argparse.Namespace) -> None:
     print(f"within 1% NDCG@20 cost: {study['within_1pct_cost']}\nwrote {path}")
 
 
+def step_assess(args: argparse.Namespace) -> None:
+    """Test the saved ``--cells`` once each and compare them exactly as the job's evaluate stage does
+    (``saerec.rec.comparisons.assess``): the model chosen by mean valid NDCG@20 over seeds, the
+    models it ties with, paired bootstrap intervals of per-user NDCG@20 (seeds pooled per user), on
+    valid and test, and the test metrics by popularity of the held-out item."""
+    torch.set_num_threads(args.threads)
+    published = Published(args.config)
+    data = published.sequences()
+    rec, evaluation = _settings(published, args)
+    split = runs.split(data.sequences, data.n_items, rec, evaluation)
+    parts = {cell: json.loads(part_path(args.parts, cell).read_text()) for cell in args.cells
+             if part_path(args.parts, cell).exists()}
+    missing = [cell for cell in args.cells if cell not in parts]
+    if missing:
+        raise SystemExit(f"not trained yet: {', '.join(missing)} (--step train --cells {' '.join(missing)})")
+    cells = [({"name": cell, "variant": row["variant"], "seed": row["seed"], "best_epoch": row["best_epoch"],
+               "epochs": row["epochs"], "mean_epoch_seconds": row["mean_epoch_seconds"], "valid": row["selection"]},
+              _load(args, cell)) for cell, row in parts.items()]
+    users = np.asarray(data.users)[split.test.users]
+    _, assessed = assess(cells, split, users, data.n_items, evaluation.ks, evaluation.mask_history)
+    result = {"dataset": "Amazon Beauty (ICLRec 5-core), item text: configs/beauty.yaml's",
+              "protocol": evaluation.protocol, "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
+              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "trained_by": {cell: {"upstream": row.get("upstream"), "wall_seconds": row["wall_seconds"],
+                                    "threads": row["threads"], "settings": row["settings"]["rec"]}
+                             for cell, row in parts.items()},
+              **assessed, "anchors": {"bsarec": BSAREC, "paper": PAPER}}
+    args.assess_out.write_text(json.dumps(result, indent=1) + "\n")
+    selection = assessed["selection"]
+    print(f"{'model':12} {'seeds':>5} {'valid N@20':>16} " + " ".join(f"{'test ' + m:>16}" for m in METRICS))
+    for name, s in assessed["summary"].items():
+        cells = " ".join(f"{s['test'][m]['mean']:.4f}±{s['test'][m]['std'] or 0:.4f}" for m in METRICS)
+        print(f"{name:12} {len(s['seeds']):5d} {s['valid']['mean']:.4f}±{s['valid']['std'] or 0:.4f} {cells}")
+    print(f"chosen on valid: {selection['selected']} (ties: {[t['model'] for t in selection['ties']] or 'none'})")
+    for c in assessed["comparisons"]:
+        for split_name in ("valid", "test"):
+            found = c[split_name]
+            print(f"{c['a']} - {c['b']} {split_name} {c['metric']}: {found['difference']:+.4f} "
+                  f"[{found['low']:+.4f}, {found['high']:+.4f}] over {found['users']} users")
+    print(f"wrote {args.assess_out}")
+
+
 def _beats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Whether ``a``'s mean beats ``b``'s by more than 2 sample std (the larger of the two) on every
     metric; never with a single seed on either side (no spread, so no claim: margins are None)."""
@@ -224,7 +272,7 @@ def _sae_sizes(args: argparse.Namespace, earlier: dict[str, dict[str, Any]],
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--step", choices=("chain", "train", "steer", "report"), required=True)
+    p.add_argument("--step", choices=("chain", "train", "steer", "report", "assess"), required=True)
     add_beauty_args(p)
     p.add_argument("--parts", type=Path, default=None, help="per-cell parts (default: work dir/rec-parts)")
     p.add_argument("--cells", nargs="+", default=["sasrec/0", "grounded/0"], help="variant/seed ...")
@@ -236,6 +284,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--commands", nargs="*", help="the commands that produced the parts, stored in the JSON")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rec_beauty.json")
+    p.add_argument("--assess-out", type=Path, default=REPO / "bench" / "results" / "headline_beauty.json")
     p.add_argument("--sae-latents", type=int, default=None,
                    help="the SAE size study: a run with this many SAE latents (chain, train, steer)")
     args = p.parse_args()
@@ -249,7 +298,7 @@ def main() -> None:
         seed_sized_run(beauty_config(args.data_dir, args.work_dir), args.config)
         run_chain(args.config)
     else:
-        {"train": step_train, "steer": step_steer, "report": step_report}[args.step](args)
+        {"train": step_train, "steer": step_steer, "report": step_report, "assess": step_assess}[args.step](args)
 
 
 if __name__ == "__main__":
