@@ -8,6 +8,7 @@ NDCG@20, the model chosen on valid). The install is not timed: it depends on the
 
   python bench/demo_run.py                      # -> bench/results/demo_run.json
   python bench/demo_run.py --until evaluate     # the quick start without the sweep and the report
+  python bench/demo_run.py --storage /tmp/demo  # keep the run (its report: /tmp/demo/demo/report/...)
 """
 from __future__ import annotations
 
@@ -58,8 +59,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--until", choices=STAGE_ORDER, default=None, help="stop after this stage (default: every stage)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "demo_run.json")
+    p.add_argument("--storage", type=Path, default=None,
+                   help="an empty folder for the run, kept to read its report (default: a temporary one, removed)")
     args = p.parse_args()
-    storage = Path(tempfile.mkdtemp(prefix="saerec-demo-run-"))
+    if args.storage is not None and args.storage.exists() and any(args.storage.iterdir()):
+        p.error(f"--storage {args.storage} is not empty: the run must start from nothing to be timed")
+    storage = args.storage or Path(tempfile.mkdtemp(prefix="saerec-demo-run-"))
     cmd = [sys.executable, "jobs/full_pipeline.py", "--set", f"storage.uri={storage}",
            *(["--until", args.until] if args.until else [])]
     try:
@@ -68,7 +73,8 @@ def main() -> None:
         wall = time.time() - started
         stages = stage_rows(Store(str(storage)))
     finally:
-        shutil.rmtree(storage, ignore_errors=True)
+        if args.storage is None:
+            shutil.rmtree(storage, ignore_errors=True)
     result = {"command": " ".join(["python", *sys.argv]), "job": "python jobs/full_pipeline.py"
               + (f" --until {args.until}" if args.until else ""), "commit": git_commit(),
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
