@@ -111,3 +111,13 @@ def test_the_steering_table_is_the_committed_steering_study(beauty):
         assert shares == (f"{chosen['carrying_share_before']:.3f} → {chosen['carrying_share_after']:.3f} "
                           f"(+{chosen['carrying_share_rise']:.0%})"), query
         assert cost == f"{chosen['ndcg@20_cost']:.1%}", query
+
+
+def test_the_quick_start_timing_is_the_committed_demo_run():
+    run = json.loads((RESULTS / "demo_run.json").read_text())
+    text = (REPO / "README.md").read_text()
+    assert run["job"] == "python jobs/full_pipeline.py", "the quick start's command, every stage"
+    assert f"{round(run['job_wall_s'] / 60)} minutes on a {run['cpus']}-core machine" in text
+    for stage in ("judge", "train_rec", "sweep"):
+        assert f"{stage} {round(run['stages'][stage]['wall_s'] / 60)} min" in text, stage
+
