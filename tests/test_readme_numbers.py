@@ -121,3 +121,10 @@ def test_the_quick_start_timing_is_the_committed_demo_run():
     for stage in ("judge", "train_rec", "sweep"):
         assert f"{stage} {round(run['stages'][stage]['wall_s'] / 60)} min" in text, stage
 
+
+
+def test_the_suite_time_is_the_committed_measurement():
+    suite = json.loads((RESULTS / "suite_time.json").read_text())
+    text = (REPO / "README.md").read_text()
+    assert suite["exit_code"] == 0 and suite["tests"] == "python -m pytest -q"
+    assert f"took {suite['wall_s']:,.0f} s ({suite['wall_s'] / 60:.1f} minutes) for {suite['outcomes']['passed']} tests" in text
