@@ -44,6 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.provenance import git_commit  # noqa: E402
 from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            run_chain, seed_sized_run, sized_overrides, spread)
 from saerec import artifacts, restore  # noqa: E402
@@ -167,7 +168,7 @@ def main() -> int:
         "examples": [{"latent": latent, "z": round(float(z_of[latent]), 2), "words": w[:WORDS_AS_SUMMARY],
                       **{arm: found[i] for arm, found in examples.items()}, "detection_smollm2": default[i]}
                      for i, (latent, w) in enumerate(zip(picked, words)) if i < 12],
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + " ".join(sys.argv), "commit": git_commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

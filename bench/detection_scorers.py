@@ -21,6 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.provenance import git_commit  # noqa: E402
 from bench.harness import Published  # noqa: E402
 from saerec import artifacts  # noqa: E402
 from saerec.config import load_config  # noqa: E402
@@ -60,7 +61,8 @@ def main() -> int:
                          "summary_at_or_above_words": round(float(np.mean([s >= w for s, w in both])), 4) if both else None}
     result = {"run": published.cfg.run.name, "kept": len(kept), "judge_metrics": {
         k: v for k, v in published["judge"].metrics.items() if k.startswith("detection") or k in ("kept", "model")},
-        "scorers": scorers, "command": "python " + " ".join(sys.argv)}
+        "scorers": scorers, "command": "python " + " ".join(sys.argv),
+        "commit": git_commit()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"{'scorer':>8} {'arm':>10} {'latents':>7} {'mean':>6} {'>=0.75':>7}")

@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.provenance import git_commit  # noqa: E402
 from bench.harness import (Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            run_chain, seed_sized_run, sized_overrides, spread)
 from saerec import artifacts, restore  # noqa: E402
@@ -152,7 +153,7 @@ def main() -> int:
         "verdicts": verdicts, "screened_out": judged["screened_out"], "kept": judged["kept"],
         "detection": spread(detection),
         "side_by_side": side_by_side(published, args.sample, cfg.seed, args.arms) if args.sample else None,
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + " ".join(sys.argv), "commit": git_commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

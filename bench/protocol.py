@@ -36,6 +36,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.provenance import git_commit  # noqa: E402
 from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            each_cell, read_parts, run_chain, train_cell)
 
@@ -108,7 +109,7 @@ def step_report(args: argparse.Namespace) -> None:
     out = {"dataset": "Amazon Beauty (ICLRec sequences, item titles as text)", "seed": 0,
            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
            "cells": rows, "steps": steps, "paper": PAPER, "missing": missing,
-           "commands": args.commands or []}
+           "commit": git_commit(), "commands": args.commands or []}
     args.out.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.out}")
 

@@ -230,7 +230,7 @@ def step_report(args: argparse.Namespace) -> None:
            "summary": summary, "targets": targets, "runs": rows,
            "steering": [{k: s[k] for k in s if k != "examples"} for s in steering.values()],
            "example_explanations": examples,
-           "bsarec": BSAREC, "paper": PAPER, "commands": [*earlier.get("commands", []),
+           "bsarec": BSAREC, "paper": PAPER, "commit": git_commit(), "commands": [*earlier.get("commands", []),
                                                           *[c for c in args.commands or [] if c not in earlier.get("commands", [])]]}
     out["sae_sizes"] = _sae_sizes(args, earlier.get("sae_sizes", {}), rows)
     args.out.write_text(json.dumps(out, indent=2))

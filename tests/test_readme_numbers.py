@@ -128,3 +128,12 @@ def test_the_suite_time_is_the_committed_measurement():
     text = (REPO / "README.md").read_text()
     assert suite["exit_code"] == 0 and suite["tests"] == "python -m pytest -q"
     assert f"took {suite['wall_s']:,.0f} s ({suite['wall_s'] / 60:.1f} minutes) for {suite['outcomes']['passed']} tests" in text
+
+
+def test_every_result_the_readme_cites_records_its_command_and_commit():
+    cited = sorted(set(re.findall(r"bench/results/([a-z0-9_]+\.json)", (REPO / "README.md").read_text())))
+    assert cited, "the README cites its results"
+    for name in cited:
+        found = json.loads((RESULTS / name).read_text())
+        assert found.get("command") or found.get("commands"), f"{name} records no command"
+        assert re.fullmatch(r"[0-9a-f]{40}", found.get("commit", "")), f"{name} records no git commit"
