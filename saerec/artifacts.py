@@ -343,6 +343,12 @@ def read_summaries(judge: StageFiles) -> dict[int, str]:
             if s is not None}
 
 
+def read_latent_words(judge: StageFiles) -> dict[int, list[str]]:
+    """SAE latent id -> its top words as the judge read them."""
+    table = read_table(judge, FEATURES, ["latent", "words"])
+    return {int(k): list(w) for k, w in zip(table.column("latent").to_pylist(), table.column("words").to_pylist()) if w}
+
+
 # -- profile ---------------------------------------------------------------------------------------
 
 def read_profiles(profile: StageFiles, intent_set: str,

@@ -372,6 +372,10 @@ class EvaluateSection:
     # the item category the query targets (outside labels, data.item_categories); null: the category
     # whose name equals the query or contains it as a word
     steering_category: str | None = None
+    # which intents the query boosts: those whose summary contains it, those whose first
+    # steering_top_words top words hold every word of it, or either
+    steering_match: Literal["summaries", "words", "both"] = "summaries"
+    steering_top_words: int = _bounded(8, lo=1)
     steering_boost: float = _bounded(2.0, lo=0.0)  # SAERec: + boost on the matched intents' retrieval and attention
     # grounded models: the dose-response levels, in units of each user's score spread (see rec/attribution.py)
     steering_strengths: list[float] = _bounded([0.05, 0.1, 0.2, 0.5, 1.0, 2.0], lo=0.0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saerec.rec.batching import leave_one_out
-from saerec.rec.attribution import explain_users, match_texts, steering_study, top_items
+from saerec.rec.attribution import explain_users, match_texts, match_words, steering_study, top_items
 from saerec.rec.saerec_model import IntentConfig, SAERec
 from saerec.rec.sasrec import EncoderConfig
 from tests.rec_toy import chain_sequences
@@ -139,3 +139,12 @@ def test_grounded_steering_raises_the_share_of_listed_items_carrying_the_boosted
         grounded_steering_study(model, data.test, [6], [1.0], top_n=5)
     with pytest.raises(ValueError, match=">= 0"):
         grounded_steering_study(model, data.test, [1], [-1.0], top_n=5)
+
+
+def test_a_query_matches_word_lists_holding_all_its_words_in_any_order():
+    lists = [["polish", "nail", "coat"], ["nail", "file"], None, [], ["Sunscreen", "spf"]]
+    assert match_words(lists, "nail polish").tolist() == [True, False, False, False, False]
+    assert match_words(lists, "NAIL").tolist() == [True, True, False, False, False]
+    assert match_words(lists, "sunscreen").tolist() == [False, False, False, False, True]
+    with pytest.raises(ValueError, match="must not be empty"):
+        match_words(lists, "  ")

@@ -33,6 +33,8 @@ DIM = 8
 LATENTS = [3, 10, 11, 20, 21, 40]
 SUMMARIES = ["fragrance and perfume", "acne treatment", "hair repair", "budget picks", "sensitive skin",
              "anti-aging routine"]
+WORDS = [["perfume", "scent"], ["pimple", "spots", "acne"], ["repair", "split"], ["cheap", "deal"], ["gentle", "calm", "spots"],
+         ["wrinkles", "serum"]]
 
 
 def _stand_in_embed(ctx: StageContext) -> dict:
@@ -48,7 +50,7 @@ def _stand_in_embed(ctx: StageContext) -> dict:
 def _stand_in_judge(ctx: StageContext) -> dict:
     vectors = torch.randn(len(LATENTS), DIM, generator=torch.Generator().manual_seed(1))
     artifacts.write_intent_set(ctx.output, artifacts.IntentSet(vectors, np.array(LATENTS)))
-    ctx.output.write_table(artifacts.FEATURES.name, pa.table({"latent": LATENTS, "summary": SUMMARIES,
+    ctx.output.write_table(artifacts.FEATURES.name, pa.table({"latent": LATENTS, "summary": SUMMARIES, "words": WORDS,
                                                                 "kept": [True] * len(LATENTS)}))
     return {"kept": len(LATENTS)}
 
@@ -258,6 +260,7 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
     assert levels[0]["category_share"] == pytest.approx(
         sum("acne" in labels.get(i, []) for i in listed) / len(listed)), "before = the model's own test lists"
     assert all(0.0 <= r["category_share"] <= 1.0 for r in [*levels, *study["valid_dose_response"]])
+
     cheap = [r for r in study["valid_dose_response"][1:] if on_valid[0.0] - r["ndcg@5"] <= 0.01 * on_valid[0.0]]
     chosen = study["within_1pct_cost"]
     assert (chosen or {}).get("strength") == (cheap[-1]["strength"] if cheap else None), "chosen on valid cost only"
@@ -313,3 +316,15 @@ def test_profiles_pool_each_items_training_texts_and_grounded_lists_are_explaine
     assert {k: v["users"] for k, v in by_bucket["buckets"].items()} == {k: n for k, n in sizes.items() if n}
     for found in by_bucket["buckets"].values():
         assert found["low"] <= found["difference"] <= found["high"]
+
+    # matching by top words: "spots" is in no summary; it is the 2nd word of latent 10 and the 3rd of latent 21
+    for match, top_words, expected in (("summaries", 8, []), ("words", 2, [10]), ("words", 3, [10, 21]),
+                                       ("both", 2, [10])):
+        again = _runner(str(tmp_path / "out"), "rec.models=[grounded, grounded-random, dense, bsarec-grounded]",
+                        "evaluate.steering_query=spots", f"evaluate.steering_match={match}",
+                        f"evaluate.steering_top_words={top_words}")
+        assert again.run_stage(train_rec.STAGE).get("skipped") is True, "steering settings do not retrain"
+        steered = again.store.read_json(f"{again.run_stage(evaluate.STAGE)['output_dir']}/steering.json")
+        assert steered["matched_intents"] == expected and steered["matched_by"] == match, (match, top_words)
+        if not expected:
+            assert steered["skipped"] == "no intent summary mentions 'spots'"

@@ -24,6 +24,15 @@ def match_texts(texts: Sequence[str | None], query: str) -> np.ndarray:
     return np.array([bool(t) and pattern.search(t) is not None for t in texts], dtype=bool)
 
 
+def match_words(word_lists: Sequence[Sequence[str] | None], query: str) -> np.ndarray:
+    """Boolean mask of word lists that hold every word of ``query`` (case-insensitive, in any order):
+    a latent's top words name a theme without the summary's phrasing ("polish", "nail")."""
+    wanted = {w.casefold() for w in query.split()}
+    if not wanted:
+        raise ValueError("steering query must not be empty")
+    return np.array([bool(words) and wanted <= {w.casefold() for w in words} for words in word_lists], dtype=bool)
+
+
 def match_category(names: Sequence[str], query: str) -> list[str]:
     """The category names a steering query targets: those equal to ``query`` (case-insensitive), or
     else those containing it as a whole word or phrase. One name is a target; none or several are not."""

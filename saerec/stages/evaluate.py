@@ -35,8 +35,8 @@ from saerec.config import EvaluateSection
 from saerec.pipeline import Stage, StageContext, StageError
 from saerec.rec import leave_one_out
 from saerec.rec.attribution import (category_flags, cheapest_effect, explain_grounded, explain_users,
-                                    grounded_steering_study, match_texts, steering_category, steering_study,
-                                    top_items)
+                                    grounded_steering_study, match_texts, match_words, steering_category,
+                                    steering_study, top_items)
 from saerec.rec.comparisons import assess
 from saerec.rec.runs import SELECT_METRIC
 from saerec.rec.variants import EXPLAIN_ORDER, attends, is_grounded
@@ -113,8 +113,9 @@ def recommendations_table(model: torch.nn.Module, run: dict[str, Any] | None, us
 
 def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, test: Any, latents: np.ndarray | None,
              summaries: dict[int, str], item_texts: list[str | None], cfg: EvaluateSection,
-             labels: dict[int, list[str]] | None = None) -> dict[str, Any]:
-    """Boost the intents whose summaries match ``evaluate.steering_query``: for SAERec, count the
+             labels: dict[int, list[str]] | None = None, words: dict[int, list[str]] | None = None) -> dict[str, Any]:
+    """Boost the intents that match ``evaluate.steering_query`` (by summary, by top ``words`` or
+    either, ``evaluate.steering_match``): for SAERec, count the
     items whose text matches in the lists; for a grounded model, the dose-response over
     ``evaluate.steering_strengths`` of the share of listed items carrying the boosted intents, on
     ``valid`` (which picks the strongest level costing at most 1 % NDCG) and on ``test`` (reported),
@@ -124,11 +125,18 @@ def steering(model: torch.nn.Module, run: dict[str, Any] | None, valid: Any, tes
         return {"skipped": "evaluate.steering_query is not set"}
     if run is None or latents is None:
         return {"query": query, "skipped": "the explained model reads no judged or SAE intents"}
-    matched = np.flatnonzero(match_texts([summaries.get(int(l)) for l in latents], query))
-    base = {"query": query, "model": run["name"], "matched_intents": [int(latents[i]) for i in matched],
+    hits = np.zeros(len(latents), dtype=bool)
+    if cfg.steering_match in ("summaries", "both"):
+        hits |= match_texts([summaries.get(int(l)) for l in latents], query)
+    if cfg.steering_match in ("words", "both"):
+        hits |= match_words([(words or {}).get(int(l), [])[:cfg.steering_top_words] for l in latents], query)
+    matched = np.flatnonzero(hits)
+    base = {"query": query, "model": run["name"], "matched_by": cfg.steering_match,
+            "matched_intents": [int(latents[i]) for i in matched],
             "matched_summaries": [summaries.get(int(latents[i])) for i in matched]}
     if len(matched) == 0:
-        return {**base, "skipped": f"no intent summary mentions {query!r}"}
+        where = {"summaries": "intent summary", "words": "intent's top words", "both": "intent summary or top words"}
+        return {**base, "skipped": f"no {where[cfg.steering_match]} mentions {query!r}"}
     if is_grounded(run["spec"]):
         target = steering_category(labels, query, cfg.steering_category)
         flags = (category_flags(labels, target["category"], model.profile_ids.shape[0] - 1)
@@ -182,8 +190,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     artifacts.write_table(ctx.output, artifacts.RECOMMENDATIONS, table)
 
     texts = artifacts.read_item_texts(ctx.input("prepare"), data.n_items)
+    words = (artifacts.read_latent_words(ctx.input("judge"))
+             if latents is not None and cfg.steering_query and cfg.steering_match != "summaries" else None)
     study = steering(model, explained, split.valid, split.test, latents, summaries, texts, cfg,
-                     artifacts.read_item_categories(ctx.input("prepare")))
+                     artifacts.read_item_categories(ctx.input("prepare")), words)
     artifacts.write_json(ctx.output, artifacts.STEERING, study)
 
     metrics: dict[str, Any] = {"protocol": cfg.protocol, "explained_model": explained["name"],
