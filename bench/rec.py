@@ -162,7 +162,8 @@ def step_assess(args: argparse.Namespace) -> None:
                "epochs": row["epochs"], "mean_epoch_seconds": row["mean_epoch_seconds"], "valid": row["selection"]},
               _load(args, cell)) for cell, row in parts.items()]
     users = np.asarray(data.users)[split.test.users]
-    _, assessed = assess(cells, split, users, data.n_items, evaluation.ks, evaluation.mask_history)
+    _, assessed = assess(cells, split, users, data.n_items, evaluation.ks, evaluation.mask_history,
+                         also_compare=[tuple(args.pair)])
     result = {"dataset": "Amazon Beauty (ICLRec 5-core), item text: configs/beauty.yaml's",
               "protocol": evaluation.protocol, "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -173,9 +174,12 @@ def step_assess(args: argparse.Namespace) -> None:
     args.assess_out.write_text(json.dumps(result, indent=1) + "\n")
     selection = assessed["selection"]
     print(f"{'model':12} {'seeds':>5} {'valid N@20':>16} " + " ".join(f"{'test ' + m:>16}" for m in METRICS))
+    def shown(found: dict[str, Any]) -> str:
+        return f"{found['mean']:.4f}" + (f"±{found['std']:.4f}" if found["std"] is not None else "")
+
     for name, s in assessed["summary"].items():
-        cells = " ".join(f"{s['test'][m]['mean']:.4f}±{s['test'][m]['std'] or 0:.4f}" for m in METRICS)
-        print(f"{name:12} {len(s['seeds']):5d} {s['valid']['mean']:.4f}±{s['valid']['std'] or 0:.4f} {cells}")
+        cells = " ".join(f"{shown(s['test'][m]):>16}" for m in METRICS)
+        print(f"{name:12} {len(s['seeds']):5d} {shown(s['valid']):>16} {cells}")
     print(f"chosen on valid: {selection['selected']} (ties: {[t['model'] for t in selection['ties']] or 'none'})")
     for c in assessed["comparisons"]:
         for split_name in ("valid", "test"):
@@ -284,6 +288,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--commands", nargs="*", help="the commands that produced the parts, stored in the JSON")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rec_beauty.json")
+    p.add_argument("--pair", nargs=2, default=["grounded", "sasrec"], metavar=("A", "B"),
+                   help="--step assess: also compare A - B paired over users, whichever model valid chooses")
     p.add_argument("--assess-out", type=Path, default=REPO / "bench" / "results" / "headline_beauty.json")
     p.add_argument("--sae-latents", type=int, default=None,
                    help="the SAE size study: a run with this many SAE latents (chain, train, steer)")

@@ -113,13 +113,15 @@ def per_user_table(variant: str, seed: int, users: np.ndarray, valid_ranks: np.n
 
 
 def assess(runs: Iterable[tuple[dict[str, Any], torch.nn.Module]], split: LeaveOneOut, users: np.ndarray,
-           n_items: int, ks: Sequence[int], mask_history: bool = True) -> tuple[pa.Table, dict[str, Any]]:
+           n_items: int, ks: Sequence[int], mask_history: bool = True,
+           also_compare: Sequence[tuple[str, str]] = ()) -> tuple[pa.Table, dict[str, Any]]:
     """Test every trained run once and compare them as evaluate reports it (one home for the job and
     the benchmarks): ``runs`` yields each run's record (``variant``, ``seed``, ``valid`` metrics of its
     selected epoch, ``best_epoch``, ``epochs``, ``mean_epoch_seconds``, optional ``name``) with its model;
     ``users`` are the test users' ids in ``split.test`` order. Returns the ``PER_USER`` table and the
     metrics: per run, per variant (mean, sample std, n), the model chosen on valid, the paired
-    comparisons and the popularity breakdown."""
+    comparisons (evaluate's pairs, plus ``also_compare``, e.g. a benchmark's headline pair whatever
+    valid chooses) and the popularity breakdown."""
     per_run, user_rows = [], []
     counts = item_train_counts(split.train, n_items)
     item_buckets, head_min = popularity_buckets(counts)
@@ -141,6 +143,7 @@ def assess(runs: Iterable[tuple[dict[str, Any], torch.nn.Module]], split: LeaveO
                for v in variants}
     selection = select_model(per_run, pooled(per_user, "valid"))
     pairs = compared_pairs(variants, selection["selected"])
+    pairs += [pair for pair in also_compare if pair not in pairs and set(pair) <= set(variants)]
     popularity = {**popularity_definition(counts, item_buckets, head_min, user_buckets),
                   **by_popularity(per_user, dict(zip(users.tolist(), user_buckets.tolist())), variants, ks, pairs)}
     return per_user, {"runs": per_run, "summary": summary, "selection": selection,
