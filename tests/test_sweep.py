@@ -134,7 +134,7 @@ def test_sweep_fingerprint_covers_what_trials_read_and_nothing_else():
         assert (rec.encoder(10), rec.intent(), rec.fit(cfg.evaluate, 0)) == \
             (cfg.rec.encoder(10), cfg.rec.intent(), cfg.rec.fit(cfg.evaluate, 0))
     steering = {"top_n": 5, "steering_query": "lipstick", "steering_category": "Lips", "steering_boost": 1.0,
-                "steering_strengths": [1.0]}
+                "steering_strengths": [1.0], "steering_match": "both", "steering_top_words": 3}
     assert set(steering) == {f.name for f in dataclasses.fields(EvaluateSection)} - set(sweep.EVALUATE_KEYS)
     assert cfg.rec.fit(dataclasses.replace(cfg.evaluate, **steering), 0) == cfg.rec.fit(cfg.evaluate, 0)
 
