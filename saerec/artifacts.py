@@ -96,6 +96,8 @@ PER_USER = Artifact("evaluate", "per_user.parquet", "per run and user: valid and
 SWEEP_RESULTS = Artifact("sweep", "results.parquet", "one row per trial")
 SWEEP_SUMMARY = Artifact("sweep", "summary.parquet", "mean and std over seeds per study point")
 SWEEP_JSON = Artifact("sweep", "results.json", "both tables, plus where each study point's inputs came from")
+SEARCH_RESULTS = Artifact("sweep", "search.parquet", "the search study: one row per trial, valid only")
+SEARCH_STUDY = Artifact("sweep", "search.json", "the search study: each model's configuration chosen on valid")
 REPORT_HTML = Artifact("report", "report.html", "the self-contained report")
 REPORT_MARKDOWN = Artifact("report", "report.md", "the same report in Markdown")
 
@@ -129,6 +131,17 @@ def write_json(files: StageFiles, art: Artifact, obj: Any) -> None:
 
 def read_json(files: StageFiles, art: Artifact) -> Any:
     return files.read_json(art.name)
+
+
+def read_search_study(files: StageFiles) -> dict[str, dict[str, Any]]:
+    """The sweep's search study: each searched model's chosen settings, ``{model: {key: value}}``
+    (empty when the sweep ran no search study)."""
+    study = read_json(files, SEARCH_STUDY)
+    chosen = study.get("chosen") if isinstance(study, dict) else None
+    if not isinstance(chosen, dict) or not all(isinstance(c, dict) and isinstance(c.get("params"), dict)
+                                               for c in chosen.values()):
+        raise _fail(SEARCH_STUDY, files, "has no 'chosen' mapping of model -> {params: {...}}")
+    return {model: dict(found["params"]) for model, found in chosen.items()}
 
 
 def write_text(files: StageFiles, art: Artifact, text: str) -> None:

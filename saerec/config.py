@@ -301,6 +301,12 @@ def _shared(section: Any, target: type) -> dict[str, Any]:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in wanted}
 
 
+# the rec settings a search study may tune and ``rec.tuned`` may set per model: the model's shape and
+# optimisation, not what decides the split or the data (max_len, prefix_augment) or which models run
+TUNABLE_KEYS = ("lr", "d", "blocks", "heads", "dropout", "weight_decay", "batch_size", "ema_beta", "k",
+                "bsarec_alpha", "bsarec_c")
+
+
 @dataclass
 class RecSection:
     """The recommender's settings, declared once: ``encoder``, ``intent`` and ``fit`` fill the model and
@@ -332,6 +338,10 @@ class RecSection:
     # against attention, open so that both branches train (a branch without gradient stops multi-worker DDP).
     bsarec_alpha: float = _bounded(0.7, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     bsarec_c: int = _bounded(5, lo=1)  # frequency cut-off: the lowest c // 2 + 1 DFT frequencies of the max_len window are "low"
+    # per-model settings over the ones above, {model: {key: value}} with keys of TUNABLE_KEYS, e.g. what
+    # a search study chose; from_study fills it from a run's published study (explicit entries win)
+    tuned: dict[str, dict[str, Any]] = _bounded({})
+    from_study: str | None = None  # a run name in this storage whose sweep published a search study
 
     def __post_init__(self) -> None:
         _check_variants(self.models, "rec.models")
@@ -339,6 +349,29 @@ class RecSection:
         if self.d % self.heads:
             raise ConfigError(f"rec.d={self.d} must be divisible by rec.heads={self.heads}")
         _check_kmeans_k(self, self.models, "rec.models")
+        if self.from_study is not None and not _RUN_NAME.fullmatch(self.from_study):
+            raise ConfigError(f"rec.from_study={self.from_study!r} is not a run name (letters, digits, '.', '_', '-')")
+        _check_variants(list(self.tuned), "rec.tuned", allow_empty=True)
+        hints = typing.get_type_hints(RecSection)
+        fields = {f.name: f for f in dataclasses.fields(RecSection)}
+        for model, settings in self.tuned.items():
+            if not isinstance(settings, dict):
+                raise ConfigError(f"rec.tuned.{model}: expected a mapping of settings, got {settings!r}")
+            for key, value in settings.items():
+                if key not in TUNABLE_KEYS:
+                    raise ConfigError(f"rec.tuned.{model}.{key}: not a tunable setting; allowed: "
+                                      f"{', '.join(TUNABLE_KEYS)}")
+                settings[key] = _coerce(value, hints[key], f"rec.tuned.{model}.{key}")
+                _check_bounds(settings[key], fields[key].metadata, f"rec.tuned.{model}.{key}")
+            try:
+                self.for_model(model)  # the section's checks, on the merged settings
+            except ConfigError as exc:
+                raise ConfigError(f"rec.tuned.{model}: {exc}") from None
+
+    def for_model(self, model: str) -> "RecSection":
+        """The settings ``model`` trains with: this section with its ``tuned`` entry applied (checked
+        in ``__post_init__``), and no per-model entries left."""
+        return dataclasses.replace(self, tuned={}, from_study=None, **self.tuned.get(model, {}))
 
     def encoder(self, n_items: int) -> "EncoderConfig":
         """The sequence encoder's config (the variant sets its backbone, see ``variants.model_spec``)."""
@@ -403,10 +436,19 @@ class SweepSection:
     cpus_per_trial: float = _bounded(1.0, lo=0.0, lo_open=True, resource=True)
     gpus_per_trial: float = _bounded(0.0, lo=0.0, resource=True)
     max_failures: int = _bounded(2, lo=0, resource=True)  # retries of a crashed trial, from its last checkpoint
+    # the search study (saerec/tuning.py): per model, search_trials configurations (the configured one, then
+    # draws from its backbone's space), ASHA stopping the worse ones after search_grace_epochs; chosen on valid
+    search_models: list[str] = _listof()
+    search_trials: int = _bounded(8, lo=1)
+    search_grace_epochs: int = _bounded(10, lo=1)
 
     def __post_init__(self) -> None:
         _check_variants(self.ablations, "sweep.ablations", allow_empty=True)
+        _check_variants(self.search_models, "sweep.search_models", allow_empty=True)
         _check_distinct(self.seeds, "sweep.seeds", "seed")
+        repeated = next((m for i, m in enumerate(self.search_models) if m in self.search_models[:i]), None)
+        if repeated is not None:
+            raise ConfigError(f"sweep.search_models lists model {repeated!r} twice")
 
 
 def parse_judge(choice: str, configured: JudgeSection, index: int) -> JudgeSection:
@@ -522,6 +564,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: got {value!r}; expected {_type_name(tp)}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}; expected a mapping")
+        _, value_tp = typing.get_args(tp)
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")

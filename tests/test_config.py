@@ -190,7 +190,25 @@ def test_readme_lists_exactly_the_keys_left_out_of_fingerprints():
 
 
 # rec keys that train_rec or the sweep read themselves; every other rec key is a model or fit setting.
-REC_RUN_KEYS = {"models", "seeds", "num_workers", "use_gpu", "kmeans_clusters", "max_failures", "checkpoint_seconds"}
+REC_RUN_KEYS = {"models", "seeds", "num_workers", "use_gpu", "kmeans_clusters", "max_failures", "checkpoint_seconds",
+                "tuned", "from_study"}  # the last two: per-model values of the keys tested here (rec.for_model)
+
+
+def test_tuned_settings_are_checked_per_model_and_applied_by_for_model():
+    cfg = load_config(None, ["rec.tuned.bsarec.lr=5e-4", "rec.tuned.bsarec.bsarec_c=3", "rec.tuned.sasrec={d: 32}"])
+    assert (cfg.rec.for_model("bsarec").lr, cfg.rec.for_model("bsarec").bsarec_c) == (5e-4, 3)
+    assert cfg.rec.for_model("sasrec").d == 32 and cfg.rec.for_model("grounded") == cfg.rec.for_model("dense")
+    assert cfg.rec.for_model("bsarec").tuned == {} and cfg.rec.for_model("grounded").lr == cfg.rec.lr
+    for bad, message in [("rec.tuned.sasrec.max_len=20", "rec.tuned.sasrec.max_len: not a tunable setting"),
+                         ("rec.tuned.nope.lr=0.1", "rec.tuned: unknown model 'nope'"),
+                         ("rec.tuned.sasrec.lr=-1", r"rec.tuned.sasrec.lr: got -1.0; allowed range"),
+                         ("rec.tuned.sasrec.d=oops", "rec.tuned.sasrec.d: got 'oops'"),
+                         ("rec.tuned.sasrec={d: 30, heads: 4}", "rec.tuned.sasrec: rec.d=30 must be divisible by rec.heads=4"),
+                         ("rec.tuned.sasrec=3", "rec.tuned.sasrec: got 3; expected a mapping"),
+                         ("sweep.search_models=[sasrec,sasrec]", "lists model 'sasrec' twice"),
+                         ("sweep.search_models=[tvrec]", "sweep.search_models: unknown model 'tvrec'")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [bad])
 
 
 def test_every_rec_model_setting_reaches_the_model_or_fit_config_by_its_name():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from saerec import artifacts, restore, tuning
 from saerec.config import ConfigError, EvaluateSection, JudgeSection, RecSection, load_config, parse_judge
 from saerec.pipeline import Runner, Stage, StageContext, StageError, StageInput, fingerprint
+from saerec.rec import runs
 from saerec.rec.runs import selection_ks
 from saerec.rec.variants import random_like
 from saerec.sae.model import SAEConfig, TopKSAE
@@ -126,11 +128,13 @@ def test_sweep_fingerprint_covers_what_trials_read_and_nothing_else():
     assert fp("rec.bsarec_c=7") != base and fp("rec.kmeans_clusters=9") != base
     # A trial's model and fit configs are the same whatever the rec keys the sweep leaves out of its fingerprint.
     cfg = load_config(None, [])
-    left_out = {"models": ["sasrec"], "seeds": [4], "num_workers": 2, "use_gpu": True}
+    left_out = {"models": ["sasrec"], "seeds": [4], "num_workers": 2, "use_gpu": True,
+                "tuned": {"sasrec": {"lr": 0.01}}, "from_study": "other"}
     assert set(left_out) == {f.name for f in dataclasses.fields(RecSection)
                              if not f.metadata.get("resource")} - set(sweep.REC_KEYS)
     other = dataclasses.replace(cfg.rec, **left_out)
-    for rec in (cfg.rec, other):
+    assert fp("rec.tuned.sasrec.lr=0.01", "rec.from_study=other") == base, "per-model settings are train_rec's"
+    for rec in (cfg.rec, dataclasses.replace(other, tuned={}, from_study=None)):
         assert (rec.encoder(10), rec.intent(), rec.fit(cfg.evaluate, 0)) == \
             (cfg.rec.encoder(10), cfg.rec.intent(), cfg.rec.fit(cfg.evaluate, 0))
     steering = {"top_n": 5, "steering_query": "lipstick", "steering_category": "Lips", "steering_boost": 1.0,
@@ -345,3 +349,64 @@ def test_a_sweep_trial_and_train_rec_select_the_same_epoch(tmp_path, ray_local):
         assert trial["epochs"] == run["epochs"], run["variant"]
         for metric, value in run["valid"].items():
             assert trial[f"valid_{metric}"] == pytest.approx(value, rel=1e-4, abs=1e-6), (run["variant"], metric)
+
+
+def test_search_study_chooses_each_model_on_valid_and_train_rec_trains_from_it(tmp_path, ray_local, caplog):
+    """The search study: the same number of configurations per model (the configured one first), ASHA
+    over per-epoch valid scores, no test metric read, each model's choice the best valid trial; a run
+    with ``rec.from_study`` then trains each model at its chosen settings."""
+    caplog.set_level(logging.INFO, logger="saerec")
+    cfg = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "rec.d=8", "rec.blocks=1", "rec.k=2",
+                             "rec.batch_size=64", "sweep.ablations=[sasrec]", "sweep.ks=[]", "sweep.review_drops=[]",
+                             "sweep.seeds=[0]", "sweep.max_epochs=3", "sweep.concurrency=2",
+                             "sweep.search_models=[sasrec,bsarec-grounded]", "sweep.search_trials=3",
+                             "sweep.search_grace_epochs=1"])
+    stages = {s.name: s for s in (prepare.STAGE, *STAND_INS, sweep.STAGE)}
+    runner = Runner(cfg, Store(cfg.storage.uri), stages=stages)
+    for stage in (prepare.STAGE, *STAND_INS):
+        runner.run_stage(stage)
+    published = runner.run_stage(sweep.STAGE)
+    out = published["output_dir"]
+    study = runner.store.read_json(f"{out}/search.json")
+    trials = study["trials"]
+    assert [(t["model"], t["trial"]) for t in trials] == [(m, i) for m in ("bsarec-grounded", "sasrec") for i in range(3)]
+    assert not any(key.startswith("test_") for t in trials for key in t), "the search reads no test data"
+    first = json.loads(trials[0]["params"])
+    assert first == {key: getattr(cfg.rec, key) for key in tuning.search_space("bsarec-grounded")}
+    assert "bsarec_alpha" not in json.loads(trials[3]["params"]), "SASRec's space has no BSARec knobs"
+    assert all(1 <= t["epochs"] <= 3 and 1 <= t["best_epoch"] <= t["epochs"] for t in trials)
+    for model in ("sasrec", "bsarec-grounded"):
+        mine = [t for t in trials if t["model"] == model]
+        best = max(mine, key=lambda t: (t["valid_ndcg@20"], -t["trial"]))
+        assert study["chosen"][model]["trial_id"] == best["trial_id"]
+        assert study["chosen"][model]["params"] == json.loads(best["params"])
+        assert published["metrics"][f"search_{model}_valid_ndcg@20"] == best["valid_ndcg@20"]
+    assert published["metrics"]["search_stopped_early"] == sum(t["stopped_early"] for t in trials)
+    assert runner.store.read_table(f"{out}/search.parquet").num_rows == 6
+    lines = [line for line in caplog.messages if line.startswith("[sweep] trial ") and "search-" in line]
+    assert len(lines) == 6 and sum("stopped early" in line for line in lines) == sum(t["stopped_early"] for t in trials)
+
+    # Another run trains from the study: rec.tuned holds each model's choice, explicit entries win, and
+    # train_run (train_rec's and the sweep's path) builds the model at those settings.
+    later = load_config(None, [f"storage.uri={tmp_path}", *TINY_DEMO, "run.name=tuned", "rec.from_study=demo",
+                               "rec.tuned.sasrec.lr=0.002"])
+    resolved = tuning.with_study(later, runner.store)
+    assert resolved.rec.tuned["bsarec-grounded"] == study["chosen"]["bsarec-grounded"]["params"]
+    assert resolved.rec.tuned["sasrec"] == {**study["chosen"]["sasrec"]["params"], "lr": 0.002}
+    data = artifacts.read_sequences(StageInput(runner.store, runner.manifest("prepare")))
+    rec = dataclasses.replace(resolved.rec, max_epochs=1)
+    split = runs.split(data.sequences, data.n_items, rec, resolved.evaluate)
+    trained = runs.train_run("sasrec", 0, rec, resolved.evaluate, split, None, n_items=data.n_items)
+    chosen = resolved.rec.tuned["sasrec"]
+    assert (trained.spec["encoder"]["d"], trained.spec["encoder"]["blocks"]) == (chosen["d"], chosen["blocks"])
+    assert runner.run_stage(sweep.STAGE).get("skipped") is True
+
+
+def test_from_study_names_the_run_that_has_no_study(tmp_path):
+    store = Store(str(tmp_path))
+    cfg = load_config(None, [f"storage.uri={tmp_path}", "rec.from_study=nothing-here"])
+    with pytest.raises(ConfigError, match="run 'nothing-here' has no published sweep"):
+        tuning.with_study(cfg, store)
+    with pytest.raises(ConfigError, match="not a run name"):
+        load_config(None, ["rec.from_study=../elsewhere"])
+    assert tuning.with_study(load_config(None, []), store) == load_config(None, []), "no study: unchanged"

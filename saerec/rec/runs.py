@@ -62,8 +62,10 @@ def train_run(variant: str, seed: int, rec: RecSection, evaluate: EvaluateSectio
     a save is due, else ``None``: once ``rec.checkpoint_seconds`` have passed since the last save, and
     always after the last epoch, so a killed run loses at most that much work and fast epochs do not
     flood storage. ``resume`` is such a snapshot. ``wrap`` may wrap the model for data parallelism
-    (DDP); the returned model is the bare one.
+    (DDP); the returned model is the bare one. ``rec.tuned``'s entry for ``variant`` (``rec.for_model``)
+    applies here, so every caller trains a model at its tuned settings.
     """
+    rec = rec.for_model(variant)
     shape = None if intents is None else tuple(intents.shape)
     spec = model_spec(variant, rec.encoder(n_items), rec.intent(), shape, profiles)
     fit_cfg = rec.fit(evaluate, seed)

@@ -15,6 +15,7 @@ where each study point's upstream outputs came from).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import posixpath
 import re
@@ -22,10 +23,11 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from saerec import artifacts, restore, tuning
-from saerec.config import RecSection, SweepSection, parse_judge
+from saerec.config import TUNABLE_KEYS, RecSection, SweepSection, parse_judge
 from saerec.pipeline import Stage, StageContext, StageError, StageInput
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.runs import SELECT_METRIC, selection_ks
@@ -34,9 +36,10 @@ from saerec.workers import tune_trials
 
 log = logging.getLogger(__name__)
 SECTIONS = ("sweep", "rec", "evaluate", "data", "embed", "sae", "explain", "judge", "profile")
-# Trials read every rec key but these (which models and seeds train_rec trains, and its workers), so
-# changing one of these does not re-run the sweep, and a new rec key re-runs it.
-TRAIN_REC_ONLY = ("models", "seeds", "num_workers", "use_gpu")
+# Trials read every rec key but these (which models and seeds train_rec trains, its workers, and the
+# per-model settings it trains with), so changing one of these does not re-run the sweep, and a new rec
+# key re-runs it. The sweep's studies run at the section's own settings.
+TRAIN_REC_ONLY = ("models", "seeds", "num_workers", "use_gpu", "tuned", "from_study")
 REC_KEYS = tuple(f.name for f in dataclasses.fields(RecSection)
                  if not f.metadata.get("resource") and f.name not in TRAIN_REC_ONLY)
 EVALUATE_KEYS = ("protocol", "ks", "mask_history")
@@ -99,11 +102,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rec = ctx.sections["rec"]
     specs = tuning.build_grid(cfg.ablations, cfg.ks, cfg.review_drops, cfg.judges, cfg.seeds,
                               default_k=rec.k, default_drop=ctx.sections["data"].review_drop)
+    base_drop = ctx.sections["data"].review_drop
+    searched = tuning.search_grid(cfg.search_models, cfg.search_trials, {k: getattr(rec, k) for k in TUNABLE_KEYS},
+                                  ctx.seed, base_drop)
     notes: list[str] = []
     start = time.time()
     sequences = artifacts.read_sequences(ctx.input("prepare"))
-    intents, profiles = _intent_sets(ctx, specs, sequences.n_items, notes)
-    for spec in specs:
+    needed = specs + [tuning.TrialSpec(m, rec.k, base_drop, "", ctx.seed) for m in cfg.search_models]
+    intents, profiles = _intent_sets(ctx, needed, sequences.n_items, notes)
+    for spec in needed:
         if variant(spec.variant).attends and spec.k > len(intents[spec.intents_key]):
             raise StageError(f"sweep trial {spec.trial_id}: k={spec.k} exceeds its {len(intents[spec.intents_key])} "
                              "intents; lower sweep.ks / rec.k or keep more verdicts (judge.keep)")
@@ -111,7 +118,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tune_start = time.time()
 
     evaluate = ctx.sections["evaluate"]
-    trial_rec = dataclasses.replace(rec, max_epochs=cfg.max_epochs or rec.max_epochs,
+    trial_rec = dataclasses.replace(rec, tuned={}, from_study=None, max_epochs=cfg.max_epochs or rec.max_epochs,
                                     patience=cfg.patience or rec.patience)
     data = tune_trials.SweepData(sequences=sequences.sequences, n_items=sequences.n_items, intents=intents,
                                  profiles=profiles)
@@ -124,11 +131,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     outcome = tune_trials.run_sweep(trainable, specs, storage_path=storage_path, storage_filesystem=filesystem,
                                     name="sweep", concurrency=cfg.concurrency, resources=resources,
                                     max_failures=cfg.max_failures)
-    if outcome.failed:
-        listed = "; ".join(f"{trial}: {error.splitlines()[0] if error else 'failed'}"
-                           for trial, error in outcome.failed[:5])
-        raise StageError(f"sweep: {len(outcome.failed)} of {len(specs)} trials failed after "
-                         f"{cfg.max_failures} retries ({listed}); re-run the job to retry them from their saved state")
+    _check_failed(outcome, len(specs), cfg.max_failures)
+    search = _search(ctx, searched, data, trial_rec, evaluate, states, resources) if searched else None
     ks = selection_ks(evaluate.ks)
     results = tuning.results_table(outcome.rows, ks)
     summary = tuning.summary_table(results, ks)
@@ -137,13 +141,57 @@ def run(ctx: StageContext) -> dict[str, Any]:
     artifacts.write_json(ctx.output, artifacts.SWEEP_JSON, {"protocol": evaluate.protocol, "trials": results.to_pylist(), "summary": summary.to_pylist(),
                                            "upstream": notes, "intent_sets": {k: list(v.shape) for k, v in intents.items()}})
     best = tuning.best_point(summary.to_pylist(), SELECT_METRIC)
-    return {"protocol": evaluate.protocol, "trials": len(specs), "restored": outcome.restored, "seeds": len(cfg.seeds),
+    artifacts.write_json(ctx.output, artifacts.SEARCH_STUDY, search or {"chosen": {}, "trials": []})
+    if search is not None:
+        artifacts.write_table(ctx.output, artifacts.SEARCH_RESULTS, pa.Table.from_pylist(search["trials"]))
+    searched_metrics = {} if search is None else {
+        "search_trials": len(searched), "search_stopped_early": sum(t["stopped_early"] for t in search["trials"]),
+        **{f"search_{model}_valid_{SELECT_METRIC}": found[f"valid_{SELECT_METRIC}"]
+           for model, found in search["chosen"].items()}}
+    return {**searched_metrics, "protocol": evaluate.protocol, "trials": len(specs), "restored": outcome.restored,
+            "seeds": len(cfg.seeds),
             "upstream_seconds": round(upstream_seconds, 3), "tune_seconds": round(time.time() - tune_start, 3),
             "trial_train_seconds": float(np.sum(results.column("train_seconds").to_numpy())),
             "trials_resumed_mid_training": int(np.sum(results.column("resumed_from_epoch").to_numpy() > 0)),
             "best_study_point": f"{best['study']}:{best['variant']}:k{best['k']}:drop{best['review_drop']}",
             f"best_valid_{SELECT_METRIC}": best[f"valid_{SELECT_METRIC}_mean"],
             f"best_test_{SELECT_METRIC}": best[f"test_{SELECT_METRIC}_mean"], "best_seeds": best["seeds"]}
+
+
+def _check_failed(outcome: tune_trials.SweepOutcome, total: int, retries: int) -> None:
+    if outcome.failed:
+        listed = "; ".join(f"{trial}: {error.splitlines()[0] if error else 'failed'}"
+                           for trial, error in outcome.failed[:5])
+        raise StageError(f"sweep: {len(outcome.failed)} of {total} trials failed after "
+                         f"{retries} retries ({listed}); re-run the job to retry them from their saved state")
+
+
+def _search(ctx: StageContext, searched: list[tuning.SearchSpec], data: tune_trials.SweepData, rec: RecSection,
+            evaluate: Any, states: tune_trials.TrialStates, resources: dict[str, float]) -> dict[str, Any]:
+    """Run the search study on Tune, one experiment per model with its own ASHA (a trial is only ever
+    stopped for doing worse than the same model's other trials); returns each model's chosen settings and
+    every trial's row (valid only: a trial's score is its best epoch's valid NDCG@20, stopped early or not)."""
+    cfg: SweepSection = ctx.sections["sweep"]
+    storage_path, filesystem = ctx.train_storage()
+    threads = tune_trials.TrialResources(threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0)
+    rows = []
+    for model in cfg.search_models:
+        mine = [s for s in searched if s.model == model]
+        outcome = tune_trials.run_sweep(
+            tune_trials.trainable(data, rec, evaluate, states, threads, search=True), mine,
+            storage_path=storage_path, storage_filesystem=filesystem, name=f"search-{model}",
+            concurrency=cfg.concurrency, resources=resources, max_failures=cfg.max_failures,
+            scheduler=tune_trials.asha(cfg.search_grace_epochs, rec.max_epochs))
+        _check_failed(outcome, len(mine), cfg.max_failures)
+        rows += outcome.rows
+    trials = [{"trial_id": r["trial_id"], "model": r["model"], "trial": int(r["trial"]), "seed": int(r["seed"]),
+               "params": {str(k): v for k, v in r["params"]}, "stopped_early": bool(r["stopped_early"]),
+               "epochs": int(r.get("epochs", r.get("epoch", 0))), "best_epoch": int(r["best_epoch"]),
+               f"valid_{SELECT_METRIC}": float(r[f"best_{SELECT_METRIC}"])}
+              for r in sorted(rows, key=lambda r: (r["model"], r["trial"]))]
+    rows = [{**t, "params": json.dumps(t["params"], sort_keys=True)} for t in trials]
+    return {"metric": f"valid_{SELECT_METRIC}", "space": {m: tuning.search_space(m) for m in cfg.search_models},
+            "chosen": tuning.chosen_configurations(trials, SELECT_METRIC), "trials": rows}
 
 
 STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge", "profile"), sections=SECTIONS,

@@ -35,12 +35,13 @@ from ray import tune
 from saerec.rec import metrics, runs
 from saerec.rec.grounded import ItemProfiles
 from saerec.rec.variants import variant
-from saerec.tuning import TrialSpec
+from saerec.tuning import SearchSpec, TrialSpec
 
 if TYPE_CHECKING:
     from saerec.config import EvaluateSection, RecSection
 
 log = logging.getLogger(__name__)
+FINISHED = "trial_finished"  # a search trial's own end marker: Tune fills its reserved "done" key itself
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,54 @@ def train_trial(config: dict[str, Any], data: SweepData, rec: RecSection, evalua
     })
 
 
+def train_search_trial(config: dict[str, Any], data: SweepData, rec: RecSection, evaluate: EvaluateSection,
+                       states: TrialStates, resources: TrialResources = TrialResources()) -> None:
+    """Tune function trainable of the search study: train one model at one configuration (resuming from
+    its saved state), reporting every epoch's valid metrics so the scheduler can stop it early. It
+    reads no test data: the study chooses on valid, and train_rec and evaluate test the choice."""
+    spec = SearchSpec(**config["trial"])
+    torch.set_num_threads(resources.threads)
+    device = "cuda" if resources.use_gpu and torch.cuda.is_available() else "cpu"
+    rec = dataclasses.replace(rec, models=[spec.model], **dict(spec.params))
+    split = runs.split(data.sequences, data.n_items, rec, evaluate)
+    intents = None if spec.intents_key is None else data.intents[spec.intents_key]
+    resume = states.load(spec.trial_id)
+
+    def on_epoch(epoch: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        if snapshot is not None:
+            states.save(spec.trial_id, snapshot)
+        tune.report({FINISHED: False, **epoch})
+
+    profiles = data.profiles.get(spec.intents_key) if variant(spec.model).grounded else None
+    result = runs.train_run(spec.model, spec.seed, rec, evaluate, split, intents, n_items=data.n_items,
+                            profiles=profiles, device=device, resume=resume, on_epoch=on_epoch).result
+    tune.report({FINISHED: True, "epochs": len(result.history), "best_epoch": result.best_epoch,
+                 "train_seconds": float(sum(h["train_seconds"] for h in result.history)),
+                 f"best_{runs.SELECT_METRIC}": result.best_valid[runs.SELECT_METRIC],
+                 **{f"valid_{k}": v for k, v in result.best_valid.items()}})
+
+
 def trainable(data: SweepData, rec: RecSection, evaluate: EvaluateSection, states: TrialStates,
-              resources: TrialResources) -> Callable[..., None]:
-    """``train_trial`` with the sweep's data put once in Ray's object store, as Tune runs it."""
-    return tune.with_parameters(train_trial, data=data, rec=rec, evaluate=evaluate, states=states, resources=resources)
+              resources: TrialResources, search: bool = False) -> Callable[..., None]:
+    """``train_trial`` (or, with ``search``, ``train_search_trial``) with the sweep's data put once in
+    Ray's object store, as Tune runs it."""
+    return tune.with_parameters(train_search_trial if search else train_trial, data=data, rec=rec,
+                                evaluate=evaluate, states=states, resources=resources)
+
+
+def asha(grace_epochs: int, max_epochs: int) -> Any:
+    """Asynchronous successive halving on each epoch's best valid score so far: at rungs of
+    ``grace_epochs`` times powers of 3 epochs, a trial in the bottom two thirds of those that reached
+    the rung stops; the rest go on to early stopping or ``max_epochs``."""
+    return tune.schedulers.ASHAScheduler(time_attr="training_iteration", metric=f"best_{runs.SELECT_METRIC}",
+                                         mode="max", max_t=max_epochs + 1, grace_period=grace_epochs,
+                                         reduction_factor=3)
+
+
+def _spec(config: dict[str, Any]) -> TrialSpec | SearchSpec:
+    """The spec a Tune trial runs, from its config (search trials carry a ``params`` entry)."""
+    trial = config["trial"]
+    return SearchSpec(**trial) if "params" in trial else TrialSpec(**trial)
 
 
 def trial_progress(total: int) -> Any:
@@ -146,12 +191,18 @@ def trial_progress(total: int) -> Any:
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.finished += 1
             result = trial.last_result or {}
-            spec = TrialSpec(**trial.config["trial"])
+            spec = _spec(trial.config)
+            if isinstance(spec, SearchSpec):
+                how = "finished" if result.get(FINISHED) else "stopped early"
+                log.info(f"[sweep] trial {self.finished}/{total} {spec.trial_id}: {how} after "
+                         f"{result.get('training_iteration', '?')} reports, best valid ndcg@20 "
+                         f"{result.get('best_ndcg@20', float('nan')):.4f}")
+                return
             log.info(f"[sweep] trial {self.finished}/{total} {spec.trial_id}: {result.get('epochs', '?')} epochs, "
                   f"test ndcg@20 {result.get('test_ndcg@20', float('nan')):.4f}")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            log.warning(f"[sweep] trial {TrialSpec(**trial.config['trial']).trial_id} failed; Tune retries it from its "
+            log.warning(f"[sweep] trial {_spec(trial.config).trial_id} failed; Tune retries it from its "
                   "saved state up to sweep.max_failures times")
 
     return TrialProgress()
@@ -166,14 +217,15 @@ class SweepOutcome:
     restored: bool
 
 
-def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, storage_path: str,
+def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec | SearchSpec], *, storage_path: str,
               storage_filesystem: Any, name: str, concurrency: int, resources: dict[str, float],
-              max_failures: int = 2) -> SweepOutcome:
+              max_failures: int = 2, scheduler: Any = None) -> SweepOutcome:
     """Run the grid on Ray Tune, or continue it when an earlier driver left its state in storage.
 
     Trials that crash (a killed worker, a lost node) are retried up to ``max_failures`` times,
     each retry resuming from the trial's saved state; one that still fails is reported in
-    ``failed``, not silently dropped.
+    ``failed``, not silently dropped. With a ``scheduler`` (the search study's ASHA), a trial it
+    stops is a result: its row holds its last report and ``stopped_early``.
     """
     experiment = posixpath.join(storage_path, name)
     wrapped = tune.with_resources(trainable, resources)
@@ -185,21 +237,23 @@ def run_sweep(trainable: Callable[..., None], specs: Sequence[TrialSpec], *, sto
         tuner = tune.Tuner(
             wrapped,
             param_space={"trial": tune.grid_search([_identity(s) for s in specs])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, scheduler=scheduler),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                 failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
                 callbacks=[trial_progress(len(specs))]))
     grid = tuner.fit()
-    studies = {s.trial_id: s.studies for s in specs}
+    studies = {s.trial_id: getattr(s, "studies", ()) for s in specs}
     rows, failed = [], []
     for result in grid:
-        spec = TrialSpec(**result.config["trial"])
+        spec = _spec(result.config)
         metrics = result.metrics or {}
-        if result.error is not None or not metrics.get("done"):
+        finished = bool(metrics.get(FINISHED if isinstance(spec, SearchSpec) else "done"))
+        stopped = scheduler is not None and result.error is None and bool(metrics) and not finished
+        if not stopped and (result.error is not None or not finished):
             failed.append((spec.trial_id, str(result.error or "it stopped before reporting its test metrics")))
             continue
-        rows.append({**metrics, **dataclasses.asdict(spec), "trial_id": spec.trial_id,
+        rows.append({**metrics, **dataclasses.asdict(spec), "trial_id": spec.trial_id, "stopped_early": stopped,
                      "studies": list(studies.get(spec.trial_id, ()))})
     return SweepOutcome(rows=rows, failed=failed, restored=restored)
 
