@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         names = select_stages(args.stages, args.until)
         check_models(cfg, names)
         store = Store(cfg.storage.uri, cfg.storage.endpoint_url)
-        store.check()
-        if cfg.rec.from_study is not None:
+        if cfg.rec.from_study is not None:  # before the storage check, which creates the run's storage
             from saerec.tuning import with_study  # imports torch, so only when a study is read
 
             cfg = with_study(cfg, store)
             log.info(f"rec.from_study={cfg.rec.from_study}: per-model settings {cfg.rec.tuned}")
+        store.check()
         log.info(f"saerec run {cfg.run.name!r}: stages {', '.join(names)}; outputs in "
                  f"{store.uri(store.join(cfg.run.name))}")
         lock = RunLock(store, cfg.run.name)  # assigned before acquire: a Ctrl-C inside it still releases

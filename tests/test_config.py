@@ -114,6 +114,8 @@ HTTP = ["judge.backend=http", "judge.model=m", "judge.base_url=http://127.0.0.1:
      "sweep.judges[1]='http:m': judge.base_url is required for judge.backend='http'"),
     (['sweep.judges=["vllm:m"]', "judge.prescreen=1.0"],
      "sweep.judges[0]='vllm:m': judge.prescreen needs judge.backend=local"),
+    (["rec.tuned.bsarec.max_len=20"], "rec.tuned.bsarec.max_len: not a tunable setting"),
+    (["rec.from_study=nowhere"], "rec.from_study=nowhere: run 'nowhere' has no published sweep in "),
 ])
 def test_bad_combinations_stop_the_job_before_ray_starts(job, tmp_path, monkeypatch, overrides, message):
     def no_ray(*args, **kwargs):
