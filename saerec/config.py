@@ -76,6 +76,7 @@ class DemoSection:
     intents: int = _bounded(16, lo=2, hi=24)
     min_length: int = _bounded(5, lo=5)
     max_length: int = _bounded(20, lo=5)
+    new_items: float = _bounded(0.0, lo=0.0, hi=0.5)  # share of items on sale only at users' last two choices
 
     def __post_init__(self) -> None:
         if self.min_length > self.max_length:

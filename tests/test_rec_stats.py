@@ -85,11 +85,16 @@ def test_evaluate_chooses_the_model_on_valid_and_reads_test_only_to_report_it():
     assert compared["valid"]["low"] > 0 and compared["test"]["high"] < 0, "both splits are reported as they are"
 
 
-def test_pairs_compared_are_the_selected_model_vs_sasrec_and_each_intent_model_vs_its_random_control():
+def test_pairs_compared_are_the_selected_model_vs_sasrec_each_text_model_vs_its_backbone_and_random_controls():
     variants = ["sasrec", "saerec", "random", "grounded", "grounded-all", "grounded-random", "dense"]
     assert comparisons.compared_pairs(variants, "dense") == [
-        ("dense", "sasrec"), ("saerec", "random"), ("grounded", "grounded-random"), ("grounded-all", "grounded-random")]
-    assert comparisons.compared_pairs(["sasrec", "dense"], "sasrec") == []
+        ("dense", "sasrec"), ("grounded", "sasrec"), ("grounded-all", "sasrec"), ("grounded-random", "sasrec"),
+        ("saerec", "random"), ("grounded", "grounded-random"), ("grounded-all", "grounded-random")]
+    assert comparisons.compared_pairs(["sasrec", "dense"], "sasrec") == [("dense", "sasrec")]
+    assert comparisons.compared_pairs(["sasrec", "saerec"], "sasrec") == [], "intent attention is not a text item model"
+    # On another backbone, a text model is compared with that backbone on ids, not with SASRec.
+    assert comparisons.compared_pairs(["sasrec", "bsarec", "bsarec-grounded", "grounded"], "bsarec-grounded") == [
+        ("bsarec-grounded", "sasrec"), ("bsarec-grounded", "bsarec"), ("grounded", "sasrec")]
 
 
 def _trial(variant: str, seed: int, valid: float, test: float) -> dict:

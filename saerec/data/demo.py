@@ -2,7 +2,10 @@
 
 Each planted intent owns a set of words. Items carry one or two intents (their descriptions use
 those words), users prefer a few intents (their choices follow them), and every review mixes the
-chosen intent's words with generic shopping chatter and occasional off-topic words. Because the
+chosen intent's words with generic shopping chatter and occasional off-topic words. A share of
+items (``new_items``) are new arrivals, bought only as a user's last two choices: they have almost
+no training interactions, so an ID cannot be learned for them, while their description carries
+their intents. Because the
 files are raw Amazon review/meta files, the demo runs through exactly the loaders real data uses,
 and later stages can check that the planted intents are recovered.
 """
@@ -88,6 +91,7 @@ class DemoSpec:
     min_length: int
     max_length: int
     seed: int
+    new_items: float = 0.0
 
 
 def planted_intents(n: int) -> list[dict[str, object]]:
@@ -108,6 +112,14 @@ def generate(spec: DemoSpec, folder: Path) -> dict[str, Path]:
     secondary = np.where(rng.random(spec.items) < 0.3, rng.integers(0, n_int, spec.items), -1)
     popularity = 1.0 / (1.0 + rng.permutation(spec.items)) ** 0.6
     by_intent = [np.flatnonzero((primary == i) | (secondary == i)) for i in range(n_int)]
+    # New arrivals: items on sale only at the end, drawn from their own stream so that the demo without
+    # them (new_items 0) is the same draw for draw. Before a user's last two choices (valid and test
+    # targets) they are not on sale; at those two they are, beside the rest of the intent's items.
+    arrivals = np.random.default_rng([spec.seed, 1])
+    new = np.zeros(spec.items, dtype=bool)
+    if spec.new_items > 0:
+        new[arrivals.choice(spec.items, size=max(1, round(spec.new_items * spec.items)), replace=False)] = True
+    on_sale_early = [ids[~new[ids]] if (~new[ids]).any() else ids for ids in by_intent]
 
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta_Demo.json.gz"
@@ -133,10 +145,11 @@ def generate(spec: DemoSpec, folder: Path) -> dict[str, Path]:
             t = int(1_300_000_000 + rng.integers(0, 1000) * day)
             current = prefs[rng.choice(len(prefs), p=weights)]
             seen: set[int] = set()
-            for _ in range(length):
+            for step in range(length):
                 if rng.random() < 0.35:
                     current = prefs[rng.choice(len(prefs), p=weights)]
-                pool = [i for i in by_intent[current] if i not in seen] or list(by_intent[current])
+                on_sale = by_intent[current] if step >= length - 2 else on_sale_early[current]
+                pool = [i for i in on_sale if i not in seen] or list(on_sale)
                 p = popularity[pool] / popularity[pool].sum()
                 item = int(rng.choice(pool, p=p))
                 seen.add(item)

@@ -44,9 +44,18 @@ def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.nda
 
 
 def compared_pairs(variants: list[str], selected: str) -> list[tuple[str, str]]:
-    """The pairs evaluate compares: the selected model vs SASRec, and each variant that reads judged or
-    every SAE intent vs the random-intent control of the same model kind and backbone."""
+    """The pairs evaluate compares: the selected model vs SASRec; each model whose items are built from
+    text (grounded, dense) vs the same backbone on ids alone; and each variant that reads judged or every
+    SAE intent vs the random-intent control of the same model kind and backbone."""
     pairs = [(selected, BASELINE)] if selected != BASELINE and BASELINE in variants else []
+    for name in variants:
+        found = VARIANTS.get(name)
+        if found is None or found.intent_set is None or found.attends:
+            continue
+        ids = next((c for c in variants if c in VARIANTS and VARIANTS[c].intent_set is None
+                    and VARIANTS[c].backbone == found.backbone), None)
+        if ids is not None and (name, ids) not in pairs:
+            pairs.append((name, ids))
     for name in variants:
         found = VARIANTS.get(name)
         if found is None or found.intent_set not in ("judged", "all"):

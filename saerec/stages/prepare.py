@@ -89,7 +89,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if cfg.source == "demo":
             d = cfg.demo
             files = demo.generate(demo.DemoSpec(d.users, d.items, d.intents, d.min_length, d.max_length,
-                                                ctx.seed), scratch / "demo")
+                                                ctx.seed, d.new_items), scratch / "demo")
             tables = _amazon(files["reviews"], files["meta"], cfg, bad, scratch)
             artifacts.write_json(ctx.output, artifacts.PLANTED, json.loads(files["planted_intents"].read_text()))
             categories: Path | None = files["item_categories"]
