@@ -14,6 +14,7 @@ from saerec.rec.attribution import explain_grounded
 from saerec.rec.grounded import ItemProfiles
 from saerec.config import EvaluateSection, RecSection
 from saerec.rec.runs import train_run
+from saerec.rec.training import seed_everything
 from saerec.rec.saerec_model import IntentConfig
 from saerec.rec.sasrec import BACKBONES, EncoderConfig, SASRec
 from saerec.rec.variants import NAMES, ON_EVERY_BACKBONE, VARIANTS, build_model, model_spec, restore_model, variant
@@ -192,3 +193,36 @@ def test_the_config_names_bsarec_variants_and_bounds_its_knobs():
                          ("rec.models=[bsarec-saerec]", "rec.models: unknown model 'bsarec-saerec'")):
         with pytest.raises(ConfigError, match=message):
             load_config(None, [bad])
+
+
+@pytest.mark.parametrize("name", ["grounded", "bsarec-grounded-all"])
+def test_an_item_never_seen_in_training_is_its_intents_alone(name):
+    """A new arrival (no training interaction) is represented by its text's intents only, as input
+    and as output: its ID part is 0 and gets no gradient, its scores still split exactly, and the
+    restored model keeps this."""
+    sequences = chain_sequences(n_users=30, n_items=N_ITEMS, length=8)
+    unseen = N_ITEMS  # never in any training window: the last item of one user's valid position
+    sequences = [np.asarray([i for i in s if i != unseen]) for s in sequences]
+    sequences[0] = np.concatenate([sequences[0][:-1], [unseen], sequences[0][-1:]])
+    split = leave_one_out(sequences, N_ITEMS, MAX_LEN)
+    assert not any(unseen in s for s in split.train) and split.valid.targets[0] == unseen
+    intents, profiles = _inputs(name)
+    rec = RecSection(d=16, blocks=1, heads=2, max_len=MAX_LEN, dropout=0.1, lr=1e-2, batch_size=16,
+                     max_epochs=3, patience=3, checkpoint_seconds=1e9)
+    trained = train_run(name, 0, rec, EvaluateSection(), split, intents, n_items=N_ITEMS, profiles=profiles)
+    model = trained.model
+    assert model.id_scale[unseen] == 0 and model.id_scale[1:unseen].eq(1).all() and model.id_scale[0] == 0
+    seed_everything(0)  # as train_run seeds before it builds the model
+    initial = build_model(trained.spec, intents, profiles)
+    assert torch.equal(model.item_emb.weight[unseen], initial.item_emb.weight[unseen]), "no gradient reached it"
+    assert not torch.equal(model.item_emb.weight[1], initial.item_emb.weight[1]), "a seen item's ID trains"
+    seqs, lengths = torch.from_numpy(split.test.inputs), torch.from_numpy(split.test.lengths)
+    with torch.no_grad():
+        reps = model(seqs, lengths, last_only=True)
+        parts = model.score_parts(reps, torch.full((len(reps), 1), unseen))
+        table = model.item_table()
+        assert torch.equal(parts["id"], torch.zeros_like(parts["id"]))
+        assert torch.allclose(parts["contributions"].sum(-1)[:, 0], model.item_scores(reps)[:, unseen], atol=1e-5)
+        assert torch.allclose(table[unseen], model._intent_part(torch.tensor([unseen]))[0])
+    restored = restore_model(trained.spec, model.state_dict())
+    assert torch.equal(restored.id_scale, model.id_scale)

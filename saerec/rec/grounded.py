@@ -9,7 +9,10 @@ over one vector per intent ``E_i``. The score of item j for a user state h is th
 so an explanation lists the intents by their contribution a_ji (h . E_i), and these parts add up
 to the model's own score. ``E_i`` is a free vector per intent, or the paper's projection of the
 intent's SAE direction (``p_i = W_m v_i``, eq. 3) when the intent vectors are given. An item
-without text has an empty profile and is its ID embedding alone.
+without text has an empty profile and is its ID embedding alone. An item with no training
+interaction (a new arrival) is its intents alone: under a full softmax its ID embedding would only
+ever be pushed down as a negative, learning "never bought" rather than anything about the item, so
+training sets its ID scale to 0 (``ground_unseen``) and its text places it.
 
 Profiles are padded to ``m`` intents per item: ``ids`` (n_items + 1, m) and ``weights`` of the
 same shape, weight 0 marking padding; row 0 is the padding item.
@@ -78,6 +81,17 @@ class GroundedItems:
             raise ValueError(f"a profile names intent {int(profiles.ids.max())}, but there are {n_intents}")
         self.register_buffer("profile_ids", profiles.ids.clone())
         self.register_buffer("profile_weights", profiles.weights.float().clone())
+        self.register_buffer("id_scale", torch.ones(self.cfg.n_items + 1))
+
+    def ground_unseen(self, train_counts: Tensor) -> None:
+        """Leave the ID part out of every item with no training interaction (``train_counts``: per item
+        id, padding 0 included), so that its intents alone represent it, as input and as output."""
+        if train_counts.shape != self.id_scale.shape:
+            raise ValueError(f"train_counts needs one count per item id 0..{self.cfg.n_items}, got {tuple(train_counts.shape)}")
+        self.id_scale.copy_((train_counts > 0).float())
+
+    def _id_part(self, ids: Tensor) -> Tensor:
+        return self.item_emb(ids) * self.id_scale[ids].unsqueeze(-1)
 
     def _intent_part(self, ids: Tensor) -> Tensor:
         flat = ids.reshape(-1)
@@ -86,10 +100,11 @@ class GroundedItems:
         return part.view(*ids.shape, -1)
 
     def item_table(self) -> Tensor:
-        return self.item_emb.weight + self._intent_part(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))
+        return (self.item_emb.weight * self.id_scale.unsqueeze(1)
+                + self._intent_part(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device)))
 
     def item_vectors(self, ids: Tensor) -> Tensor:
-        return self.item_emb(ids) + self._intent_part(ids)
+        return self._id_part(ids) + self._intent_part(ids)
 
     @torch.no_grad()
     def score_parts(self, reps: Tensor, items: Tensor) -> dict[str, Tensor]:
@@ -101,7 +116,7 @@ class GroundedItems:
         ids, weights = self.profile_ids[items], self.profile_weights[items]
         per_intent = reps @ table.T
         contributions = weights * per_intent.gather(1, ids.reshape(len(reps), -1)).view_as(weights)
-        own = (self.item_emb(items) * reps.unsqueeze(1)).sum(-1)
+        own = (self._id_part(items) * reps.unsqueeze(1)).sum(-1)
         return {"id": own, "intents": ids, "weights": weights, "contributions": contributions}
 
 

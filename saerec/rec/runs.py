@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from saerec.rec.batching import LeaveOneOut, leave_one_out
 from saerec.rec.grounded import ItemProfiles
+from saerec.rec.metrics import item_train_counts
 from saerec.rec.training import FitResult, fit, seed_everything
 from saerec.rec.variants import build_model, model_spec
 
@@ -70,7 +71,10 @@ def train_run(variant: str, seed: int, rec: RecSection, evaluate: EvaluateSectio
     spec = model_spec(variant, rec.encoder(n_items), rec.intent(), shape, profiles)
     fit_cfg = rec.fit(evaluate, seed)
     seed_everything(seed)
-    model = build_model(spec, intents, profiles).to(device)
+    model = build_model(spec, intents, profiles)
+    if getattr(model, "reads_profiles", False):
+        model.ground_unseen(torch.as_tensor(item_train_counts(data.train, n_items)))
+    model = model.to(device)
     trained = wrap(model) if wrap is not None else model
     last_saved = time.monotonic()
 
