@@ -51,8 +51,21 @@ def stage_rows(store: Store) -> dict[str, dict[str, Any]]:
         keep = {k: metrics[k] for k in QUOTED.get(stage, ()) if k in metrics}
         if stage == "evaluate":
             keep.update({k: v for k, v in metrics.items() if k.endswith("_test_ndcg@20")})
+            keep["by_popularity"] = _popularity(store.read_json(store.join(RUN, stage, manifest["attempt"], "metrics.json")))
         rows[stage] = {"wall_s": manifest["wall_time_s"], **keep}
     return rows
+
+
+def _popularity(tested: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate's breakdown by the held-out item's popularity, cut to what the README quotes: each
+    bucket's test users, each model's test NDCG@20 per bucket, and the paired intervals per bucket."""
+    found = tested["by_popularity"]
+    return {"test_users": {name: b["test_users"] for name, b in found["buckets"].items()},
+            "ndcg@20": {model: {name: b["ndcg@20"]["mean"] for name, b in buckets.items()}
+                        for model, buckets in found["models"].items()},
+            "paired": [{"a": c["a"], "b": c["b"], **{name: {k: b[k] for k in ("difference", "low", "high")}
+                                                     for name, b in c["buckets"].items()}}
+                       for c in found["comparisons"]]}
 
 
 def main() -> None:
