@@ -221,7 +221,8 @@ def _selection(section: render.Section, evaluated: dict[str, Any]) -> None:
             ["pair", f"valid {chosen['metric']} difference [95 % interval]",
              f"test {chosen['metric']} difference [95 % interval]", "users", "test interval excludes 0"], rows,
             "Paired bootstrap over users (seeds pooled per user by mean): the model chosen on valid against SASRec, "
-            "and each intent variant against its random-intent control"))
+            "each model built from text against its backbone on ids, and each intent variant against its "
+            "random-intent control"))
 
 
 def _study(summary: list[dict[str, Any]], study: str) -> list[dict[str, Any]]:
