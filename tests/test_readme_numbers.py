@@ -120,6 +120,18 @@ def test_the_quick_start_timing_is_the_committed_demo_run():
     assert f"{round(run['job_wall_s'] / 60)} minutes on a {run['cpus']}-core machine" in text
     for stage in ("judge", "train_rec", "sweep"):
         assert f"{stage} {round(run['stages'][stage]['wall_s'] / 60)} min" in text, stage
+    evaluated = run["stages"]["evaluate"]
+    popularity = evaluated["by_popularity"]
+    paired = next(p for p in popularity["paired"] if (p["a"], p["b"]) == ("grounded", "sasrec"))
+    said = text[text.index("What the demo shows"):].split("\n\n")[0]
+    assert f"{popularity['test_users']['cold']} test users" in said
+    assert f"NDCG@20 {popularity['ndcg@20']['grounded']['cold']:.4f} where SASRec" in said
+    for bucket in ("cold", "head"):
+        found = paired[bucket]
+        shown = f"{found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]".replace("-", "−")
+        assert shown in said, bucket
+    assert f"valid chooses `{evaluated['selected_model']}` ({evaluated['selected_valid_ndcg@20']:.4f})" in said
+    assert all(f"{evaluated[f'{m}_test_ndcg@20']:.4f}" in said for m in ("grounded", "sasrec", "saerec"))
 
 
 
