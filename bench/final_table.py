@@ -1,0 +1,86 @@
+"""The final comparison table of one dataset, taken from a job run's own evaluate stage.
+
+Issue 30's table comes from the product, not from a separate script: train the compared models with
+the job (e.g. ``--set 'rec.models=[sasrec,grounded,bsarec,bsarec-grounded]' --set 'rec.seeds=[0,1,2]'``,
+with ``rec.from_study`` for tuned settings), then point this script at the run. It reads the
+published evaluate output (the model chosen on valid, every model's test metrics as mean, sample
+std and n over seeds, the paired intervals, the popularity breakdown) and train_rec's runs (best
+epochs, seconds per epoch), and writes one JSON per dataset with the published anchors beside:
+
+  python bench/final_table.py --storage saerec-output --run beauty --dataset Beauty
+      # -> bench/results/final_beauty.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.provenance import git_commit  # noqa: E402
+from saerec import artifacts  # noqa: E402
+from saerec.config import load_config  # noqa: E402
+from saerec.pipeline import Runner, StageInput  # noqa: E402
+from saerec.rec.variants import VARIANTS  # noqa: E402
+from saerec.storage import Store  # noqa: E402
+
+METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
+# Published strict-protocol numbers on the same ICLRec splits (TV-Rec's output/*_best.log; BSARec's paper).
+ANCHORS = {"Beauty": {"TV-Rec": {"hr@10": 0.1017, "hr@20": 0.1403, "ndcg@10": 0.0608, "ndcg@20": 0.0705},
+                      "BSARec": {"hr@10": 0.1008, "hr@20": 0.1373, "ndcg@10": 0.0611, "ndcg@20": 0.0703}},
+           "Sports": {"TV-Rec": {"hr@10": 0.0635, "hr@20": 0.0880, "ndcg@10": 0.0363, "ndcg@20": 0.0425}}}
+
+
+def table(tested: dict[str, Any], runs: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
+    """The per-dataset table: every model's test metrics with valid beside, its best epochs and s/epoch,
+    the paired interval against the same backbone on ids, and the chosen model against the anchors."""
+    summary = {}
+    for model, found in tested["summary"].items():
+        mine = [r for r in runs if r["variant"] == model]
+        summary[model] = {**{m: found["test"][m] for m in METRICS}, "valid_ndcg@20": found["valid"],
+                          "best_epochs": [r["best_epoch"] for r in mine],
+                          "epoch_seconds": [round(r["mean_epoch_seconds"], 2) for r in mine]}
+    against_ids = [c for c in tested["comparisons"]
+                   if c["b"] in VARIANTS and VARIANTS[c["b"]].intent_set is None
+                   and VARIANTS.get(c["a"]) is not None and VARIANTS[c["a"]].backbone == VARIANTS[c["b"]].backbone]
+    chosen = tested["selection"]["selected"]
+    beats = {name: {m: summary[chosen][m]["mean"] > anchor[m] for m in METRICS}
+             for name, anchor in ANCHORS.get(dataset, {}).items()}
+    return {"dataset": dataset, "protocol": tested["protocol"], "selected_on_valid": chosen,
+            "selection": tested["selection"], "summary": summary, "paired_vs_same_backbone_on_ids": against_ids,
+            "comparisons": tested["comparisons"], "by_popularity": tested["by_popularity"],
+            "anchors": ANCHORS.get(dataset, {}), "selected_beats_anchor": beats}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--storage", required=True, help="the job's storage.uri")
+    p.add_argument("--run", required=True, help="the job's run.name")
+    p.add_argument("--dataset", required=True, choices=("Beauty", "Sports", "demo"))
+    p.add_argument("--out", type=Path, default=None, help="default: bench/results/final_<dataset>.json")
+    args = p.parse_args()
+    store = Store(args.storage)
+    runner = Runner(load_config(None, [f"storage.uri={args.storage}", f"run.name={args.run}"]), store)
+    manifests = {stage: runner.manifest(stage) for stage in ("train_rec", "evaluate")}
+    missing = [stage for stage, found in manifests.items() if found is None]
+    if missing:
+        raise SystemExit(f"run {args.run!r} in {args.storage} has no published {', '.join(missing)}: run the job first")
+    tested = artifacts.read_json(StageInput(store, manifests["evaluate"]), artifacts.TEST_METRICS)
+    runs = artifacts.read_runs(StageInput(store, manifests["train_rec"]))
+    result = {**table(tested, runs, args.dataset), "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
+              "run": {"storage": args.storage, "name": args.run,
+                      "evaluate_fingerprint": manifests["evaluate"]["fingerprint"]}}
+    out = args.out or REPO / "bench" / "results" / f"final_{args.dataset.lower()}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{'model':20} {'seeds':>5} {'valid N@20':>11} " + " ".join(f"{'test ' + m:>13}" for m in METRICS))
+    for model, row in result["summary"].items():
+        print(f"{model:20} {row['ndcg@20']['n']:5d} {row['valid_ndcg@20']['mean']:11.4f} "
+              + " ".join(f"{row[m]['mean']:13.4f}" for m in METRICS))
+    print(f"chosen on valid: {result['selected_on_valid']}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
