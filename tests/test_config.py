@@ -13,14 +13,15 @@ from saerec.sae.sizing import num_latents
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_file_differs_from_the_paper_defaults_only_in_what_makes_it_quick():
+def test_demo_file_differs_from_the_paper_defaults_only_in_what_makes_it_quick_and_its_new_arrivals():
     demo, defaults = load_config(REPO / "configs" / "demo.yaml").to_dict(), load_config().to_dict()
     assert demo["data"]["source"] == "demo"
     changed = {f"{section}.{key}" for section, values in demo.items() if isinstance(values, dict)
                for key, value in values.items() if value != defaults[section][key]}
     assert changed == {"judge.concurrency", "sweep.review_drops", "evaluate.steering_query",
-                       "evaluate.steering_category"}
+                       "evaluate.steering_category", "data.demo"}
     assert demo["sweep"]["review_drops"] == [] and demo["judge"]["concurrency"] == 2
+    assert demo["data"]["demo"] == {**defaults["data"]["demo"], "new_items": 0.1}
 
 
 def test_beauty_config_loads_and_overrides_apply():
