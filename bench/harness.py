@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bench.provenance import git_commit
 from bench.shared_data import shared_data_dir
 from saerec import artifacts, restore
 from saerec.config import Config, EvaluateSection, RecSection, load_config
@@ -133,7 +134,8 @@ def train_cell(cell: str, name: str, seed: int, rec: RecSection, evaluation: Eva
            "wall_seconds": round(time.time() - start, 1), "n_intents": int(getattr(trained.model, "n_intents", 0)),
            "selection": result.best_valid,
            "test": evaluate(trained.model, split.test, selection_ks(evaluation.ks), evaluation.mask_history),
-           "settings": {"rec": dataclasses.asdict(rec), "evaluate": dataclasses.asdict(evaluation)}, "threads": torch.get_num_threads(), **(extra or {})}
+           "settings": {"rec": dataclasses.asdict(rec), "evaluate": dataclasses.asdict(evaluation)},
+           "threads": torch.get_num_threads(), "commit": git_commit(), **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     if save_model:
         torch.save({"spec": trained.spec, "state": trained.model.state_dict()}, out.with_suffix(".pt"))

@@ -155,14 +155,19 @@ def interval(found: dict) -> str:
     return f"{found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
 
 
-def test_the_headline_is_the_committed_valid_choice_with_paired_intervals():
-    headline = json.loads((RESULTS / "headline_beauty.json").read_text())
+def check_assessed_section(result: str, heading: str) -> None:
+    """A README section written from ``bench/rec.py --step assess``'s JSON: its models' table (published
+    anchors as rows named after them), the valid choice and its ties, the paired intervals, and the
+    popularity table."""
+    assessed = json.loads((RESULTS / result).read_text())
     text = (REPO / "README.md").read_text()
-    rows = table_after("### The headline (Beauty)", "model")
-    summary = headline["summary"]
+    section = text[text.index(heading):]
+    section = section[:section.find("\n### ", 1)] if "\n### " in section[1:] else section
+    rows = table_after(heading, "model")
+    summary = assessed["summary"]
     anchor = [row for row in rows if row[0].startswith("BSARec")]
-    assert [row[3:7] for row in anchor] == [[four(headline["anchors"]["bsarec"][m]) for m in METRICS]]
-    rows = [row for row in rows if not row[0].startswith("BSARec")]
+    assert [row[3:7] for row in anchor] == [[four(assessed["anchors"]["bsarec"][m]) for m in METRICS]]
+    rows = [row for row in rows if "published" not in row[0]]
     assert [variant_of(label) for label, *_ in rows] == list(summary), "one row per assessed model"
     for label, seeds, valid, *metrics, epochs in rows:
         cell = summary[variant_of(label)]
@@ -170,21 +175,25 @@ def test_the_headline_is_the_committed_valid_choice_with_paired_intervals():
         assert valid == f"{four(cell['valid']['mean'])} ± {four(cell['valid']['std'])}", label
         for shown, metric in zip(metrics, METRICS):
             assert shown == f"{four(cell['test'][metric]['mean'])} ± {four(cell['test'][metric]['std'])}", (label, metric)
-        runs = sorted((r for r in headline["runs"] if r["variant"] == variant_of(label)), key=lambda r: r["seed"])
+        runs = sorted((r for r in assessed["runs"] if r["variant"] == variant_of(label)), key=lambda r: r["seed"])
         assert epochs == ", ".join(str(r["best_epoch"]) for r in runs), label
-    selection = headline["selection"]
-    assert f"valid chooses `{selection['selected']}`" in text
+    selection = assessed["selection"]
+    assert f"valid chooses `{selection['selected']}`" in section
     ties = [t["model"] for t in selection["ties"]]
-    assert (f"ties on valid: {', '.join(f'`{t}`' for t in ties)}" if ties else "no model ties it on valid") in text
-    for compared in headline["comparisons"]:
+    assert (f"ties on valid: {', '.join(f'`{t}`' for t in ties)}" if ties else "no model ties it on valid") in section
+    for compared in assessed["comparisons"]:
         for split in ("valid", "test"):
-            assert f"`{compared['a']}` − `{compared['b']}` {split} NDCG@20 {interval(compared[split])}" in text
-    buckets = table_after("### The headline (Beauty)", "bucket")
-    models = headline["by_popularity"]["models"]
-    [pair] = headline["by_popularity"]["comparisons"] or [None]
+            assert f"`{compared['a']}` − `{compared['b']}` {split} NDCG@20 {interval(compared[split])}" in section
+    buckets = table_after(heading, "bucket")
+    models = assessed["by_popularity"]["models"]
+    [pair] = assessed["by_popularity"]["comparisons"] or [None]
     for name, users, *cells in buckets:
         shown = [models[m][name]["ndcg@20"]["mean"] for m in summary]
         assert users == f"{models[next(iter(summary))][name]['users']:,}", name
         assert cells[:len(shown)] == [four(v) for v in shown], name
         if pair is not None:
             assert cells[len(shown)] == interval(pair["buckets"][name]), name
+
+
+def test_the_headline_is_the_committed_valid_choice_with_paired_intervals():
+    check_assessed_section("headline_beauty.json", "### The headline (Beauty)")
