@@ -10,7 +10,10 @@ so a killed sweep re-run with the same inputs keeps its finished trials and cont
 
 Outputs: ``results.parquet`` (one row per trial, ``schemas.sweep_results_schema``),
 ``summary.parquet`` (mean, sample std and n over seeds per study point, valid and test) and ``results.json`` (both, plus
-where each study point's upstream outputs came from).
+where each study point's upstream outputs came from). With ``sweep.search_models``, also the search study
+(``saerec.tuning.search_grid``; one Tune experiment with its own ASHA per model, valid only):
+``search.json`` (the spaces, every trial, each model's chosen settings, which ``rec.from_study`` reads)
+and ``search.parquet`` (the trials); without it ``search.json`` holds no choice.
 """
 from __future__ import annotations
 
