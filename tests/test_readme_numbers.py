@@ -197,3 +197,7 @@ def check_assessed_section(result: str, heading: str) -> None:
 
 def test_the_headline_is_the_committed_valid_choice_with_paired_intervals():
     check_assessed_section("headline_beauty.json", "### The headline (Beauty)")
+
+
+def test_the_bsarec_section_is_the_committed_assessment():
+    check_assessed_section("bsarec_beauty.json", "### Grounding on a frequency backbone: BSARec on Beauty")
