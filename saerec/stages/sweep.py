@@ -177,7 +177,7 @@ def _search(ctx: StageContext, searched: list[tuning.SearchSpec], data: tune_tri
     cfg: SweepSection = ctx.sections["sweep"]
     storage_path, filesystem = ctx.train_storage()
     threads = tune_trials.TrialResources(threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0)
-    rows = []
+    finished = []
     for model in cfg.search_models:
         mine = [s for s in searched if s.model == model]
         outcome = tune_trials.run_sweep(
@@ -186,15 +186,15 @@ def _search(ctx: StageContext, searched: list[tuning.SearchSpec], data: tune_tri
             concurrency=cfg.concurrency, resources=resources, max_failures=cfg.max_failures,
             scheduler=tune_trials.asha(cfg.search_grace_epochs, rec.max_epochs))
         _check_failed(outcome, len(mine), cfg.max_failures)
-        rows += outcome.rows
+        finished += outcome.rows
     trials = [{"trial_id": r["trial_id"], "model": r["model"], "trial": int(r["trial"]), "seed": int(r["seed"]),
                "params": {str(k): v for k, v in r["params"]}, "stopped_early": bool(r["stopped_early"]),
                "epochs": int(r.get("epochs", r.get("epoch", 0))), "best_epoch": int(r["best_epoch"]),
                f"valid_{SELECT_METRIC}": float(r[f"best_{SELECT_METRIC}"])}
-              for r in sorted(rows, key=lambda r: (r["model"], r["trial"]))]
-    rows = [{**t, "params": json.dumps(t["params"], sort_keys=True)} for t in trials]
+              for r in sorted(finished, key=lambda r: (r["model"], r["trial"]))]
     return {"metric": f"valid_{SELECT_METRIC}", "space": {m: tuning.search_space(m) for m in cfg.search_models},
-            "chosen": tuning.chosen_configurations(trials, SELECT_METRIC), "trials": rows}
+            "chosen": tuning.chosen_configurations(trials, SELECT_METRIC),
+            "trials": [{**t, "params": json.dumps(t["params"], sort_keys=True)} for t in trials]}
 
 
 STAGE = Stage(name="sweep", run=run, inputs=("prepare", "embed", "train_sae", "judge", "profile"), sections=SECTIONS,

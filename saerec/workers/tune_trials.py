@@ -91,6 +91,31 @@ class TrialStates:
         self.filesystem.move(f"{path}.partial", path)
 
 
+def _train(trial_id: str, name: str, seed: int, intents_key: str | None, rec: RecSection, data: SweepData,
+           evaluate: EvaluateSection, states: TrialStates, resources: TrialResources, marker: str
+           ) -> tuple[runs.TrainedRun, dict[str, Any] | None, Any, str]:
+    """What both kinds of trial do to train: threads and device, the split, the trial's intents and
+    profiles, resuming from its saved state and saving it, and a Tune report per epoch with ``marker``
+    False. Returns the trained run, the state it resumed from, the split and the device."""
+    torch.set_num_threads(resources.threads)
+    device = "cuda" if resources.use_gpu and torch.cuda.is_available() else "cpu"
+    split = runs.split(data.sequences, data.n_items, rec, evaluate)
+    intents = None if intents_key is None else data.intents.get(intents_key)
+    if intents_key is not None and intents is None:
+        raise KeyError(f"trial {trial_id}: intent set {intents_key!r} was not provided")
+    resume = states.load(trial_id)
+
+    def on_epoch(epoch: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        if snapshot is not None:
+            states.save(trial_id, snapshot)
+        tune.report({marker: False, **epoch})
+
+    profiles = data.profiles.get(intents_key) if variant(name).grounded else None
+    trained = runs.train_run(name, seed, rec, evaluate, split, intents, n_items=data.n_items, profiles=profiles,
+                             device=device, resume=resume, on_epoch=on_epoch)
+    return trained, resume, split, device
+
+
 def train_trial(config: dict[str, Any], data: SweepData, rec: RecSection, evaluate: EvaluateSection,
                 states: TrialStates, resources: TrialResources = TrialResources()) -> None:
     """Tune function trainable: train one variant (resuming from its saved state), then test once.
@@ -99,23 +124,9 @@ def train_trial(config: dict[str, Any], data: SweepData, rec: RecSection, evalua
     section's checks apply to the model this trial trains.
     """
     spec = TrialSpec(**config["trial"])
-    torch.set_num_threads(resources.threads)
-    device = "cuda" if resources.use_gpu and torch.cuda.is_available() else "cpu"
     rec = dataclasses.replace(rec, models=[spec.variant], k=spec.k)
-    split = runs.split(data.sequences, data.n_items, rec, evaluate)
-    intents = None if spec.intents_key is None else data.intents.get(spec.intents_key)
-    if spec.intents_key is not None and intents is None:
-        raise KeyError(f"trial {spec.trial_id}: intent set {spec.intents_key!r} was not provided")
-    resume = states.load(spec.trial_id)
-
-    def on_epoch(epoch: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
-        if snapshot is not None:
-            states.save(spec.trial_id, snapshot)
-        tune.report({"done": False, **epoch})
-
-    profiles = data.profiles.get(spec.intents_key) if variant(spec.variant).grounded else None
-    trained = runs.train_run(spec.variant, spec.seed, rec, evaluate, split, intents, n_items=data.n_items,
-                             profiles=profiles, device=device, resume=resume, on_epoch=on_epoch)
+    trained, resume, split, device = _train(spec.trial_id, spec.variant, spec.seed, spec.intents_key, rec, data,
+                                            evaluate, states, resources, "done")
     result = trained.result
     test = metrics.evaluate(trained.model, split.test, runs.selection_ks(evaluate.ks), evaluate.mask_history,
                             device=device)
@@ -137,21 +148,9 @@ def train_search_trial(config: dict[str, Any], data: SweepData, rec: RecSection,
     its saved state), reporting every epoch's valid metrics so the scheduler can stop it early. It
     reads no test data: the study chooses on valid, and train_rec and evaluate test the choice."""
     spec = SearchSpec(**config["trial"])
-    torch.set_num_threads(resources.threads)
-    device = "cuda" if resources.use_gpu and torch.cuda.is_available() else "cpu"
     rec = dataclasses.replace(rec, models=[spec.model], **dict(spec.params))
-    split = runs.split(data.sequences, data.n_items, rec, evaluate)
-    intents = None if spec.intents_key is None else data.intents[spec.intents_key]
-    resume = states.load(spec.trial_id)
-
-    def on_epoch(epoch: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
-        if snapshot is not None:
-            states.save(spec.trial_id, snapshot)
-        tune.report({FINISHED: False, **epoch})
-
-    profiles = data.profiles.get(spec.intents_key) if variant(spec.model).grounded else None
-    result = runs.train_run(spec.model, spec.seed, rec, evaluate, split, intents, n_items=data.n_items,
-                            profiles=profiles, device=device, resume=resume, on_epoch=on_epoch).result
+    result = _train(spec.trial_id, spec.model, spec.seed, spec.intents_key, rec, data, evaluate, states, resources,
+                    FINISHED)[0].result
     tune.report({FINISHED: True, "epochs": len(result.history), "best_epoch": result.best_epoch,
                  "train_seconds": float(sum(h["train_seconds"] for h in result.history)),
                  f"best_{runs.SELECT_METRIC}": result.best_valid[runs.SELECT_METRIC],
