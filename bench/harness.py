@@ -37,8 +37,11 @@ CHAIN = ("prepare", "embed", "train_sae", "explain", "judge", "profile")
 METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
 
 
-def beauty_config(data_dir: Path, work_dir: Path, overrides: list[str] | None = None) -> Config:
-    return load_config(REPO / "configs" / "beauty.yaml",
+def beauty_config(data_dir: Path, work_dir: Path, overrides: list[str] | None = None,
+                  config_file: Path = REPO / "configs" / "beauty.yaml") -> Config:
+    """The job's config for a benchmark (``configs/beauty.yaml`` unless another dataset's or text's
+    config is named), its data at ``data_dir`` and its storage under ``work_dir/pipeline``."""
+    return load_config(config_file,
                        [f"data.path={data_dir.resolve()}", f"storage.uri={(work_dir / 'pipeline').resolve()}",
                         *(overrides or [])])
 

@@ -165,7 +165,7 @@ def step_assess(args: argparse.Namespace) -> None:
     users = np.asarray(data.users)[split.test.users]
     _, assessed = assess(cells, split, users, data.n_items, evaluation.ks, evaluation.mask_history,
                          also_compare=[tuple(args.pair)])
-    result = {"dataset": "Amazon Beauty (ICLRec 5-core), item text: configs/beauty.yaml's",
+    result = {"dataset": f"{args.data_dir.name} (ICLRec 5-core), item text: {args.config_file.name}'s",
               "protocol": evaluation.protocol, "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "trained_by": {cell: {"upstream": row.get("upstream"), "wall_seconds": row["wall_seconds"],
@@ -295,6 +295,9 @@ def main() -> None:
     p.add_argument("--pair", nargs=2, default=["grounded", "sasrec"], metavar=("A", "B"),
                    help="--step assess: also compare A - B paired over users, whichever model valid chooses")
     p.add_argument("--assess-out", type=Path, default=REPO / "bench" / "results" / "headline_beauty.json")
+    p.add_argument("--config-file", type=Path, default=REPO / "configs" / "beauty.yaml",
+                   help="the job config the chain and cells use, e.g. configs/beauty-titles.yaml, or "
+                        "configs/sports.yaml with --data-dir at the Sports folder")
     p.add_argument("--sae-latents", type=int, default=None,
                    help="the SAE size study: a run with this many SAE latents (chain, train, steer)")
     args = p.parse_args()
@@ -302,10 +305,10 @@ def main() -> None:
     if args.sae_latents is not None and (args.sae_latents < 2 or args.step == "report"):
         raise SystemExit("--sae-latents takes a size >= 2, with --step chain, train or steer "
                          "(the report covers every size)")
-    args.config = beauty_config(args.data_dir, args.work_dir, sized_overrides(args.sae_latents))
+    args.config = beauty_config(args.data_dir, args.work_dir, sized_overrides(args.sae_latents), args.config_file)
     args.parts = args.parts or args.work_dir / "rec-parts" / (f"sae{args.sae_latents}" if args.sae_latents else "")
     if args.step == "chain":
-        seed_sized_run(beauty_config(args.data_dir, args.work_dir), args.config)
+        seed_sized_run(beauty_config(args.data_dir, args.work_dir, config_file=args.config_file), args.config)
         run_chain(args.config)
     else:
         {"train": step_train, "steer": step_steer, "report": step_report, "assess": step_assess}[args.step](args)
