@@ -24,7 +24,7 @@ from bench.provenance import git_commit  # noqa: E402
 from saerec import artifacts  # noqa: E402
 from saerec.config import load_config  # noqa: E402
 from saerec.pipeline import Runner, StageInput  # noqa: E402
-from saerec.rec.variants import VARIANTS  # noqa: E402
+from saerec.rec.comparisons import ids_counterpart  # noqa: E402
 from saerec.storage import Store  # noqa: E402
 
 METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
@@ -43,9 +43,8 @@ def table(tested: dict[str, Any], runs: list[dict[str, Any]], dataset: str) -> d
         summary[model] = {**{m: found["test"][m] for m in METRICS}, "valid_ndcg@20": found["valid"],
                           "best_epochs": [r["best_epoch"] for r in mine],
                           "epoch_seconds": [round(r["mean_epoch_seconds"], 2) for r in mine]}
-    against_ids = [c for c in tested["comparisons"]
-                   if c["b"] in VARIANTS and VARIANTS[c["b"]].intent_set is None
-                   and VARIANTS.get(c["a"]) is not None and VARIANTS[c["a"]].backbone == VARIANTS[c["b"]].backbone]
+    models = list(tested["summary"])
+    against_ids = [c for c in tested["comparisons"] if c["b"] == ids_counterpart(c["a"], models)]
     chosen = tested["selection"]["selected"]
     beats = {name: {m: summary[chosen][m]["mean"] > anchor[m] for m in METRICS}
              for name, anchor in ANCHORS.get(dataset, {}).items()}

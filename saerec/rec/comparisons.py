@@ -43,17 +43,23 @@ def select_model(per_run: list[dict[str, Any]], valid_per_user: dict[str, np.nda
     return {**choice, "metric": SELECT_METRIC, "chosen_on": "valid", "test": test}
 
 
+def ids_counterpart(name: str, variants: list[str]) -> str | None:
+    """The model among ``variants`` that ``name`` is judged against for its text: the same backbone
+    on ids alone (None when ``name`` does not build items from text, or no such model ran)."""
+    found = VARIANTS.get(name)
+    if found is None or found.intent_set is None or found.attends:
+        return None
+    return next((c for c in variants if c in VARIANTS and VARIANTS[c].intent_set is None
+                 and VARIANTS[c].backbone == found.backbone), None)
+
+
 def compared_pairs(variants: list[str], selected: str) -> list[tuple[str, str]]:
     """The pairs evaluate compares: the selected model vs SASRec; each model whose items are built from
     text (grounded, dense) vs the same backbone on ids alone; and each variant that reads judged or every
     SAE intent vs the random-intent control of the same model kind and backbone."""
     pairs = [(selected, BASELINE)] if selected != BASELINE and BASELINE in variants else []
     for name in variants:
-        found = VARIANTS.get(name)
-        if found is None or found.intent_set is None or found.attends:
-            continue
-        ids = next((c for c in variants if c in VARIANTS and VARIANTS[c].intent_set is None
-                    and VARIANTS[c].backbone == found.backbone), None)
+        ids = ids_counterpart(name, variants)
         if ids is not None and (name, ids) not in pairs:
             pairs.append((name, ids))
     for name in variants:
