@@ -9,7 +9,7 @@ except ``--max-epochs`` and ``--patience``. A cell's JSON part and selected weig
 Steps:
   python bench/rec.py --step chain                      # the job's prepare .. profile (reused when published)
   python bench/rec.py --step train --cells sasrec/0 grounded/0 grounded-random/0 ...
-  python bench/rec.py --step steer --cell grounded/0 --query "nail polish"
+  python bench/rec.py --step steer --cell grounded/0 --query "nail polish" --category "Nail Polish" --match both
   python bench/rec.py --step report                     # -> bench/results/rec_beauty.json
   python bench/rec.py --step assess --cells sasrec/0 sasrec/1 sasrec/2 grounded/0 grounded/1 grounded/2
       # the saved cells tested as the job's evaluate does: the model chosen on valid over seeds, its ties,
@@ -44,9 +44,10 @@ from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, c
 from bench.provenance import git_commit  # noqa: E402
 from saerec import artifacts  # noqa: E402
 from saerec.rec.comparisons import assess  # noqa: E402
-from saerec.rec.attribution import cheapest_effect, explain_grounded, grounded_steering_study, match_texts  # noqa: E402
+from saerec.rec.attribution import explain_grounded  # noqa: E402
 from saerec.rec import runs  # noqa: E402
 from saerec.rec.variants import NAMES, label, restore_model, variant  # noqa: E402
+from saerec.stages.evaluate import steering  # noqa: E402
 
 BSAREC = {"hr@10": 0.1008, "hr@20": 0.1373, "ndcg@10": 0.0611, "ndcg@20": 0.0703}  # published, strict, this split
 TVREC = {"hr@10": 0.1017, "hr@20": 0.1403, "ndcg@10": 0.0608, "ndcg@20": 0.0705}  # TV-Rec's output/*_best.log, strict
@@ -99,28 +100,29 @@ def _load(args: argparse.Namespace, cell: str) -> torch.nn.Module:
 
 
 def step_steer(args: argparse.Namespace) -> None:
-    """The dose-response of steering a grounded cell toward the intents whose summary matches
-    ``--query`` (judged intents, or every latent for grounded-all), on the valid and the test users
-    (the strength is chosen on valid), plus ten explained recommendations."""
+    """Steer a grounded cell exactly as the job's evaluate stage does (``evaluate.steering``): boost
+    the intents matching ``--query`` (by summary, top words or either, ``--match``), the dose-response
+    on valid and test, the strength chosen on valid, and with the run's item categories the share
+    of top-20 items in ``--category``; plus ten explained recommendations."""
     torch.set_num_threads(args.threads)
     published = Published(args.config)
     data = published.sequences()
     model = _load(args, args.cell)
     rec, evaluation = _settings(published, args)
     split = runs.split(data.sequences, data.n_items, rec, evaluation)
-    saved = torch.load(_model_path(args, args.cell), map_location="cpu", weights_only=False)["spec"]
-    latents = (artifacts.read_intent_set(published["judge"]).latents if saved["intent_set"] == "judged"
+    spec = torch.load(_model_path(args, args.cell), map_location="cpu", weights_only=False)["spec"]
+    latents = (artifacts.read_intent_set(published["judge"]).latents if spec["intent_set"] == "judged"
                else np.arange(model.n_intents))  # grounded-all: intent i is SAE latent i
     summaries = artifacts.read_summaries(published["judge"])
-    names = [summaries.get(int(l)) for l in latents]
-    matched = np.flatnonzero(match_texts(names, args.query)).tolist()
-    if not matched:
-        raise SystemExit(f"no intent summary of {args.cell} mentions {args.query!r}")
-    study = grounded_steering_study(model, split.test, matched, args.strengths, 20)
-    on_valid = grounded_steering_study(model, split.valid, matched, args.strengths, 20)
-    study["valid_dose_response"] = on_valid["dose_response"]
-    study["within_1pct_cost"] = cheapest_effect(study["valid_dose_response"], study["dose_response"], "ndcg@20")
     texts = artifacts.read_item_texts(published["prepare"], data.n_items)
+    cfg = dataclasses.replace(evaluation, steering_query=args.query, steering_category=args.category,
+                              steering_match=args.match, steering_strengths=args.strengths, top_n=20)
+    words = artifacts.read_latent_words(published["judge"]) if args.match != "summaries" else None
+    study = steering(model, {"name": args.cell, "spec": spec}, split.valid, split.test, latents, summaries, texts,
+                     cfg, artifacts.read_item_categories(published["prepare"]), words)
+    if "skipped" in study:
+        raise SystemExit(f"{args.cell}: {study['skipped']}")
+    names = [summaries.get(int(l)) for l in latents]
     users = np.random.default_rng(0).choice(len(split.test), size=10, replace=False)
     out = explain_grounded(model, split.test.inputs[users], split.test.lengths[users], 3, 3)
     examples = []
@@ -132,16 +134,17 @@ def step_steer(args: argparse.Namespace) -> None:
                                                       for i, c in zip(out["intents"][row, j], out["contributions"][row, j])
                                                       if i >= 0]}
                                          for j, item in enumerate(out["items"][row])]})
-    result = {"cell": args.cell, "query": args.query, "matched_summaries": [names[i] for i in matched], **study,
-              "examples": examples}
+    result = {"cell": args.cell, **study, "examples": examples}
     path = args.parts / f"steer__{args.cell.replace('/', '__')}__{args.query.replace(' ', '_')}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(f"{args.cell}: steering toward {len(matched)} intents matching {args.query!r} "
-          f"({study['items_carrying']} items carry one)")
-    print(f"{'strength':>8} {'carrying':>9} {'NDCG@20':>8} {'HR@20':>7} {'changed':>8}")
+    print(f"{args.cell}: steering toward {len(study['matched_intents'])} intents matching {args.query!r} "
+          f"by {args.match} ({study['items_carrying']} items carry one)"
+          + (f"; category {study['category']!r}: {study['category_items']} items" if "category" in study else ""))
+    print(f"{'strength':>8} {'carrying':>9} {'category':>9} {'NDCG@20':>8} {'HR@20':>7} {'changed':>8}")
     for r in study["dose_response"]:
-        print(f"{r['strength']:8.2f} {r['carrying_share']:9.4f} {r['ndcg@20']:8.4f} {r['hr@20']:7.4f} {r['users_changed']:8.3f}")
-    print(f"within 1% NDCG@20 cost: {study['within_1pct_cost']}\nwrote {path}")
+        print(f"{r['strength']:8.2f} {r['carrying_share']:9.4f} {r.get('category_share', float('nan')):9.4f} "
+              f"{r['ndcg@20']:8.4f} {r['hr@20']:7.4f} {r['users_changed']:8.3f}")
+    print(f"chosen on valid (at most 1 % of valid NDCG@20): {study['within_1pct_cost']}\nwrote {path}")
 
 
 def step_assess(args: argparse.Namespace) -> None:
@@ -285,7 +288,11 @@ def main() -> None:
     p.add_argument("--parts", type=Path, default=None, help="per-cell parts (default: work dir/rec-parts)")
     p.add_argument("--cells", nargs="+", default=["sasrec/0", "grounded/0"], help="variant/seed ...")
     p.add_argument("--cell", default="grounded/0", help="the trained grounded cell to steer")
-    p.add_argument("--query", default="skin", help="steer toward the judged intents whose summary has this word")
+    p.add_argument("--query", default="skin", help="steer toward the intents whose summary (or top words) has this")
+    p.add_argument("--category", default=None,
+                   help="--step steer: the item category the query targets (default: the category named like it)")
+    p.add_argument("--match", choices=("summaries", "words", "both"), default="summaries",
+                   help="--step steer: match the query in the intents' summaries, top words or either")
     p.add_argument("--strengths", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0])
     p.add_argument("--max-epochs", type=int, default=60)
     p.add_argument("--patience", type=int, default=10)

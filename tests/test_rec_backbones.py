@@ -226,3 +226,5 @@ def test_an_item_never_seen_in_training_is_its_intents_alone(name):
         assert torch.allclose(table[unseen], model._intent_part(torch.tensor([unseen]))[0])
     restored = restore_model(trained.spec, model.state_dict())
     assert torch.equal(restored.id_scale, model.id_scale)
+    older = {k: v for k, v in model.state_dict().items() if k != "id_scale"}  # saved before ground_unseen existed
+    assert restore_model(trained.spec, older).id_scale[1:].eq(1).all(), "an older model kept every item's ID"

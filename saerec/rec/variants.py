@@ -212,6 +212,9 @@ def restore_model(spec: Mapping[str, Any], state: Mapping[str, Tensor]) -> nn.Mo
         shape = (spec["encoder"]["n_items"] + 1, spec["grounded"]["profile_width"])
         profiles = ItemProfiles(torch.zeros(shape, dtype=torch.long), torch.zeros(shape))
     model = build_model(spec, placeholder, profiles)
+    if is_grounded(spec) and "id_scale" not in state:
+        # saved before new arrivals were grounded (GroundedItems.ground_unseen): every item kept its ID
+        state = {**state, "id_scale": torch.ones(shape[0])}
     model.load_state_dict(state)
     return model.eval()
 
