@@ -20,18 +20,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import ANCHORS, METRICS  # noqa: E402
 from bench.provenance import git_commit  # noqa: E402
 from saerec import artifacts  # noqa: E402
 from saerec.config import load_config  # noqa: E402
 from saerec.pipeline import Runner, StageInput  # noqa: E402
 from saerec.rec.comparisons import ids_counterpart  # noqa: E402
 from saerec.storage import Store  # noqa: E402
-
-METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
-# Published strict-protocol numbers on the same ICLRec splits (TV-Rec's output/*_best.log; BSARec's paper).
-ANCHORS = {"Beauty": {"TV-Rec": {"hr@10": 0.1017, "hr@20": 0.1403, "ndcg@10": 0.0608, "ndcg@20": 0.0705},
-                      "BSARec": {"hr@10": 0.1008, "hr@20": 0.1373, "ndcg@10": 0.0611, "ndcg@20": 0.0703}},
-           "Sports": {"TV-Rec": {"hr@10": 0.0635, "hr@20": 0.0880, "ndcg@10": 0.0363, "ndcg@20": 0.0425}}}
 
 
 def table(tested: dict[str, Any], runs: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
@@ -47,11 +42,11 @@ def table(tested: dict[str, Any], runs: list[dict[str, Any]], dataset: str) -> d
     against_ids = [c for c in tested["comparisons"] if c["b"] == ids_counterpart(c["a"], models)]
     chosen = tested["selection"]["selected"]
     beats = {name: {m: summary[chosen][m]["mean"] > anchor[m] for m in METRICS}
-             for name, anchor in ANCHORS.get(dataset, {}).items()}
+             for name, anchor in ANCHORS.get(dataset.lower(), {}).items()}
     return {"dataset": dataset, "protocol": tested["protocol"], "selected_on_valid": chosen,
             "selection": tested["selection"], "summary": summary, "paired_vs_same_backbone_on_ids": against_ids,
             "comparisons": tested["comparisons"], "by_popularity": tested["by_popularity"],
-            "anchors": ANCHORS.get(dataset, {}), "selected_beats_anchor": beats}
+            "anchors": ANCHORS.get(dataset.lower(), {}), "selected_beats_anchor": beats}
 
 
 def main() -> None:

@@ -37,6 +37,13 @@ CHAIN = ("prepare", "embed", "train_sae", "explain", "judge", "profile")
 METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
 
 
+# Published strict-protocol numbers on the same ICLRec splits, no text: TV-Rec's output/*_best.log,
+# BSARec's paper. Keyed by dataset (the folder name of its data), then model.
+ANCHORS = {"beauty": {"tv-rec": {"hr@10": 0.1017, "hr@20": 0.1403, "ndcg@10": 0.0608, "ndcg@20": 0.0705},
+                      "bsarec": {"hr@10": 0.1008, "hr@20": 0.1373, "ndcg@10": 0.0611, "ndcg@20": 0.0703}},
+           "sports": {"tv-rec": {"hr@10": 0.0635, "hr@20": 0.0880, "ndcg@10": 0.0363, "ndcg@20": 0.0425}}}
+
+
 def beauty_config(data_dir: Path, work_dir: Path, overrides: list[str] | None = None,
                   config_file: Path = REPO / "configs" / "beauty.yaml") -> Config:
     """The job's config for a benchmark (``configs/beauty.yaml`` unless another dataset's or text's

@@ -37,7 +37,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.harness import (METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
+from bench.harness import (ANCHORS, METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            each_cell, mean_std, part_path, read_parts, run_chain, seed_sized_run, sized_overrides,
                            train_cell)
 
@@ -49,8 +49,7 @@ from saerec.rec import runs  # noqa: E402
 from saerec.rec.variants import NAMES, label, restore_model, variant  # noqa: E402
 from saerec.stages.evaluate import steering  # noqa: E402
 
-BSAREC = {"hr@10": 0.1008, "hr@20": 0.1373, "ndcg@10": 0.0611, "ndcg@20": 0.0703}  # published, strict, this split
-TVREC = {"hr@10": 0.1017, "hr@20": 0.1403, "ndcg@10": 0.0608, "ndcg@20": 0.0705}  # TV-Rec's output/*_best.log, strict
+BSAREC = ANCHORS["beauty"]["bsarec"]
 PAPER = {"SASRec": {"hr@10": 0.0624, "hr@20": 0.0894, "ndcg@10": 0.0342, "ndcg@20": 0.0386},
          "SAERec": {"hr@10": 0.1055, "hr@20": 0.1427, "ndcg@10": 0.0643, "ndcg@20": 0.0737}}
 
@@ -168,6 +167,7 @@ def step_assess(args: argparse.Namespace) -> None:
     users = np.asarray(data.users)[split.test.users]
     _, assessed = assess(cells, split, users, data.n_items, evaluation.ks, evaluation.mask_history,
                          also_compare=[tuple(args.pair)])
+    dataset = args.data_dir.name.lower()
     result = {"dataset": f"{args.data_dir.name} (ICLRec 5-core), item text: {args.config_file.name}'s",
               "protocol": evaluation.protocol, "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -177,7 +177,7 @@ def step_assess(args: argparse.Namespace) -> None:
               "selected_on_valid": assessed["selection"]["selected"],
               "best_epochs": {name: [row["best_epoch"] for row in parts.values() if row["variant"] == name]
                               for name in assessed["summary"]},
-              **assessed, "anchors": {"bsarec": BSAREC, "tv-rec": TVREC, "paper": PAPER}}
+              **assessed, "anchors": {**ANCHORS.get(dataset, {}), **({"paper": PAPER} if dataset == "beauty" else {})}}
     args.assess_out.write_text(json.dumps(result, indent=1) + "\n")
     selection = assessed["selection"]
     print(f"{'model':12} {'seeds':>5} {'valid N@20':>16} " + " ".join(f"{'test ' + m:>16}" for m in METRICS))
