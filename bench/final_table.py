@@ -9,6 +9,12 @@ epochs, seconds per epoch), and writes one JSON per dataset with the published a
 
   python bench/final_table.py --storage saerec-output --run beauty --dataset Beauty
       # -> bench/results/final_beauty.json
+
+On CPU the cells of a table are trained one per thread by ``bench/rec.py`` (the job's own training
+path, ``saerec.rec.runs``) and compared by ``bench/rec.py --step assess`` (evaluate's own
+``comparisons.assess``); ``--assessed`` builds the same table from that JSON:
+
+  python bench/final_table.py --assessed bench/results/bsarec_beauty.json --dataset Beauty
 """
 from __future__ import annotations
 
@@ -51,11 +57,23 @@ def table(tested: dict[str, Any], runs: list[dict[str, Any]], dataset: str) -> d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--storage", required=True, help="the job's storage.uri")
-    p.add_argument("--run", required=True, help="the job's run.name")
+    p.add_argument("--storage", help="the job's storage.uri")
+    p.add_argument("--run", help="the job's run.name")
+    p.add_argument("--assessed", type=Path, default=None,
+                   help="instead of a job run: a JSON of bench/rec.py --step assess (cells trained by the job's "
+                        "training path, compared by evaluate's own assess)")
     p.add_argument("--dataset", required=True, choices=("Beauty", "Sports", "demo"))
     p.add_argument("--out", type=Path, default=None, help="default: bench/results/final_<dataset>.json")
     args = p.parse_args()
+    out = args.out or REPO / "bench" / "results" / f"final_{args.dataset.lower()}.json"
+    if args.assessed is not None:
+        assessed = json.loads(args.assessed.read_text())
+        result = {**table(assessed, assessed["runs"], args.dataset), "command": " ".join(["python", *sys.argv]),
+                  "commit": git_commit(), "assessed": {"path": str(args.assessed), "command": assessed["command"],
+                                                       "commit": assessed["commit"]}}
+        return _write(result, out)
+    if not (args.storage and args.run):
+        raise SystemExit("name the job run (--storage and --run) or a bench assessment (--assessed)")
     store = Store(args.storage)
     runner = Runner(load_config(None, [f"storage.uri={args.storage}", f"run.name={args.run}"]), store)
     manifests = {stage: runner.manifest(stage) for stage in ("train_rec", "evaluate")}
@@ -67,7 +85,10 @@ def main() -> None:
     result = {**table(tested, runs, args.dataset), "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
               "run": {"storage": args.storage, "name": args.run,
                       "evaluate_fingerprint": manifests["evaluate"]["fingerprint"]}}
-    out = args.out or REPO / "bench" / "results" / f"final_{args.dataset.lower()}.json"
+    _write(result, out)
+
+
+def _write(result: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{'model':20} {'seeds':>5} {'valid N@20':>11} " + " ".join(f"{'test ' + m:>13}" for m in METRICS))
     for model, row in result["summary"].items():
