@@ -198,3 +198,20 @@ def add_beauty_args(p: argparse.ArgumentParser) -> None:
 def check_beauty_args(args: argparse.Namespace) -> None:
     if args.data_dir is None or not (args.data_dir / "sequences.txt").exists():
         raise SystemExit("--data-dir must hold sequences.txt and items.tsv (the ICLRec Beauty layout)")
+
+
+def steering_row(study: dict[str, Any]) -> dict[str, Any]:
+    """One query's steering study (``evaluate.steering``'s output) in a line: the strength chosen on
+    valid and what it does on test, or why nothing was steered."""
+    row = {"query": study.get("query"), "category": study.get("category"),
+           "matched_intents": len(study.get("matched_intents", []))}
+    chosen = study.get("within_1pct_cost")
+    if "skipped" in study or "category_skipped" in study or not chosen:
+        return {**row, "skipped": study.get("skipped") or study.get("category_skipped")
+                or "no strength costs at most 1 % of valid NDCG@20"}
+    return {**row, "strength": chosen["strength"], "valid_cost": chosen["valid_ndcg@20_cost"],
+            "test_cost": chosen["test_ndcg@20_cost"], "category_items": study.get("category_items"),
+            "category_share_before": chosen["category_share_before"],
+            "category_share_after": chosen["category_share_after"],
+            "category_share_rise": chosen["category_share_rise"],
+            "valid_dose_response": study["valid_dose_response"], "test_dose_response": study["dose_response"]}

@@ -30,6 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import steering_row  # noqa: E402
 from bench.provenance import git_commit  # noqa: E402
 from bench.shared_data import shared_data_dir  # noqa: E402
 
@@ -51,23 +52,6 @@ def job_command(data_dir: Path, storage: str, query: str, category: str, extra: 
 
 def published(store: Store, stage: str) -> StageInput:
     return StageInput(store, store.read_json(store.join(RUN, stage, MANIFEST)))
-
-
-def steering_row(evaluate: StageInput) -> dict[str, Any]:
-    """One query's steering result: the valid-chosen strength and what it does on test."""
-    study = json.loads(evaluate.read_bytes("steering.json"))
-    row = {"query": study.get("query"), "category": study.get("category"),
-           "matched_intents": len(study.get("matched_intents", []))}
-    chosen = study.get("within_1pct_cost")
-    if "skipped" in study or "category_skipped" in study or not chosen:
-        return {**row, "skipped": study.get("skipped") or study.get("category_skipped")
-                or "no strength costs at most 1 % of valid NDCG@20"}
-    return {**row, "strength": chosen["strength"], "valid_cost": chosen["valid_ndcg@20_cost"],
-            "test_cost": chosen["test_ndcg@20_cost"], "category_items": study.get("category_items"),
-            "category_share_before": chosen["category_share_before"],
-            "category_share_after": chosen["category_share_after"],
-            "category_share_rise": chosen["category_share_rise"],
-            "valid_dose_response": study["valid_dose_response"], "test_dose_response": study["dose_response"]}
 
 
 def summarise(store: Store, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -118,7 +102,7 @@ def main() -> None:
         commands.append(" ".join(cmd[1:]))
         print(f"[intents] steering query {query!r} -> category {category!r}", flush=True)
         subprocess.run(cmd, check=True, cwd=REPO)
-        rows.append(steering_row(published(store, "evaluate")))
+        rows.append(steering_row(json.loads(published(store, "evaluate").read_bytes("steering.json"))))
     result = {"dataset": "Amazon Beauty (ICLRec 5-core), item text = title + brand (configs/beauty-titles.yaml)",
               "commit": git_commit(),
               "machine": platform.machine(), "wall_s": round(time.time() - started, 1),

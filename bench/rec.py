@@ -10,6 +10,7 @@ Steps:
   python bench/rec.py --step chain                      # the job's prepare .. profile (reused when published)
   python bench/rec.py --step train --cells sasrec/0 grounded/0 grounded-random/0 ...
   python bench/rec.py --step steer --cell grounded/0 --query "nail polish" --category "Nail Polish" --match both
+  python bench/rec.py --step steering --cell grounded/0   # every query steered on the cell -> one JSON
   python bench/rec.py --step report                     # -> bench/results/rec_beauty.json
   python bench/rec.py --step assess --cells sasrec/0 sasrec/1 sasrec/2 grounded/0 grounded/1 grounded/2
       # the saved cells tested as the job's evaluate does: the model chosen on valid over seeds, its ties,
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.harness import (ANCHORS, METRICS, Published, add_beauty_args, beauty_config, check_beauty_args,  # noqa: E402
                            each_cell, mean_std, part_path, read_parts, run_chain, seed_sized_run, sized_overrides,
-                           train_cell)
+                           steering_row, train_cell)
 
 from bench.provenance import git_commit  # noqa: E402
 from saerec import artifacts  # noqa: E402
@@ -119,8 +120,11 @@ def step_steer(args: argparse.Namespace) -> None:
     words = artifacts.read_latent_words(published["judge"]) if args.match != "summaries" else None
     study = steering(model, {"name": args.cell, "spec": spec}, split.valid, split.test, latents, summaries, texts,
                      cfg, artifacts.read_item_categories(published["prepare"]), words)
+    path = args.parts / f"steer__{args.cell.replace('/', '__')}__{args.query.replace(' ', '_')}.json"
+    provenance = {"cell": args.cell, "command": " ".join(["python", *sys.argv]), "commit": git_commit()}
     if "skipped" in study:
-        raise SystemExit(f"{args.cell}: {study['skipped']}")
+        path.write_text(json.dumps({**provenance, **study}, indent=2))
+        raise SystemExit(f"{args.cell}: {study['skipped']} (wrote {path})")
     names = [summaries.get(int(l)) for l in latents]
     users = np.random.default_rng(0).choice(len(split.test), size=10, replace=False)
     out = explain_grounded(model, split.test.inputs[users], split.test.lengths[users], 3, 3)
@@ -133,8 +137,7 @@ def step_steer(args: argparse.Namespace) -> None:
                                                       for i, c in zip(out["intents"][row, j], out["contributions"][row, j])
                                                       if i >= 0]}
                                          for j, item in enumerate(out["items"][row])]})
-    result = {"cell": args.cell, **study, "examples": examples}
-    path = args.parts / f"steer__{args.cell.replace('/', '__')}__{args.query.replace(' ', '_')}.json"
+    result = {**provenance, **study, "examples": examples}
     path.write_text(json.dumps(result, indent=2))
     print(f"{args.cell}: steering toward {len(study['matched_intents'])} intents matching {args.query!r} "
           f"by {args.match} ({study['items_carrying']} items carry one)"
@@ -144,6 +147,25 @@ def step_steer(args: argparse.Namespace) -> None:
         print(f"{r['strength']:8.2f} {r['carrying_share']:9.4f} {r.get('category_share', float('nan')):9.4f} "
               f"{r['ndcg@20']:8.4f} {r['hr@20']:7.4f} {r['users_changed']:8.3f}")
     print(f"chosen on valid (at most 1 % of valid NDCG@20): {study['within_1pct_cost']}\nwrote {path}")
+
+
+def step_steering(args: argparse.Namespace) -> None:
+    """Every query steered on ``--cell`` (its ``--step steer`` parts) in one JSON, a line per query."""
+    parts = [json.loads(p.read_text()) for p in sorted(args.parts.glob(f"steer__{args.cell.replace('/', '__')}__*.json"))]
+    if not parts:
+        raise SystemExit(f"no steering of {args.cell} in {args.parts}: run --step steer --cell {args.cell} first")
+    rows = [{**steering_row(part), "matched_by": part.get("matched_by"), "command": part.get("command"),
+             "commit": part.get("commit")} for part in parts]
+    rises = [r["category_share_rise"] for r in rows if r.get("category_share_rise") is not None]
+    out = {"dataset": f"{args.data_dir.name} (ICLRec 5-core), item text: {args.config_file.name}'s", "cell": args.cell,
+           "command": " ".join(["python", *sys.argv]), "commit": git_commit(), "steering": rows,
+           "steering_queries_rising_20pct": sum(r >= 0.2 for r in rises)}
+    args.steering_out.write_text(json.dumps(out, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['query']!r:14} -> {r.get('category')!r:14} strength {r.get('strength')} valid cost "
+              f"{r.get('valid_cost')} category share {r.get('category_share_before')} -> "
+              f"{r.get('category_share_after')} {r.get('skipped', '')}")
+    print(f"{out['steering_queries_rising_20pct']} of {len(rows)} queries rise by 20 % or more; wrote {args.steering_out}")
 
 
 def step_assess(args: argparse.Namespace) -> None:
@@ -283,7 +305,7 @@ def _sae_sizes(args: argparse.Namespace, earlier: dict[str, dict[str, Any]],
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--step", choices=("chain", "train", "steer", "report", "assess"), required=True)
+    p.add_argument("--step", choices=("chain", "train", "steer", "steering", "report", "assess"), required=True)
     add_beauty_args(p)
     p.add_argument("--parts", type=Path, default=None, help="per-cell parts (default: work dir/rec-parts)")
     p.add_argument("--cells", nargs="+", default=["sasrec/0", "grounded/0"], help="variant/seed ...")
@@ -301,6 +323,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rec_beauty.json")
     p.add_argument("--pair", nargs=2, default=["grounded", "sasrec"], metavar=("A", "B"),
                    help="--step assess: also compare A - B paired over users, whichever model valid chooses")
+    p.add_argument("--steering-out", type=Path, default=REPO / "bench" / "results" / "steering_beauty.json",
+                   help="--step steering: every query steered on --cell, one JSON")
     p.add_argument("--assess-out", type=Path, default=REPO / "bench" / "results" / "headline_beauty.json")
     p.add_argument("--config-file", type=Path, default=REPO / "configs" / "beauty.yaml",
                    help="the job config the chain and cells use, e.g. configs/beauty-titles.yaml, or "
@@ -318,7 +342,8 @@ def main() -> None:
         seed_sized_run(beauty_config(args.data_dir, args.work_dir, config_file=args.config_file), args.config)
         run_chain(args.config)
     else:
-        {"train": step_train, "steer": step_steer, "report": step_report, "assess": step_assess}[args.step](args)
+        {"train": step_train, "steer": step_steer, "steering": step_steering, "report": step_report,
+         "assess": step_assess}[args.step](args)
 
 
 if __name__ == "__main__":
