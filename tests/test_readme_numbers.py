@@ -151,6 +151,11 @@ def test_every_result_the_readme_cites_records_its_command_and_commit():
         assert re.fullmatch(r"[0-9a-f]{40}", found.get("commit", "")), f"{name} records no git commit"
 
 
+def spread(found: dict) -> str:
+    """A mean over seeds as the README shows it: with its sample std, or alone for one seed."""
+    return four(found["mean"]) + (f" ± {four(found['std'])}" if found["std"] is not None else "")
+
+
 def interval(found: dict) -> str:
     return f"{found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
 
@@ -175,9 +180,9 @@ def check_assessed_section(result: str, heading: str) -> None:
     for label, seeds, valid, *metrics, epochs in rows:
         cell = summary[variant_of(label)]
         assert seeds == str(len(cell["seeds"])), label
-        assert valid == f"{four(cell['valid']['mean'])} ± {four(cell['valid']['std'])}", label
+        assert valid == spread(cell["valid"]), label
         for shown, metric in zip(metrics, METRICS):
-            assert shown == f"{four(cell['test'][metric]['mean'])} ± {four(cell['test'][metric]['std'])}", (label, metric)
+            assert shown == spread(cell["test"][metric]), (label, metric)
         runs = sorted((r for r in assessed["runs"] if r["variant"] == variant_of(label)), key=lambda r: r["seed"])
         assert epochs == ", ".join(str(r["best_epoch"]) for r in runs), label
     selection = assessed["selection"]
