@@ -209,3 +209,11 @@ def test_the_headline_is_the_committed_valid_choice_with_paired_intervals():
 
 def test_the_bsarec_section_is_the_committed_assessment():
     check_assessed_section("bsarec_beauty.json", "### Grounding on a frequency backbone: BSARec on Beauty")
+
+
+def test_the_title_text_bsarec_section_is_the_committed_assessment():
+    check_assessed_section("bsarec_titles_beauty.json", "### Title and brand text on BSARec (Beauty)")
+
+
+def test_the_sports_section_is_the_committed_assessment():
+    check_assessed_section("bsarec_sports.json", "### Sports: a first measurement")
