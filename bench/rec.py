@@ -99,6 +99,16 @@ def _load(args: argparse.Namespace, cell: str) -> torch.nn.Module:
     return restore_model(saved["spec"], saved["state"])
 
 
+def _dataset(args: argparse.Namespace) -> str:
+    """What a result JSON names as its data: the data folder and the config whose item text it used."""
+    return f"{args.data_dir.name} (ICLRec 5-core), item text: {args.config_file.name}'s"
+
+
+def _steer_prefix(cell: str) -> str:
+    """The file-name prefix of a cell's steering parts (one per query)."""
+    return f"steer__{cell.replace('/', '__')}__"
+
+
 def step_steer(args: argparse.Namespace) -> None:
     """Steer a grounded cell exactly as the job's evaluate stage does (``evaluate.steering``): boost
     the intents matching ``--query`` (by summary, top words or either, ``--match``), the dose-response
@@ -120,7 +130,7 @@ def step_steer(args: argparse.Namespace) -> None:
     words = artifacts.read_latent_words(published["judge"]) if args.match != "summaries" else None
     study = steering(model, {"name": args.cell, "spec": spec}, split.valid, split.test, latents, summaries, texts,
                      cfg, artifacts.read_item_categories(published["prepare"]), words)
-    path = args.parts / f"steer__{args.cell.replace('/', '__')}__{args.query.replace(' ', '_')}.json"
+    path = args.parts / f"{_steer_prefix(args.cell)}{args.query.replace(' ', '_')}.json"
     provenance = {"cell": args.cell, "command": " ".join(["python", *sys.argv]), "commit": git_commit()}
     if "skipped" in study:
         path.write_text(json.dumps({**provenance, **study}, indent=2))
@@ -151,13 +161,13 @@ def step_steer(args: argparse.Namespace) -> None:
 
 def step_steering(args: argparse.Namespace) -> None:
     """Every query steered on ``--cell`` (its ``--step steer`` parts) in one JSON, a line per query."""
-    parts = [json.loads(p.read_text()) for p in sorted(args.parts.glob(f"steer__{args.cell.replace('/', '__')}__*.json"))]
+    parts = [json.loads(p.read_text()) for p in sorted(args.parts.glob(f"{_steer_prefix(args.cell)}*.json"))]
     if not parts:
         raise SystemExit(f"no steering of {args.cell} in {args.parts}: run --step steer --cell {args.cell} first")
     rows = [{**steering_row(part), "matched_by": part.get("matched_by"), "command": part.get("command"),
              "commit": part.get("commit")} for part in parts]
     rises = [r["category_share_rise"] for r in rows if r.get("category_share_rise") is not None]
-    out = {"dataset": f"{args.data_dir.name} (ICLRec 5-core), item text: {args.config_file.name}'s", "cell": args.cell,
+    out = {"dataset": _dataset(args), "cell": args.cell,
            "command": " ".join(["python", *sys.argv]), "commit": git_commit(), "steering": rows,
            "steering_queries_rising_20pct": sum(r >= 0.2 for r in rises)}
     args.steering_out.write_text(json.dumps(out, indent=1) + "\n")
@@ -190,7 +200,7 @@ def step_assess(args: argparse.Namespace) -> None:
     _, assessed = assess(cells, split, users, data.n_items, evaluation.ks, evaluation.mask_history,
                          also_compare=[tuple(args.pair)])
     dataset = args.data_dir.name.lower()
-    result = {"dataset": f"{args.data_dir.name} (ICLRec 5-core), item text: {args.config_file.name}'s",
+    result = {"dataset": _dataset(args),
               "protocol": evaluation.protocol, "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "trained_by": {cell: {"upstream": row.get("upstream"), "wall_seconds": row["wall_seconds"],
